@@ -4,7 +4,7 @@
 //! kernel's `save_debug(ptr, reg, nr)` switches on that raw value. Decoding uses the
 //! `arm-sysregs` crate's `IdAa64dfr0El1`, generated from Arm's machine-readable specification.
 
-use arm_sysregs::el1::registers::IdAa64dfr0El1;
+pub use arm_sysregs::el1::registers::IdAa64dfr0El1;
 use serde::Serialize;
 
 use crate::error::ModelError;

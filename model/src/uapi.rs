@@ -248,3 +248,19 @@ mod tests {
         assert_eq!(a.bank(DbgBank::Wvr)[3], 4);
     }
 }
+
+/// KVM_REG_ARM_CORE ids (`KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE | offset/4` into
+/// `struct kvm_regs`): the core registers a debugger reads at a debug exit.
+pub mod core_reg {
+    const PREFIX: u64 = 0x6030_0000_0010_0000;
+    /// `regs.regs[n]`, n in 0..=30.
+    pub const fn x(n: u8) -> u64 {
+        PREFIX | (n as u64 * 2)
+    }
+    /// `regs.sp`.
+    pub const SP: u64 = PREFIX | 62;
+    /// `regs.pc`.
+    pub const PC: u64 = PREFIX | 64;
+    /// `regs.pstate`.
+    pub const PSTATE: u64 = PREFIX | 66;
+}

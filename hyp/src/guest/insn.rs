@@ -1,0 +1,667 @@
+//! The A64 instructions the guest model executes: real encodings (so a software breakpoint
+//! is a real BRK #0 = 0xd4200000 written into guest memory), a decoder, a disassembler and a
+//! small assembler for scenario files and tests.
+
+use std::fmt;
+
+use hypdbg_model::sysreg::Encoding;
+use hypdbg_model::SysReg;
+
+/// One A64 instruction of the modelled subset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Insn {
+    /// NOP.
+    Nop,
+    /// ISB.
+    Isb,
+    /// ERET.
+    Eret,
+    /// BRK #imm.
+    Brk(u16),
+    /// SVC #imm.
+    Svc(u16),
+    /// HVC #imm.
+    Hvc(u16),
+    /// MSR <sysreg>, Xt.
+    Msr {
+        /// The register.
+        enc: Encoding,
+        /// Xt.
+        rt: u8,
+    },
+    /// MRS Xt, <sysreg>.
+    Mrs {
+        /// Xt.
+        rt: u8,
+        /// The register.
+        enc: Encoding,
+    },
+    /// MSR DAIFSet, #imm.
+    DaifSet(u8),
+    /// MSR DAIFClr, #imm.
+    DaifClr(u8),
+    /// MOVZ Xd, #imm16, LSL #shift.
+    Movz {
+        /// Xd.
+        rd: u8,
+        /// The halfword.
+        imm16: u16,
+        /// 0, 16, 32 or 48.
+        shift: u8,
+    },
+    /// ADD Xd, Xn|SP, #imm12.
+    AddImm {
+        /// Xd.
+        rd: u8,
+        /// Xn.
+        rn: u8,
+        /// Immediate.
+        imm12: u16,
+    },
+    /// SUB Xd, Xn|SP, #imm12.
+    SubImm {
+        /// Xd.
+        rd: u8,
+        /// Xn.
+        rn: u8,
+        /// Immediate.
+        imm12: u16,
+    },
+    /// LSL Xd, Xn, #shift (UBFM).
+    LslImm {
+        /// Xd.
+        rd: u8,
+        /// Xn.
+        rn: u8,
+        /// Shift.
+        shift: u8,
+    },
+    /// LDR{B,H,W,X} Rt, [Xn|SP, #imm].
+    Ldr {
+        /// 1, 2, 4 or 8 bytes.
+        size: u8,
+        /// Rt.
+        rt: u8,
+        /// Xn.
+        rn: u8,
+        /// Byte offset (a multiple of size).
+        imm: u16,
+    },
+    /// STR{B,H,W,X} Rt, [Xn|SP, #imm].
+    Str {
+        /// 1, 2, 4 or 8 bytes.
+        size: u8,
+        /// Rt.
+        rt: u8,
+        /// Xn.
+        rn: u8,
+        /// Byte offset.
+        imm: u16,
+    },
+    /// LDP Xt1, Xt2, [Xn|SP, #imm] (16 bytes).
+    Ldp {
+        /// Xt1.
+        rt: u8,
+        /// Xt2.
+        rt2: u8,
+        /// Xn.
+        rn: u8,
+        /// Byte offset, a multiple of 8 in -512..=504.
+        imm: i16,
+    },
+    /// STP Xt1, Xt2, [Xn|SP, #imm] (16 bytes).
+    Stp {
+        /// Xt1.
+        rt: u8,
+        /// Xt2.
+        rt2: u8,
+        /// Xn.
+        rn: u8,
+        /// Byte offset.
+        imm: i16,
+    },
+    /// DC ZVA, Xt: zero a 64-byte block (a store for watchpoints).
+    DcZva {
+        /// Xt.
+        rt: u8,
+    },
+    /// B label.
+    B {
+        /// Byte offset from this instruction.
+        offset: i32,
+    },
+    /// CBZ Xt, label.
+    Cbz {
+        /// Xt.
+        rt: u8,
+        /// Byte offset.
+        offset: i32,
+    },
+    /// CBNZ Xt, label.
+    Cbnz {
+        /// Xt.
+        rt: u8,
+        /// Byte offset.
+        offset: i32,
+    },
+}
+
+/// The BRK #0 encoding a debugger writes for a software breakpoint.
+pub const BRK0: u32 = 0xd420_0000;
+
+fn bits(v: u32, lsb: u32, width: u32) -> u32 {
+    (v >> lsb) & ((1 << width) - 1)
+}
+
+fn sext(v: u32, width: u32) -> i32 {
+    ((v << (32 - width)) as i32) >> (32 - width)
+}
+
+impl Insn {
+    /// The 32-bit encoding.
+    pub fn encode(self) -> u32 {
+        let r = |x: u8| u32::from(x & 31);
+        match self {
+            Insn::Nop => 0xd503_201f,
+            Insn::Isb => 0xd503_3fdf,
+            Insn::Eret => 0xd69f_03e0,
+            Insn::Brk(i) => BRK0 | u32::from(i) << 5,
+            Insn::Svc(i) => 0xd400_0001 | u32::from(i) << 5,
+            Insn::Hvc(i) => 0xd400_0002 | u32::from(i) << 5,
+            Insn::Msr { enc, rt } => 0xd510_0000 | sysreg_bits(enc) | r(rt),
+            Insn::Mrs { rt, enc } => 0xd530_0000 | sysreg_bits(enc) | r(rt),
+            Insn::DaifSet(i) => 0xd503_40df | u32::from(i & 0xf) << 8,
+            Insn::DaifClr(i) => 0xd503_40ff | u32::from(i & 0xf) << 8,
+            Insn::Movz { rd, imm16, shift } => 0xd280_0000 | u32::from(shift / 16 & 3) << 21 | u32::from(imm16) << 5 | r(rd),
+            Insn::AddImm { rd, rn, imm12 } => 0x9100_0000 | u32::from(imm12 & 0xfff) << 10 | r(rn) << 5 | r(rd),
+            Insn::SubImm { rd, rn, imm12 } => 0xd100_0000 | u32::from(imm12 & 0xfff) << 10 | r(rn) << 5 | r(rd),
+            Insn::LslImm { rd, rn, shift } => {
+                let s = u32::from(shift & 63);
+                0xd340_0000 | ((64 - s) % 64) << 16 | (63 - s) << 10 | r(rn) << 5 | r(rd)
+            }
+            Insn::Ldr { size, rt, rn, imm } => ldst_base(size) | 0x0040_0000 | ldst_imm(size, imm) | r(rn) << 5 | r(rt),
+            Insn::Str { size, rt, rn, imm } => ldst_base(size) | ldst_imm(size, imm) | r(rn) << 5 | r(rt),
+            Insn::Ldp { rt, rt2, rn, imm } => 0xa940_0000 | ((imm / 8) as u32 & 0x7f) << 15 | r(rt2) << 10 | r(rn) << 5 | r(rt),
+            Insn::Stp { rt, rt2, rn, imm } => 0xa900_0000 | ((imm / 8) as u32 & 0x7f) << 15 | r(rt2) << 10 | r(rn) << 5 | r(rt),
+            Insn::DcZva { rt } => 0xd50b_7420 | r(rt),
+            Insn::B { offset } => 0x1400_0000 | ((offset / 4) as u32 & 0x03ff_ffff),
+            Insn::Cbz { rt, offset } => 0xb400_0000 | ((offset / 4) as u32 & 0x7_ffff) << 5 | r(rt),
+            Insn::Cbnz { rt, offset } => 0xb500_0000 | ((offset / 4) as u32 & 0x7_ffff) << 5 | r(rt),
+        }
+    }
+
+    /// Decode a word; `None` for anything outside the modelled subset (UNDEFINED to the guest).
+    pub fn decode(w: u32) -> Option<Insn> {
+        let rt = bits(w, 0, 5) as u8;
+        let rn = bits(w, 5, 5) as u8;
+        Some(match w {
+            0xd503_201f => Insn::Nop,
+            0xd503_3fdf => Insn::Isb,
+            0xd69f_03e0 => Insn::Eret,
+            _ if w & 0xffe0_001f == BRK0 => Insn::Brk(bits(w, 5, 16) as u16),
+            _ if w & 0xffe0_001f == 0xd400_0001 => Insn::Svc(bits(w, 5, 16) as u16),
+            _ if w & 0xffe0_001f == 0xd400_0002 => Insn::Hvc(bits(w, 5, 16) as u16),
+            _ if w & 0xffff_f0ff == 0xd503_40df => Insn::DaifSet(bits(w, 8, 4) as u8),
+            _ if w & 0xffff_f0ff == 0xd503_40ff => Insn::DaifClr(bits(w, 8, 4) as u8),
+            _ if w & 0xffff_ffe0 == 0xd50b_7420 => Insn::DcZva { rt },
+            _ if w & 0xfff0_0000 == 0xd510_0000 => Insn::Msr { enc: sysreg_enc(w), rt },
+            _ if w & 0xfff0_0000 == 0xd530_0000 => Insn::Mrs { rt, enc: sysreg_enc(w) },
+            _ if w & 0xff80_0000 == 0xd280_0000 => {
+                Insn::Movz { rd: rt, imm16: bits(w, 5, 16) as u16, shift: (bits(w, 21, 2) * 16) as u8 }
+            }
+            _ if w & 0xffc0_0000 == 0x9100_0000 => Insn::AddImm { rd: rt, rn, imm12: bits(w, 10, 12) as u16 },
+            _ if w & 0xffc0_0000 == 0xd100_0000 => Insn::SubImm { rd: rt, rn, imm12: bits(w, 10, 12) as u16 },
+            _ if w & 0xffc0_0000 == 0xd340_0000 => {
+                let (immr, imms) = (bits(w, 16, 6), bits(w, 10, 6));
+                let shift = 63 - imms;
+                if (imms + 1) % 64 != immr {
+                    return None;
+                }
+                Insn::LslImm { rd: rt, rn, shift: shift as u8 }
+            }
+            _ if w & 0x3fc0_0000 == 0x3940_0000 || w & 0x3fc0_0000 == 0x3900_0000 => {
+                let size = 1u8 << bits(w, 30, 2);
+                let imm = (bits(w, 10, 12) * u32::from(size)) as u16;
+                if w & 0x0040_0000 != 0 {
+                    Insn::Ldr { size, rt, rn, imm }
+                } else {
+                    Insn::Str { size, rt, rn, imm }
+                }
+            }
+            _ if w & 0xffc0_0000 == 0xa940_0000 || w & 0xffc0_0000 == 0xa900_0000 => {
+                let imm = (sext(bits(w, 15, 7), 7) * 8) as i16;
+                let rt2 = bits(w, 10, 5) as u8;
+                if w & 0x0040_0000 != 0 {
+                    Insn::Ldp { rt, rt2, rn, imm }
+                } else {
+                    Insn::Stp { rt, rt2, rn, imm }
+                }
+            }
+            _ if w & 0xfc00_0000 == 0x1400_0000 => Insn::B { offset: sext(bits(w, 0, 26), 26) * 4 },
+            _ if w & 0xff00_0000 == 0xb400_0000 => Insn::Cbz { rt, offset: sext(bits(w, 5, 19), 19) * 4 },
+            _ if w & 0xff00_0000 == 0xb500_0000 => Insn::Cbnz { rt, offset: sext(bits(w, 5, 19), 19) * 4 },
+            _ => return None,
+        })
+    }
+}
+
+fn ldst_base(size: u8) -> u32 {
+    match size {
+        1 => 0x3900_0000,
+        2 => 0x7900_0000,
+        4 => 0xb900_0000,
+        _ => 0xf900_0000,
+    }
+}
+
+fn ldst_imm(size: u8, imm: u16) -> u32 {
+    ((u32::from(imm) / u32::from(size.max(1))) & 0xfff) << 10
+}
+
+fn sysreg_bits(e: Encoding) -> u32 {
+    (u32::from(e.op0.saturating_sub(2)) & 1) << 19
+        | u32::from(e.op1 & 7) << 16
+        | u32::from(e.crn & 0xf) << 12
+        | u32::from(e.crm & 0xf) << 8
+        | u32::from(e.op2 & 7) << 5
+}
+
+fn sysreg_enc(w: u32) -> Encoding {
+    Encoding {
+        op0: 2 + bits(w, 19, 1) as u8,
+        op1: bits(w, 16, 3) as u8,
+        crn: bits(w, 12, 4) as u8,
+        crm: bits(w, 8, 4) as u8,
+        op2: bits(w, 5, 3) as u8,
+    }
+}
+
+fn reg_name(r: u8, sp_if_31: bool) -> String {
+    match (r, sp_if_31) {
+        (31, true) => "sp".into(),
+        (31, false) => "xzr".into(),
+        _ => format!("x{r}"),
+    }
+}
+
+fn sysreg_name(e: Encoding) -> String {
+    SysReg::from_encoding(e).map_or_else(
+        || format!("s{}_{}_c{}_c{}_{}", e.op0, e.op1, e.crn, e.crm, e.op2),
+        |r| r.to_string().to_ascii_lowercase(),
+    )
+}
+
+impl fmt::Display for Insn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let x = |r: u8| reg_name(r, false);
+        let xs = |r: u8| reg_name(r, true);
+        match *self {
+            Insn::Nop => write!(f, "nop"),
+            Insn::Isb => write!(f, "isb"),
+            Insn::Eret => write!(f, "eret"),
+            Insn::Brk(i) => write!(f, "brk #{i:#x}"),
+            Insn::Svc(i) => write!(f, "svc #{i:#x}"),
+            Insn::Hvc(i) => write!(f, "hvc #{i:#x}"),
+            Insn::Msr { enc, rt } => write!(f, "msr {}, {}", sysreg_name(enc), x(rt)),
+            Insn::Mrs { rt, enc } => write!(f, "mrs {}, {}", x(rt), sysreg_name(enc)),
+            Insn::DaifSet(i) => write!(f, "msr daifset, #{i}"),
+            Insn::DaifClr(i) => write!(f, "msr daifclr, #{i}"),
+            Insn::Movz { rd, imm16, shift } => {
+                if shift == 0 {
+                    write!(f, "mov {}, #{imm16:#x}", x(rd))
+                } else {
+                    write!(f, "movz {}, #{imm16:#x}, lsl #{shift}", x(rd))
+                }
+            }
+            Insn::AddImm { rd, rn, imm12 } => write!(f, "add {}, {}, #{imm12:#x}", xs(rd), xs(rn)),
+            Insn::SubImm { rd, rn, imm12 } => write!(f, "sub {}, {}, #{imm12:#x}", xs(rd), xs(rn)),
+            Insn::LslImm { rd, rn, shift } => write!(f, "lsl {}, {}, #{shift}", x(rd), x(rn)),
+            Insn::Ldr { size, rt, rn, imm } | Insn::Str { size, rt, rn, imm } => {
+                let op = if matches!(self, Insn::Ldr { .. }) { "ldr" } else { "str" };
+                let (sfx, reg) = match size {
+                    1 => ("b", format!("w{rt}")),
+                    2 => ("h", format!("w{rt}")),
+                    4 => ("", format!("w{rt}")),
+                    _ => ("", x(rt)),
+                };
+                write!(f, "{op}{sfx} {reg}, [{}, #{imm:#x}]", xs(rn))
+            }
+            Insn::Ldp { rt, rt2, rn, imm } => write!(f, "ldp {}, {}, [{}, #{imm}]", x(rt), x(rt2), xs(rn)),
+            Insn::Stp { rt, rt2, rn, imm } => write!(f, "stp {}, {}, [{}, #{imm}]", x(rt), x(rt2), xs(rn)),
+            Insn::DcZva { rt } => write!(f, "dc zva, {}", x(rt)),
+            Insn::B { offset } => write!(f, "b .{offset:+}"),
+            Insn::Cbz { rt, offset } => write!(f, "cbz {}, .{offset:+}", x(rt)),
+            Insn::Cbnz { rt, offset } => write!(f, "cbnz {}, .{offset:+}", x(rt)),
+        }
+    }
+}
+
+/// Why a line of assembly was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text}: {why}")]
+pub struct AsmError {
+    /// The line.
+    pub text: String,
+    /// What is wrong.
+    pub why: String,
+}
+
+fn err<T>(text: &str, why: impl Into<String>) -> Result<T, AsmError> {
+    Err(AsmError { text: text.to_string(), why: why.into() })
+}
+
+fn parse_reg(s: &str, line: &str, allow_sp: bool) -> Result<(u8, bool), AsmError> {
+    let s = s.trim().to_ascii_lowercase();
+    if s == "xzr" || s == "wzr" {
+        return Ok((31, s.starts_with('w')));
+    }
+    if s == "sp" && allow_sp {
+        return Ok((31, false));
+    }
+    let (wide, num) = if let Some(n) = s.strip_prefix('x') {
+        (true, n)
+    } else if let Some(n) = s.strip_prefix('w') {
+        (false, n)
+    } else {
+        return err(line, format!("'{s}' is not a register (x0..x30, w0..w30, xzr, sp)"));
+    };
+    match num.parse::<u8>() {
+        Ok(n) if n <= 30 => Ok((n, !wide)),
+        _ => err(line, format!("'{s}' is not a register (x0..x30, w0..w30, xzr, sp)")),
+    }
+}
+
+fn parse_imm(s: &str, line: &str) -> Result<i64, AsmError> {
+    let t = s.trim().trim_start_matches('#');
+    let (neg, t) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t),
+    };
+    match hypdbg_model::parse_u64(t) {
+        Ok(v) if v <= i64::MAX as u64 => Ok(if neg { -(v as i64) } else { v as i64 }),
+        _ => err(line, format!("'{s}' is not an immediate")),
+    }
+}
+
+fn fit<T: TryFrom<i64>>(v: i64, line: &str, what: &str) -> Result<T, AsmError> {
+    T::try_from(v).or_else(|_| err(line, format!("{what} {v} is out of range")))
+}
+
+fn parse_sysreg(s: &str, line: &str) -> Result<Encoding, AsmError> {
+    let t = s.trim().to_ascii_lowercase();
+    if let Some(rest) = t.strip_prefix('s') {
+        let parts: Vec<&str> = rest.split('_').collect();
+        if parts.len() == 5 && parts[2].starts_with('c') && parts[3].starts_with('c') {
+            let n = |p: &str| p.trim_start_matches('c').parse::<u8>().ok();
+            if let (Some(op0), Some(op1), Some(crn), Some(crm), Some(op2)) =
+                (n(parts[0]), n(parts[1]), n(parts[2]), n(parts[3]), n(parts[4]))
+            {
+                if (2..=3).contains(&op0) && op1 < 8 && crn < 16 && crm < 16 && op2 < 8 {
+                    return Ok(Encoding { op0, op1, crn, crm, op2 });
+                }
+            }
+        }
+    }
+    t.parse::<SysReg>().map(|r| r.encoding()).or_else(|e| err(line, e.to_string()))
+}
+
+/// Split "op a, b, [c, #d]" into the mnemonic and operands (brackets kept together).
+fn split_operands(line: &str) -> (String, Vec<String>) {
+    let line = line.trim();
+    let (mn, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let mut ops = Vec::new();
+    let mut cur = String::new();
+    let mut depth = 0;
+    for c in rest.chars() {
+        match c {
+            '[' => {
+                depth += 1;
+                cur.push(c);
+            }
+            ']' => {
+                depth -= 1;
+                cur.push(c);
+            }
+            ',' if depth == 0 => {
+                ops.push(cur.trim().to_string());
+                cur.clear();
+            }
+            _ => cur.push(c),
+        }
+    }
+    if !cur.trim().is_empty() {
+        ops.push(cur.trim().to_string());
+    }
+    (mn.to_ascii_lowercase(), ops)
+}
+
+/// Assemble one line at `pc`; `label` resolves branch targets.
+pub fn assemble(line: &str, pc: u64, label: &dyn Fn(&str) -> Option<u64>) -> Result<u32, AsmError> {
+    let (mn, ops) = split_operands(line);
+    let n = ops.len();
+    let want = |k: usize| if n == k { Ok(()) } else { err(line, format!("'{mn}' takes {k} operand(s), found {n}")) };
+    let target = |s: &str| -> Result<i32, AsmError> {
+        let addr = match label(s.trim()) {
+            Some(a) => a,
+            None => match parse_imm(s, line) {
+                Ok(v) => v as u64,
+                Err(_) => return err(line, format!("unknown label '{}'", s.trim())),
+            },
+        };
+        let off = addr.wrapping_sub(pc) as i64;
+        if off % 4 != 0 {
+            return err(line, "branch target is not 4-byte aligned");
+        }
+        fit::<i32>(off, line, "branch offset")
+    };
+    let mem = |s: &str| -> Result<(u8, i64), AsmError> {
+        let inner = s.trim().strip_prefix('[').and_then(|x| x.strip_suffix(']'));
+        let Some(inner) = inner else { return err(line, format!("'{s}' is not [Xn, #imm]")) };
+        let mut parts = inner.split(',');
+        let base = parse_reg(parts.next().unwrap_or(""), line, true)?.0;
+        let off = match parts.next() {
+            Some(p) => parse_imm(p, line)?,
+            None => 0,
+        };
+        Ok((base, off))
+    };
+    let insn = match mn.as_str() {
+        "nop" => Insn::Nop,
+        "isb" => Insn::Isb,
+        "eret" => Insn::Eret,
+        ".word" | ".inst" => {
+            want(1)?;
+            return fit::<u32>(parse_imm(&ops[0], line)?, line, "word");
+        }
+        "brk" | "svc" | "hvc" => {
+            want(1)?;
+            let i = fit::<u16>(parse_imm(&ops[0], line)?, line, "immediate")?;
+            match mn.as_str() {
+                "brk" => Insn::Brk(i),
+                "svc" => Insn::Svc(i),
+                _ => Insn::Hvc(i),
+            }
+        }
+        "msr" => {
+            want(2)?;
+            match ops[0].to_ascii_lowercase().as_str() {
+                "daifset" => Insn::DaifSet(fit::<u8>(parse_imm(&ops[1], line)?, line, "DAIF immediate")?.min(15)),
+                "daifclr" => Insn::DaifClr(fit::<u8>(parse_imm(&ops[1], line)?, line, "DAIF immediate")?.min(15)),
+                r => Insn::Msr { enc: parse_sysreg(r, line)?, rt: parse_reg(&ops[1], line, false)?.0 },
+            }
+        }
+        "mrs" => {
+            want(2)?;
+            Insn::Mrs { rt: parse_reg(&ops[0], line, false)?.0, enc: parse_sysreg(&ops[1], line)? }
+        }
+        "mov" | "movz" => {
+            if n != 2 && n != 3 {
+                return err(line, "mov takes Xd, #imm[, lsl #s]");
+            }
+            let rd = parse_reg(&ops[0], line, false)?.0;
+            let v = parse_imm(&ops[1], line)? as u64;
+            let shift = if n == 3 {
+                let s = ops[2].to_ascii_lowercase();
+                let s = s.trim_start_matches("lsl").trim();
+                fit::<u8>(parse_imm(s, line)?, line, "shift")?
+            } else {
+                (0..4).map(|h| h * 16).find(|&s| v >> s << s == v && v >> s <= 0xffff).unwrap_or(64)
+            };
+            if shift > 48 || shift % 16 != 0 || (v >> shift) > 0xffff && n == 2 {
+                return err(line, format!("{v:#x} is not a 16-bit value at a halfword position"));
+            }
+            let imm16 = if n == 3 { fit::<u16>(v as i64, line, "immediate")? } else { (v >> shift) as u16 };
+            Insn::Movz { rd, imm16, shift }
+        }
+        "add" | "sub" => {
+            want(3)?;
+            let rd = parse_reg(&ops[0], line, true)?.0;
+            let rn = parse_reg(&ops[1], line, true)?.0;
+            let imm12 = fit::<u16>(parse_imm(&ops[2], line)?, line, "immediate")?;
+            if imm12 > 0xfff {
+                return err(line, "immediate must fit 12 bits");
+            }
+            if mn == "add" { Insn::AddImm { rd, rn, imm12 } } else { Insn::SubImm { rd, rn, imm12 } }
+        }
+        "lsl" => {
+            want(3)?;
+            let shift = fit::<u8>(parse_imm(&ops[2], line)?, line, "shift")?;
+            if shift > 63 {
+                return err(line, "shift must be 0..63");
+            }
+            Insn::LslImm { rd: parse_reg(&ops[0], line, false)?.0, rn: parse_reg(&ops[1], line, false)?.0, shift }
+        }
+        "ldr" | "str" | "ldrb" | "strb" | "ldrh" | "strh" => {
+            want(2)?;
+            let (rt, is_w) = parse_reg(&ops[0], line, false)?;
+            let size = match mn.as_bytes().last() {
+                Some(b'b') => 1,
+                Some(b'h') => 2,
+                _ if is_w => 4,
+                _ => 8,
+            };
+            let (rn, off) = mem(&ops[1])?;
+            if off < 0 || off % i64::from(size) != 0 || off / i64::from(size) > 0xfff {
+                return err(line, format!("offset {off} must be a non-negative multiple of {size} below {:#x}", 0x1000 * u32::from(size)));
+            }
+            let imm = off as u16;
+            if mn.starts_with("ldr") { Insn::Ldr { size, rt, rn, imm } } else { Insn::Str { size, rt, rn, imm } }
+        }
+        "ldp" | "stp" => {
+            want(3)?;
+            let rt = parse_reg(&ops[0], line, false)?.0;
+            let rt2 = parse_reg(&ops[1], line, false)?.0;
+            let (rn, off) = mem(&ops[2])?;
+            if off % 8 != 0 || !(-512..=504).contains(&off) {
+                return err(line, "pair offset must be a multiple of 8 in -512..=504");
+            }
+            let imm = off as i16;
+            if mn == "ldp" { Insn::Ldp { rt, rt2, rn, imm } } else { Insn::Stp { rt, rt2, rn, imm } }
+        }
+        "dc" => {
+            want(2)?;
+            if !ops[0].eq_ignore_ascii_case("zva") {
+                return err(line, "only dc zva is modelled");
+            }
+            Insn::DcZva { rt: parse_reg(&ops[1], line, false)?.0 }
+        }
+        "b" => {
+            want(1)?;
+            Insn::B { offset: target(&ops[0])? }
+        }
+        "cbz" | "cbnz" => {
+            want(2)?;
+            let rt = parse_reg(&ops[0], line, false)?.0;
+            let offset = target(&ops[1])?;
+            if mn == "cbz" { Insn::Cbz { rt, offset } } else { Insn::Cbnz { rt, offset } }
+        }
+        _ => return err(line, format!("unknown or unmodelled instruction '{mn}'")),
+    };
+    Ok(insn.encode())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hypdbg_model::DbgBank;
+
+    fn asm(s: &str) -> u32 {
+        assemble(s, 0x1000, &|l| (l == "loop").then_some(0xff8)).unwrap()
+    }
+
+    #[test]
+    fn known_encodings() {
+        assert_eq!(asm("nop"), 0xd503_201f);
+        assert_eq!(asm("brk #0"), 0xd420_0000);
+        assert_eq!(asm("svc #0"), 0xd400_0001);
+        assert_eq!(asm("hvc #0"), 0xd400_0002);
+        assert_eq!(asm("msr daifset, #8"), 0xd503_48df);
+        assert_eq!(asm("msr daifclr, #8"), 0xd503_48ff);
+        // msr dbgbvr0_el1, x0 = 0xd5100080; mrs x1, dbgwvr0_el1 = 0xd53000c1
+        assert_eq!(asm("msr dbgbvr0_el1, x0"), 0xd510_0080);
+        assert_eq!(asm("mrs x1, dbgwvr0_el1"), 0xd530_00c1);
+        assert_eq!(asm("msr mdscr_el1, x0"), 0xd510_0240);
+        assert_eq!(asm("mrs x0, esr_el1"), 0xd538_5200);
+        assert_eq!(asm("add x0, x0, #1"), 0x9100_0400);
+        assert_eq!(asm("str x0, [x1]"), 0xf900_0020);
+        assert_eq!(asm("strb w0, [x1, #3]"), 0x3900_0c20);
+        assert_eq!(asm("stp x0, x1, [x2, #16]"), 0xa901_0440);
+        assert_eq!(asm("b loop"), 0x17ff_fffe);
+        assert_eq!(asm("eret"), 0xd69f_03e0);
+        assert_eq!(asm("mov x0, #0x10000"), 0xd2a0_0020);
+        assert_eq!(asm("lsl x0, x1, #2"), 0xd37e_f420);
+        assert_eq!(asm("dc zva, x3"), 0xd50b_7423);
+    }
+
+    #[test]
+    fn decode_inverts_encode() {
+        let samples = [
+            Insn::Nop,
+            Insn::Isb,
+            Insn::Eret,
+            Insn::Brk(0x1234),
+            Insn::Svc(7),
+            Insn::Hvc(0xffff),
+            Insn::Msr { enc: SysReg::Dbg(DbgBank::Wcr, 15).encoding(), rt: 3 },
+            Insn::Mrs { rt: 30, enc: SysReg::OslsrEl1.encoding() },
+            Insn::DaifSet(8),
+            Insn::DaifClr(15),
+            Insn::Movz { rd: 2, imm16: 0xbeef, shift: 32 },
+            Insn::AddImm { rd: 31, rn: 31, imm12: 0xfff },
+            Insn::SubImm { rd: 19, rn: 19, imm12: 1 },
+            Insn::LslImm { rd: 1, rn: 2, shift: 0 },
+            Insn::LslImm { rd: 1, rn: 2, shift: 63 },
+            Insn::Ldr { size: 2, rt: 4, rn: 5, imm: 0x1ffe },
+            Insn::Str { size: 8, rt: 4, rn: 31, imm: 0x7ff8 },
+            Insn::Ldp { rt: 0, rt2: 1, rn: 2, imm: -512 },
+            Insn::Stp { rt: 0, rt2: 1, rn: 2, imm: 504 },
+            Insn::DcZva { rt: 9 },
+            Insn::B { offset: -4 },
+            Insn::Cbz { rt: 0, offset: 1024 },
+            Insn::Cbnz { rt: 0, offset: -8 },
+        ];
+        for i in samples {
+            assert_eq!(Insn::decode(i.encode()), Some(i), "{i} = {:#x}", i.encode());
+            // The disassembly assembles back to the same word.
+            let text = i.to_string();
+            if !text.contains(" .") {
+                assert_eq!(assemble(&text, 0, &|_| None).unwrap(), i.encode(), "{text}");
+            }
+        }
+        assert_eq!(Insn::decode(0), None);
+        assert_eq!(Insn::decode(0xffff_ffff), None);
+    }
+
+    #[test]
+    fn assembler_errors_name_the_problem() {
+        let e = |s: &str| assemble(s, 0, &|_| None).unwrap_err().why;
+        assert!(e("msr dbgbcr16_el1, x0").contains("DBG"));
+        assert!(e("frob x0").contains("unknown"));
+        assert!(e("add x0, x1, #5000").contains("12 bits"));
+        assert!(e("b nowhere").contains("unknown label"));
+        assert!(e("str x0, [x1, #3]").contains("multiple of 8"));
+        assert!(e("mov x0, #0x12345").contains("16-bit"));
+        assert!(e("ldr x40, [x1]").contains("not a register"));
+        assert_eq!(assemble("msr s2_0_c0_c0_3, x0", 0, &|_| None).unwrap(), 0xd510_0060);
+    }
+}

@@ -1,0 +1,13 @@
+//! The guest: A64 instructions ([`insn`]), memory ([`memory`]), programs with labels
+//! ([`program`]) and execution against the live physical registers ([`cpu`]), with an EL1
+//! exception handler policy like the kernel selftest's.
+
+pub mod cpu;
+pub mod insn;
+pub mod memory;
+pub mod program;
+
+pub use cpu::{GuestRun, GUEST_VBAR};
+pub use insn::Insn;
+pub use memory::GuestMemory;
+pub use program::Program;
