@@ -183,6 +183,17 @@ pub enum Event {
         vcpu: usize,
         /// physical CPU.
         pcpu: usize,
+        /// The state userspace sees until the next run.
+        state: FlowState,
+    },
+    /// Userspace made the guest take an exception (a reinjected debug event).
+    Inject {
+        /// vcpu.
+        vcpu: usize,
+        /// The syndrome the guest's EL1 sees.
+        esr: Esr,
+        /// FAR_EL1.
+        far: Option<u64>,
     },
     /// The hyp is about to enter the guest: setup is done.
     BeforeEntry {
@@ -221,6 +232,8 @@ pub enum Event {
         pcpu: usize,
         /// Why.
         reason: ExitReason,
+        /// Guest instructions completed in this segment (the EL1 handler counts as one).
+        instructions: u64,
         /// The host's registers after the switch.
         host: HostSnapshot,
         /// Register accesses of the switch (exit side).

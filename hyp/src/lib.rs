@@ -22,7 +22,9 @@ pub mod flow;
 pub mod guest;
 pub mod pcpu;
 pub mod sync;
+pub mod variants;
 pub mod vm;
+pub mod workloads;
 
 pub use access::{CheckingAccess, PlainAccess, RegAccess};
 pub use fault::{HypFault, KvmError};

@@ -406,6 +406,7 @@ impl Vm {
     /// watchpoints).
     pub fn inject_exception(&mut self, i: usize, esr: Esr, far: Option<u64>) -> Result<(), KvmError> {
         self.vcpu_mut(i)?.kvm.arch.pending_exception = Some(PendingException { esr, far });
+        self.record(Event::Inject { vcpu: i, esr, far });
         Ok(())
     }
 
@@ -422,7 +423,8 @@ impl Vm {
         let v = &mut self.vcpus[i];
         let cpu = v.loaded.take().unwrap_or(v.cpu);
         self.flow.vcpu_put(&mut v.kvm);
-        self.record(Event::Put { vcpu: i, pcpu: cpu });
+        let state = Self::flow_state(self.flow.as_ref(), &v.kvm);
+        self.record(Event::Put { vcpu: i, pcpu: cpu, state });
     }
 
     /// KVM_RUN.
@@ -557,6 +559,7 @@ impl Vm {
         let mut guest_log = Vec::new();
         let mut log = Vec::new();
         let reason;
+        let mut instructions = 0;
         let r = {
             let Vm { flow, pcpus, vcpus, mem, .. } = self;
             let pcpu = &mut pcpus[cpu];
@@ -578,6 +581,7 @@ impl Vm {
                 budget,
             }
             .run();
+            instructions = before - *budget;
             if let Some(n) = v.irq_every {
                 let ran = before - *budget;
                 let left = irq_in.unwrap_or(n).saturating_sub(ran);
@@ -601,7 +605,7 @@ impl Vm {
         if checking {
             let host = self.pcpus[cpu].host_snapshot();
             let state = Self::flow_state(self.flow.as_ref(), &self.vcpus[i].kvm);
-            self.events.push(Event::Exited { vcpu: i, pcpu: cpu, reason, host, accesses: log, state });
+            self.events.push(Event::Exited { vcpu: i, pcpu: cpu, reason, instructions, host, accesses: log, state });
         }
         self.flow.clear_debug(&mut self.vcpus[i].kvm);
         Ok(self.handle_exit(i, cpu, reason))

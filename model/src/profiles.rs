@@ -65,8 +65,8 @@ pub const PROFILES: &[CpuProfile] = &[
     },
     CpuProfile {
         name: "max",
-        dfr0: 0xf0f0_f006,
-        source: "synthetic: 16 breakpoints (all context-aware), 16 watchpoints",
+        dfr0: 0x10f0_f006,
+        source: "synthetic: 16 breakpoints (the top 2 context-aware), 16 watchpoints",
     },
 ];
 

@@ -272,8 +272,8 @@ impl<T: Era3> EraEngine for Era3Engine<T> {
             &mut vcpu.arch.ctxt.sys_regs.mdscr_el1
         }
     }
-    fn after_debug_trap(&self, vcpu: &mut KvmVcpu, _is_write: bool, host_mdcr_el2: u64) {
-        self.0.kvm_debug_set_guest_ownership(vcpu, host_mdcr_el2);
+    fn after_debug_trap(&self, vcpu: &mut KvmVcpu, is_write: bool, host_mdcr_el2: u64) {
+        self.0.trap_debug_access(vcpu, is_write, host_mdcr_el2);
     }
     fn oslar_reloads(&self) -> bool {
         true

@@ -14,21 +14,29 @@ use hypdbg_model::uapi::{
 
 use super::common::{Common, DebugCounts};
 use crate::access::{RegAccess, Scope};
-use crate::context::{DebugFlags, DebugOwner, KvmCpuContext, KvmHostData, KvmVcpu};
+use crate::context::{DebugFlags, DebugOwner, DebugPtr, KvmCpuContext, KvmHostData, KvmVcpu};
 use crate::fault::{HypFault, KvmError};
 
-/// `__vcpu_debug_regs(vcpu)` and the guest context: the block the owner selects.
-pub fn vcpu_debug_regs_and_ctxt(vcpu: &mut KvmVcpu) -> (&mut KvmGuestDebugArch, &mut KvmCpuContext) {
+/// The block `which` names and the guest context.
+pub fn debug_block_and_ctxt(vcpu: &mut KvmVcpu, which: DebugPtr) -> (&mut KvmGuestDebugArch, &mut KvmCpuContext) {
     let arch = &mut vcpu.arch;
-    let dbg = match arch.debug_owner {
-        DebugOwner::VcpuDebugHostOwned => &mut arch.external_debug_state,
-        _ => &mut arch.vcpu_debug_state,
+    let dbg = match which {
+        DebugPtr::ExternalDebugState => &mut arch.external_debug_state,
+        DebugPtr::VcpuDebugState => &mut arch.vcpu_debug_state,
     };
     (dbg, &mut arch.ctxt)
 }
 
 /// Era 3's functions.
 pub trait Era3: Common {
+    /// `__vcpu_debug_regs(vcpu)`: the owner's block (userspace's when HOST_OWNED).
+    fn __vcpu_debug_regs(&self, vcpu: &KvmVcpu) -> DebugPtr {
+        match vcpu.arch.debug_owner {
+            DebugOwner::VcpuDebugHostOwned => DebugPtr::ExternalDebugState,
+            _ => DebugPtr::VcpuDebugState,
+        }
+    }
+
     /// Whether this flow runs the guest through pKVM's hyp copy of the vcpu (nVHE protected
     /// mode: `flush_hyp_vcpu` / `sync_hyp_vcpu`).
     fn protected_mode(&self) -> bool {
@@ -111,6 +119,12 @@ pub trait Era3: Common {
         self.kvm_arm_setup_mdcr_el2(vcpu, host_mdcr_el2);
     }
 
+    /// `trap_dbg_wb_reg` / `trap_debug_regs` epilogue: any trapped access, read or write,
+    /// promotes ownership (c4a6ed85, 6.14).
+    fn trap_debug_access(&self, vcpu: &mut KvmVcpu, _is_write: bool, host_mdcr_el2: u64) {
+        self.kvm_debug_set_guest_ownership(vcpu, host_mdcr_el2);
+    }
+
     /// `kvm_arch_vcpu_ioctl_set_guest_debug` (6.14 "Clean up KVM_SET_GUEST_DEBUG").
     fn kvm_arch_vcpu_ioctl_set_guest_debug(&self, vcpu: &mut KvmVcpu, dbg: &KvmGuestDebug) -> Result<(), KvmError> {
         let Some(control) = GuestDebugControl::from_bits(dbg.control) else {
@@ -143,8 +157,9 @@ pub trait Era3: Common {
         (exit, KVM_DEBUG_ARCH_HSR_HIGH_VALID)
     }
 
-    /// The counts the switch uses: `host_data->debug_brps/wrps`.
-    fn host_debug_counts(&self, host: &KvmHostData) -> DebugCounts {
+    /// The counts the switch uses: `host_data->debug_brps/wrps` (8c02c2bb, "Avoid reading
+    /// ID_AA64DFR0 for save/restore").
+    fn host_debug_counts<A: RegAccess>(&self, _a: &mut A, host: &KvmHostData) -> DebugCounts {
         DebugCounts { brps: host.debug_brps, wrps: host.debug_wrps }
     }
 
@@ -159,11 +174,12 @@ pub trait Era3: Common {
         if vcpu.arch.debug_owner == DebugOwner::VcpuDebugFree {
             return Ok(());
         }
-        let c = self.host_debug_counts(host);
+        let c = self.host_debug_counts(a, host);
         a.scope(Scope::SaveHost);
         self.__debug_save_state(a, &mut host.host_debug_state.regs, &mut host.host_ctxt, c)?;
         a.scope(Scope::RestoreGuest);
-        let (dbg, ctxt) = vcpu_debug_regs_and_ctxt(vcpu);
+        let which = self.__vcpu_debug_regs(vcpu);
+        let (dbg, ctxt) = debug_block_and_ctxt(vcpu, which);
         self.__debug_restore_state(a, dbg, ctxt, c)
     }
 
@@ -178,9 +194,10 @@ pub trait Era3: Common {
         if vcpu.arch.debug_owner == DebugOwner::VcpuDebugFree {
             return Ok(());
         }
-        let c = self.host_debug_counts(host);
+        let c = self.host_debug_counts(a, host);
         a.scope(Scope::SaveGuest);
-        let (dbg, ctxt) = vcpu_debug_regs_and_ctxt(vcpu);
+        let which = self.__vcpu_debug_regs(vcpu);
+        let (dbg, ctxt) = debug_block_and_ctxt(vcpu, which);
         self.__debug_save_state(a, dbg, ctxt, c)?;
         a.scope(Scope::RestoreHost);
         self.__debug_restore_state(a, &host.host_debug_state.regs, &host.host_ctxt, c)

@@ -51,7 +51,11 @@ pub struct GuestRun<'a> {
 
 /// The outcome of executing one instruction.
 enum Step {
+    /// Completed: the step state machine advances (SSAdvance).
     Continue,
+    /// An exception return: PSTATE.SS was set by DebugExceptionReturnSS, no SSAdvance.
+    Returned,
+    /// Something for EL2.
     Exit(ExitReason),
 }
 
@@ -127,11 +131,13 @@ impl GuestRun<'_> {
             *self.budget -= 1;
             match self.execute_one(&gate) {
                 Step::Exit(r) => return r,
-                Step::Continue => {}
-            }
-            // SSAdvance on completing the instruction.
-            if self.regs.file.mdscr_el1 & DBG_MDSCR_SS != 0 && self.vcpu.pstate_ss() {
-                self.vcpu.set_pstate_ss(false);
+                Step::Returned => {}
+                Step::Continue => {
+                    // SSAdvance on completing the instruction.
+                    if self.regs.file.mdscr_el1 & DBG_MDSCR_SS != 0 && self.vcpu.pstate_ss() {
+                        self.vcpu.set_pstate_ss(false);
+                    }
+                }
             }
             if active_not_pending {
                 stepped_here = true;
@@ -184,6 +190,25 @@ impl GuestRun<'_> {
             Insn::Nop | Insn::Isb => self.advance(),
             Insn::Movz { rd, imm16, shift } => {
                 self.set_x(rd, u64::from(imm16) << shift);
+                self.advance()
+            }
+            Insn::Movk { rd, imm16, shift } => {
+                let v = (self.x(rd) & !(0xffffu64 << shift)) | u64::from(imm16) << shift;
+                self.set_x(rd, v);
+                self.advance()
+            }
+            Insn::Adr { rd, offset } => {
+                self.set_x(rd, pc.wrapping_add(offset as i64 as u64));
+                self.advance()
+            }
+            Insn::AddReg { rd, rn, rm } => {
+                let v = self.x(rn).wrapping_add(self.x(rm));
+                self.set_x(rd, v);
+                self.advance()
+            }
+            Insn::SubReg { rd, rn, rm } => {
+                let v = self.x(rn).wrapping_sub(self.x(rm));
+                self.set_x(rd, v);
                 self.advance()
             }
             Insn::AddImm { rd, rn, imm12 } => {
@@ -282,7 +307,7 @@ impl GuestRun<'_> {
                     return self.take_el1_exception(Esr::unknown(), None, pc);
                 }
                 self.eret(gate);
-                Step::Continue
+                Step::Returned
             }
             Insn::Msr { enc, rt } | Insn::Mrs { rt, enc } => {
                 let is_write = matches!(insn, Insn::Msr { .. });
@@ -416,7 +441,7 @@ impl GuestRun<'_> {
         }
         let gate = self.gate();
         self.eret(&gate);
-        Step::Continue
+        Step::Returned
     }
 }
 

@@ -49,6 +49,40 @@ pub enum Insn {
         /// 0, 16, 32 or 48.
         shift: u8,
     },
+    /// MOVK Xd, #imm16, LSL #shift.
+    Movk {
+        /// Xd.
+        rd: u8,
+        /// The halfword.
+        imm16: u16,
+        /// 0, 16, 32 or 48.
+        shift: u8,
+    },
+    /// ADR Xd, label.
+    Adr {
+        /// Xd.
+        rd: u8,
+        /// Byte offset from this instruction (within +-1 MiB).
+        offset: i32,
+    },
+    /// ADD Xd, Xn, Xm.
+    AddReg {
+        /// Xd.
+        rd: u8,
+        /// Xn.
+        rn: u8,
+        /// Xm.
+        rm: u8,
+    },
+    /// SUB Xd, Xn, Xm.
+    SubReg {
+        /// Xd.
+        rd: u8,
+        /// Xn.
+        rn: u8,
+        /// Xm.
+        rm: u8,
+    },
     /// ADD Xd, Xn|SP, #imm12.
     AddImm {
         /// Xd.
@@ -173,6 +207,13 @@ impl Insn {
             Insn::DaifSet(i) => 0xd503_40df | u32::from(i & 0xf) << 8,
             Insn::DaifClr(i) => 0xd503_40ff | u32::from(i & 0xf) << 8,
             Insn::Movz { rd, imm16, shift } => 0xd280_0000 | u32::from(shift / 16 & 3) << 21 | u32::from(imm16) << 5 | r(rd),
+            Insn::Movk { rd, imm16, shift } => 0xf280_0000 | u32::from(shift / 16 & 3) << 21 | u32::from(imm16) << 5 | r(rd),
+            Insn::Adr { rd, offset } => {
+                let o = offset as u32;
+                0x1000_0000 | (o & 3) << 29 | ((o >> 2) & 0x7_ffff) << 5 | r(rd)
+            }
+            Insn::AddReg { rd, rn, rm } => 0x8b00_0000 | r(rm) << 16 | r(rn) << 5 | r(rd),
+            Insn::SubReg { rd, rn, rm } => 0xcb00_0000 | r(rm) << 16 | r(rn) << 5 | r(rd),
             Insn::AddImm { rd, rn, imm12 } => 0x9100_0000 | u32::from(imm12 & 0xfff) << 10 | r(rn) << 5 | r(rd),
             Insn::SubImm { rd, rn, imm12 } => 0xd100_0000 | u32::from(imm12 & 0xfff) << 10 | r(rn) << 5 | r(rd),
             Insn::LslImm { rd, rn, shift } => {
@@ -209,6 +250,14 @@ impl Insn {
             _ if w & 0xff80_0000 == 0xd280_0000 => {
                 Insn::Movz { rd: rt, imm16: bits(w, 5, 16) as u16, shift: (bits(w, 21, 2) * 16) as u8 }
             }
+            _ if w & 0xff80_0000 == 0xf280_0000 => {
+                Insn::Movk { rd: rt, imm16: bits(w, 5, 16) as u16, shift: (bits(w, 21, 2) * 16) as u8 }
+            }
+            _ if w & 0x9f00_0000 == 0x1000_0000 => {
+                Insn::Adr { rd: rt, offset: sext(bits(w, 5, 19) << 2 | bits(w, 29, 2), 21) }
+            }
+            _ if w & 0xffe0_fc00 == 0x8b00_0000 => Insn::AddReg { rd: rt, rn, rm: bits(w, 16, 5) as u8 },
+            _ if w & 0xffe0_fc00 == 0xcb00_0000 => Insn::SubReg { rd: rt, rn, rm: bits(w, 16, 5) as u8 },
             _ if w & 0xffc0_0000 == 0x9100_0000 => Insn::AddImm { rd: rt, rn, imm12: bits(w, 10, 12) as u16 },
             _ if w & 0xffc0_0000 == 0xd100_0000 => Insn::SubImm { rd: rt, rn, imm12: bits(w, 10, 12) as u16 },
             _ if w & 0xffc0_0000 == 0xd340_0000 => {
@@ -313,6 +362,10 @@ impl fmt::Display for Insn {
                     write!(f, "movz {}, #{imm16:#x}, lsl #{shift}", x(rd))
                 }
             }
+            Insn::Movk { rd, imm16, shift } => write!(f, "movk {}, #{imm16:#x}, lsl #{shift}", x(rd)),
+            Insn::Adr { rd, offset } => write!(f, "adr {}, .{offset:+}", x(rd)),
+            Insn::AddReg { rd, rn, rm } => write!(f, "add {}, {}, {}", x(rd), x(rn), x(rm)),
+            Insn::SubReg { rd, rn, rm } => write!(f, "sub {}, {}, {}", x(rd), x(rn), x(rm)),
             Insn::AddImm { rd, rn, imm12 } => write!(f, "add {}, {}, #{imm12:#x}", xs(rd), xs(rn)),
             Insn::SubImm { rd, rn, imm12 } => write!(f, "sub {}, {}, #{imm12:#x}", xs(rd), xs(rn)),
             Insn::LslImm { rd, rn, shift } => write!(f, "lsl {}, {}, #{shift}", x(rd), x(rn)),
@@ -513,6 +566,42 @@ pub fn assemble(line: &str, pc: u64, label: &dyn Fn(&str) -> Option<u64>) -> Res
             let imm16 = if n == 3 { fit::<u16>(v as i64, line, "immediate")? } else { (v >> shift) as u16 };
             Insn::Movz { rd, imm16, shift }
         }
+        "movk" => {
+            if n != 2 && n != 3 {
+                return err(line, "movk takes Xd, #imm16[, lsl #s]");
+            }
+            let rd = parse_reg(&ops[0], line, false)?.0;
+            let imm16 = fit::<u16>(parse_imm(&ops[1], line)?, line, "immediate")?;
+            let shift = if n == 3 {
+                let s = ops[2].to_ascii_lowercase();
+                fit::<u8>(parse_imm(s.trim_start_matches("lsl").trim(), line)?, line, "shift")?
+            } else {
+                0
+            };
+            if shift > 48 || shift % 16 != 0 {
+                return err(line, "shift must be 0, 16, 32 or 48");
+            }
+            Insn::Movk { rd, imm16, shift }
+        }
+        "adr" => {
+            want(2)?;
+            let rd = parse_reg(&ops[0], line, false)?.0;
+            let addr = match label(ops[1].trim()) {
+                Some(a) => a,
+                None => return err(line, format!("unknown label '{}'", ops[1].trim())),
+            };
+            let offset = fit::<i32>(addr.wrapping_sub(pc) as i64, line, "adr offset")?;
+            if !(-(1 << 20)..(1 << 20)).contains(&offset) {
+                return err(line, "adr reaches +-1 MiB only");
+            }
+            Insn::Adr { rd, offset }
+        }
+        "add" | "sub" if n == 3 && !ops[2].trim().starts_with('#') => {
+            let rd = parse_reg(&ops[0], line, false)?.0;
+            let rn = parse_reg(&ops[1], line, false)?.0;
+            let rm = parse_reg(&ops[2], line, false)?.0;
+            if mn == "add" { Insn::AddReg { rd, rn, rm } } else { Insn::SubReg { rd, rn, rm } }
+        }
         "add" | "sub" => {
             want(3)?;
             let rd = parse_reg(&ops[0], line, true)?.0;
@@ -611,6 +700,9 @@ mod tests {
         assert_eq!(asm("mov x0, #0x10000"), 0xd2a0_0020);
         assert_eq!(asm("lsl x0, x1, #2"), 0xd37e_f420);
         assert_eq!(asm("dc zva, x3"), 0xd50b_7423);
+        assert_eq!(asm("movk x0, #0xab, lsl #16"), 0xf2a0_1560);
+        assert_eq!(asm("adr x1, loop"), 0x10ff_ffc1);
+        assert_eq!(asm("sub x2, x3, x4"), 0xcb04_0062);
     }
 
     #[test]
@@ -628,6 +720,11 @@ mod tests {
             Insn::DaifClr(15),
             Insn::Movz { rd: 2, imm16: 0xbeef, shift: 32 },
             Insn::AddImm { rd: 31, rn: 31, imm12: 0xfff },
+            Insn::Movk { rd: 3, imm16: 0xab, shift: 16 },
+            Insn::AddReg { rd: 1, rn: 2, rm: 3 },
+            Insn::SubReg { rd: 23, rn: 21, rm: 20 },
+            Insn::Adr { rd: 4, offset: -0x1234 },
+            Insn::Adr { rd: 4, offset: 0xf_fffc },
             Insn::SubImm { rd: 19, rn: 19, imm12: 1 },
             Insn::LslImm { rd: 1, rn: 2, shift: 0 },
             Insn::LslImm { rd: 1, rn: 2, shift: 63 },

@@ -1,0 +1,196 @@
+//! Defects that shipped (../shared/design/bug-catalog.md), each the kernel function that had
+//! it, written as it was.
+
+use hypdbg_model::ctrl::{DBG_MDSCR_KDE, DBG_MDSCR_SS};
+use hypdbg_model::uapi::KvmGuestDebugArch;
+use hypdbg_model::SysReg;
+
+use super::{Variant, VariantKind};
+use crate::access::{RegAccess, Scope};
+use crate::context::{DebugFlags, DebugOwner, KvmCpuContext, KvmVcpu};
+use crate::fault::HypFault;
+use crate::flow::{Common, DebugDirty, Era, Era1, Era1Engine, Era2, Era2Engine, Era3, Era3Engine, SysRegParams, TrapOutcome};
+
+/// seed-v2-kde-twice: the 2015 v2 posting tests KDE twice.
+#[derive(Default)]
+pub struct SeedV2KdeTwice;
+impl Common for SeedV2KdeTwice {}
+impl DebugDirty for SeedV2KdeTwice {}
+impl Era1 for SeedV2KdeTwice {
+    fn __debug_cond_save_host_state<A: RegAccess>(&self, a: &mut A, vcpu: &mut KvmVcpu, host_ctxt: &mut KvmCpuContext) -> Result<(), HypFault> {
+        let mdscr = vcpu.mdscr_el1();
+        #[allow(clippy::nonminimal_bool, clippy::eq_op)]
+        if (mdscr & DBG_MDSCR_KDE != 0) || (mdscr & DBG_MDSCR_KDE != 0) {
+            vcpu.set_flag(DebugFlags::DEBUG_DIRTY, true);
+        }
+        a.scope(Scope::SaveHost);
+        self.__debug_save_state_if_dirty(a, vcpu, Some(host_ctxt))
+    }
+}
+
+/// debug-reg-indexing: accessors indexed by a descriptor field that was 0 for every register.
+#[derive(Default)]
+pub struct DebugRegIndexing;
+impl Common for DebugRegIndexing {
+    fn demux_wb_reg<'a>(&self, dbg: &'a mut KvmGuestDebugArch, reg: SysReg) -> Option<&'a mut u64> {
+        let (bank, _crm) = reg.bank_index()?;
+        let rd_reg = 0; // 03fdfb2690099 set .reg = 0 for every DBG*_EL1 entry
+        dbg.bank_mut(bank).get_mut(rd_reg)
+    }
+}
+impl DebugDirty for DebugRegIndexing {}
+impl Era2 for DebugRegIndexing {}
+
+/// pstate-ss-not-preserved: only MDSCR_EL1 was restored after userspace stepping.
+#[derive(Default)]
+pub struct PstateSsNotPreserved;
+impl Common for PstateSsNotPreserved {}
+impl DebugDirty for PstateSsNotPreserved {
+    fn restore_guest_debug_regs(&self, vcpu: &mut KvmVcpu) {
+        vcpu.arch.ctxt.sys_regs.mdscr_el1 = vcpu.arch.guest_debug_preserved.mdscr_el1;
+    }
+}
+impl Era2 for PstateSsNotPreserved {}
+
+/// ss-active-pending: SPSR.SS forced to 1 on every entry while stepping.
+#[derive(Default)]
+pub struct SsActivePending;
+impl Common for SsActivePending {}
+impl DebugDirty for SsActivePending {
+    fn kvm_arm_setup_singlestep(&self, vcpu: &mut KvmVcpu) {
+        if vcpu.guest_debug.contains(hypdbg_model::uapi::GuestDebugControl::SINGLESTEP) {
+            vcpu.set_pstate_ss(true);
+            vcpu.arch.ctxt.sys_regs.mdscr_el1 |= DBG_MDSCR_SS;
+        } else {
+            vcpu.arch.ctxt.sys_regs.mdscr_el1 &= !DBG_MDSCR_SS;
+        }
+    }
+}
+impl Era2 for SsActivePending {}
+
+/// oslsr-write: writes to OSLSR_EL1 ignored instead of UNDEFINED.
+#[derive(Default)]
+pub struct OslsrWrite;
+impl Common for OslsrWrite {
+    fn trap_oslsr_el1(&self, vcpu: &mut KvmVcpu, p: &mut SysRegParams) -> TrapOutcome {
+        if !p.is_write {
+            p.regval = vcpu.arch.ctxt.sys_regs.oslsr_el1;
+        }
+        TrapOutcome::Handled // ignore_write
+    }
+}
+impl DebugDirty for OslsrWrite {}
+impl Era2 for OslsrWrite {}
+
+/// os-lock-ignored: OSLAR_EL1 was RAZ/WI, so the OS lock never took effect.
+#[derive(Default)]
+pub struct OsLockIgnored;
+impl Common for OsLockIgnored {
+    fn trap_oslar_el1(&self, _vcpu: &mut KvmVcpu, p: &mut SysRegParams) -> TrapOutcome {
+        if !p.is_write {
+            p.regval = 0;
+        }
+        TrapOutcome::Handled // trap_raz_wi
+    }
+}
+impl DebugDirty for OsLockIgnored {}
+impl Era2 for OsLockIgnored {}
+
+/// mdcr-el2-32bit: the host's MDCR_EL2 kept in a u32.
+#[derive(Default)]
+pub struct MdcrEl2U32;
+impl Common for MdcrEl2U32 {
+    fn __activate_traps_common<A: RegAccess>(&self, a: &mut A, host_mdcr: &mut u64, vcpu_mdcr: u64) {
+        let mdcr_el2: u32 = a.read_mdcr_el2() as u32;
+        *host_mdcr = u64::from(mdcr_el2);
+        a.write_mdcr_el2(vcpu_mdcr);
+    }
+}
+impl DebugDirty for MdcrEl2U32 {}
+impl Era2 for MdcrEl2U32 {}
+
+/// pkvm-owner-not-flushed: the hyp's vcpu copy did not receive debug_owner or the block.
+#[derive(Default)]
+pub struct PkvmOwnerNotFlushed;
+impl Common for PkvmOwnerNotFlushed {}
+impl Era3 for PkvmOwnerNotFlushed {
+    fn protected_mode(&self) -> bool {
+        true
+    }
+    fn flush_debug_state(&self, hyp_vcpu: &mut KvmVcpu, host_vcpu: &KvmVcpu) {
+        hyp_vcpu.arch.external_mdscr_el1 = host_vcpu.arch.external_mdscr_el1;
+    }
+    fn sync_debug_state(&self, _host_vcpu: &mut KvmVcpu, _hyp_vcpu: &KvmVcpu) {}
+}
+
+/// ownership-no-mdcr: promotion to GUEST_OWNED without recomputing MDCR_EL2.
+#[derive(Default)]
+pub struct OwnershipNoMdcr;
+impl Common for OwnershipNoMdcr {}
+impl Era3 for OwnershipNoMdcr {
+    fn kvm_debug_set_guest_ownership(&self, vcpu: &mut KvmVcpu, _host_mdcr_el2: u64) {
+        if vcpu.arch.debug_owner == DebugOwner::VcpuDebugHostOwned {
+            return;
+        }
+        vcpu.arch.debug_owner = DebugOwner::VcpuDebugGuestOwned;
+    }
+}
+
+/// ownership-on-write-only: only trapped writes promote ownership.
+#[derive(Default)]
+pub struct OwnershipOnWriteOnly;
+impl Common for OwnershipOnWriteOnly {}
+impl Era3 for OwnershipOnWriteOnly {
+    fn trap_debug_access(&self, vcpu: &mut KvmVcpu, is_write: bool, host_mdcr_el2: u64) {
+        if is_write {
+            self.kvm_debug_set_guest_ownership(vcpu, host_mdcr_el2);
+        }
+    }
+}
+
+/// The historical variants.
+pub fn variants() -> Vec<Variant> {
+    let h = |name, era, description, fix, make| Variant { name, era, kind: VariantKind::Historical, description, fix: Some(fix), make };
+    vec![
+        h("seed-v2", Era::One,
+          "__debug_cond_save_host_state tests (mdscr & KDE) || (mdscr & KDE): an MDE-only guest runs on the host's registers",
+          "v3 of \"arm64: KVM: Implement debug save/restore\" (merged v4.5) tests KDE || MDE",
+          || Box::new(Era1Engine(SeedV2KdeTwice))),
+        h("debug-reg-indexing", Era::Two,
+          "trap and ONE_REG accessors index vcpu_debug_state by rd->reg, which is 0 for every DBG*_EL1: all alias slot 0",
+          "cb853ded1d25 \"KVM: arm64: Fix debug register indexing\" (v5.13)",
+          || Box::new(Era2Engine(DebugRegIndexing))),
+        h("pstate-ss-not-preserved", Era::Two,
+          "restore_guest_debug_regs restores MDSCR_EL1 only: KVM's PSTATE.SS leaks into the guest after stepping",
+          "34fbdee086cf \"KVM: arm64: Preserve PSTATE.SS for the guest while single-step is enabled\" (v6.1)",
+          || Box::new(Era2Engine(PstateSsNotPreserved))),
+        h("ss-active-pending", Era::Two,
+          "kvm_arm_setup_debug sets SPSR.SS on every entry: an active-pending step state is lost and the guest runs an extra instruction",
+          "370531d1e95b \"KVM: arm64: Clear PSTATE.SS when the Software Step state was Active-pending\" (v6.1)",
+          || Box::new(Era2Engine(SsActivePending))),
+        h("oslsr-write", Era::Two,
+          "trap_oslsr_el1 ignores writes to the read-only OSLSR_EL1 instead of injecting UNDEF",
+          "e2ffceaae508 \"KVM: arm64: Correctly treat writes to OSLSR_EL1 as undefined\" (v5.18)",
+          || Box::new(Era2Engine(OslsrWrite))),
+        h("os-lock-ignored", Era::Two,
+          "OSLAR_EL1 is RAZ/WI: the guest's OS lock never masks MDE or arms the traps",
+          "7dabf02f43a1 \"KVM: arm64: Emulate the OS Lock\" (v5.18)",
+          || Box::new(Era2Engine(OsLockIgnored))),
+        h("mdcr-el2-32bit", Era::Two,
+          "__activate_traps_common keeps the host's MDCR_EL2 in a u32: bits 32+ are lost across a run",
+          "d6c850dd6ce9 \"KVM: arm64: MDCR_EL2 is a 64-bit register\" (v5.15)",
+          || Box::new(Era2Engine(MdcrEl2U32))),
+        h("pkvm-owner-not-flushed", Era::Three,
+          "flush_debug_state does not copy debug_owner or the owned block to pKVM's hyp vcpu",
+          "0f1a6c5c9784 \"KVM: arm64: Flush/sync debug state in protected mode\" (v6.14-rc2)",
+          || Box::new(Era3Engine(PkvmOwnerNotFlushed))),
+        h("ownership-no-mdcr", Era::Three,
+          "kvm_debug_set_guest_ownership does not recompute MDCR_EL2: TDA stays set and every guest access traps",
+          "the 6.14 debug-owner series (\"Compute MDCR_EL2 at vcpu_load\", kvm_debug_set_guest_ownership)",
+          || Box::new(Era3Engine(OwnershipNoMdcr))),
+        h("ownership-on-write-only", Era::Three,
+          "only trapped writes promote ownership: a guest that only reads its debug registers traps forever",
+          "c4a6ed85 \"KVM: arm64: Promote guest ownership for DBGxVR/DBGxCR reads\" (v6.14)",
+          || Box::new(Era3Engine(OwnershipOnWriteOnly))),
+    ]
+}

@@ -1,0 +1,135 @@
+//! The catalog of flows the validator runs: each era's reference, the historical defects of
+//! ../shared/design/bug-catalog.md and the generic slips, each written as the kernel
+//! function it changes, plus the user's own variants ([`user`]).
+//!
+//! A variant is a type implementing an era's traits with one function overridden; the
+//! catalog builds a fresh instance for every simulation (a variant may keep state, like the
+//! "global" slot of [`generic::HostStateSharedSlot`]).
+
+pub mod generic;
+pub mod historical;
+pub mod user;
+
+use crate::flow::{DynFlow, Era, Era1Engine, Era1Reference, Era2Engine, Era2Reference, Era3Engine, Era3Protected, Era3Reference};
+
+/// What a variant is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VariantKind {
+    /// A correct flow: must violate nothing.
+    Reference,
+    /// A defect that shipped: must be caught.
+    Historical,
+    /// An obvious slip: must be caught.
+    Generic,
+    /// A user's own variant (a patch under test): its verdict is the answer.
+    User,
+}
+
+/// A named flow.
+#[derive(Clone, Copy, Debug)]
+pub struct Variant {
+    /// The name on the command line.
+    pub name: &'static str,
+    /// Which era it modifies.
+    pub era: Era,
+    /// Reference, historical, generic or user.
+    pub kind: VariantKind,
+    /// What it changes, in one line.
+    pub description: &'static str,
+    /// For historical defects: the kernel fix.
+    pub fix: Option<&'static str>,
+    /// A fresh instance.
+    pub make: fn() -> Box<dyn DynFlow>,
+}
+
+impl Variant {
+    /// Whether the validator expects violations (historical and generic mutants).
+    pub fn is_mutant(&self) -> bool {
+        matches!(self.kind, VariantKind::Historical | VariantKind::Generic)
+    }
+}
+
+/// The references: one per era, and era 3 under pKVM.
+pub fn references() -> Vec<Variant> {
+    vec![
+        Variant {
+            name: "era1",
+            era: Era::One,
+            kind: VariantKind::Reference,
+            description: "v4.5 structure (DIRTY decided in the world switch from KDE || MDE) with later fixes applied",
+            fix: None,
+            make: || Box::new(Era1Engine(Era1Reference)),
+        },
+        Variant {
+            name: "era2",
+            era: Era::Two,
+            kind: VariantKind::Reference,
+            description: "v6.13: DIRTY decided in kvm_arm_setup_debug, __debug_switch_to_guest/host gated on it",
+            fix: None,
+            make: || Box::new(Era2Engine(Era2Reference)),
+        },
+        Variant {
+            name: "era3",
+            era: Era::Three,
+            kind: VariantKind::Reference,
+            description: "v6.14+: debug owner decided at vcpu_load, per-CPU host_data, external_mdscr_el1",
+            fix: None,
+            make: || Box::new(Era3Engine(Era3Reference)),
+        },
+        Variant {
+            name: "era3-pkvm",
+            era: Era::Three,
+            kind: VariantKind::Reference,
+            description: "v6.14+ in nVHE protected mode: the hyp runs a copy of the vcpu (flush/sync_debug_state)",
+            fix: None,
+            make: || Box::new(Era3Engine(Era3Protected)),
+        },
+    ]
+}
+
+/// Every variant: references, historical, generic, user.
+pub fn all() -> Vec<Variant> {
+    let mut v = references();
+    v.extend(historical::variants());
+    v.extend(generic::variants());
+    v.extend(user::variants());
+    v
+}
+
+/// A variant by name.
+pub fn by_name(name: &str) -> Option<Variant> {
+    all().into_iter().find(|v| v.name.eq_ignore_ascii_case(name))
+}
+
+/// The bug-catalog rows the modelled flows cannot express, and why.
+pub const NOT_EXPRESSIBLE: &[(&str, &str)] = &[
+    (
+        "aarch32-dbgdscr",
+        "the guest model executes AArch64 only: there is no cp14 DBGDSCRext/DBGDCCINT view to drop",
+    ),
+    (
+        "spe-drain-late",
+        "the Statistical Profiling Extension (PMSCR_EL1, the host buffer drain) is not modelled",
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_instances_build() {
+        let all = all();
+        let mut names: Vec<_> = all.iter().map(|v| v.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), all.len());
+        for v in &all {
+            assert_eq!((v.make)().era(), v.era, "{}", v.name);
+            assert_eq!(v.fix.is_some(), v.kind == VariantKind::Historical, "{}", v.name);
+        }
+        assert!(by_name("SEED-V2").is_some());
+        assert!(by_name("nope").is_none());
+    }
+}
