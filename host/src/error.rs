@@ -71,7 +71,9 @@ pub enum HwDebugError {
         addr: u64,
     },
     /// A watchpoint of length 0.
-    #[error("watchpoint at {addr:#x} has length 0: a watchpoint watches at least one byte (EINVAL)")]
+    #[error(
+        "watchpoint at {addr:#x} has length 0: a watchpoint watches at least one byte (EINVAL)"
+    )]
     ZeroLength {
         /// The address given.
         addr: u64,
@@ -200,7 +202,10 @@ pub struct VcpuError {
 
 impl VcpuError {
     /// Wrap an error of `op`.
-    pub fn new(op: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub fn new(
+        op: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         VcpuError {
             op: op.into(),
             source: Box::new(source),
@@ -313,4 +318,62 @@ pub enum SnapshotError {
     /// A ONE_REG access failed.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+}
+
+/// Why a debugger operation on a vcpu failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DebugError {
+    /// The kernel cannot debug guests.
+    #[error("KVM_CAP_SET_GUEST_DEBUG is not supported: this kernel cannot debug guests (EINVAL)")]
+    NoGuestDebug,
+    /// A hardware breakpoint/watchpoint operation failed.
+    #[error(transparent)]
+    Hw(#[from] HwDebugError),
+    /// A software breakpoint operation failed.
+    #[error(transparent)]
+    Sw(#[from] SwBpError),
+    /// A vcpu operation failed.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// The guest kept exiting for its own events without ever stopping for the debugger.
+    #[error(
+        "gave up after {count} debug exits that were all the guest's own (reinjected or stepped over) without a stop for the debugger"
+    )]
+    TooManyExits {
+        /// How many.
+        count: usize,
+    },
+    /// Stepping over a guest event the guest had masked did not get past it.
+    #[error(
+        "could not step over the guest's masked {what} at {pc:#x}: it fired again with every breakpoint at the PC and every watchpoint disabled"
+    )]
+    StuckStepOver {
+        /// The PC.
+        pc: u64,
+        /// The event.
+        what: &'static str,
+    },
+}
+
+/// Misuse of [`crate::SharedHwDebug`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SmpError {
+    /// A vcpu index the pool was not built for.
+    #[error("vcpu {vcpu} does not exist: the shared pool serves vcpus 0..{vcpus}")]
+    NoSuchVcpu {
+        /// The index given.
+        vcpu: usize,
+        /// How many vcpus the pool serves.
+        vcpus: usize,
+    },
+    /// `enter` twice without leaving.
+    #[error(
+        "vcpu {vcpu} is already in the guest with generation {generation}: leave before entering again"
+    )]
+    AlreadyEntered {
+        /// The vcpu.
+        vcpu: usize,
+        /// The generation it holds.
+        generation: u64,
+    },
 }

@@ -69,6 +69,8 @@ pub mod option {
 
     /// Null, a hex string or a number.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        Option::<HexOrNumber>::deserialize(d)?.map(parse).transpose()
+        Option::<HexOrNumber>::deserialize(d)?
+            .map(parse)
+            .transpose()
     }
 }

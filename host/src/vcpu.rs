@@ -16,7 +16,7 @@
 //! | `read_memory` / `write_memory` | the VMM's guest memory (`vm-memory`'s `GuestMemoryMmap::read_slice`/`write_slice`) after walking the guest's stage-1 tables for the virtual address (arm64 has no KVM_TRANSLATE) |
 //! | `inject_debug_exception(esr, far)` | KVM has no ioctl to inject a synchronous exception with a chosen ESR: the VMM emulates exception entry with ONE_REG (SPSR_EL1 = PSTATE, ELR_EL1 = PC, ESR_EL1, FAR_EL1, PSTATE = EL1h with DAIF masked, PC = VBAR_EL1 + vector offset), as QEMU's `do_interrupt` does under KVM |
 
-use hypdbg_hyp::{KvmError, Vm, VcpuExit};
+use hypdbg_hyp::{KvmError, VcpuExit, Vm};
 use hypdbg_model::esr::Esr;
 use hypdbg_model::uapi::{KvmDebugExitArch, KvmGuestDebug};
 use serde::Serialize;
@@ -92,7 +92,8 @@ pub struct VmVcpu<'a> {
 impl<'a> VmVcpu<'a> {
     /// The handle of vcpu `index` of `vm`; an index the VM does not have is an error.
     pub fn new(vm: &'a mut Vm, index: usize) -> Result<Self, VcpuError> {
-        vm.vcpu(index).map_err(|e| VcpuError::new("vcpu lookup", e))?;
+        vm.vcpu(index)
+            .map_err(|e| VcpuError::new("vcpu lookup", e))?;
         Ok(VmVcpu { vm, index })
     }
 
@@ -126,9 +127,9 @@ impl DebugVcpu for VmVcpu<'_> {
     }
 
     fn set_guest_debug(&mut self, dbg: &KvmGuestDebug) -> Result<(), VcpuError> {
-        self.vm
-            .set_guest_debug(self.index, dbg)
-            .map_err(|e| VcpuError::new(format!("KVM_SET_GUEST_DEBUG control={:#x}", dbg.control), e))
+        self.vm.set_guest_debug(self.index, dbg).map_err(|e| {
+            VcpuError::new(format!("KVM_SET_GUEST_DEBUG control={:#x}", dbg.control), e)
+        })
     }
 
     fn run(&mut self) -> Result<RunExit, VcpuError> {
@@ -153,7 +154,10 @@ impl DebugVcpu for VmVcpu<'_> {
 
     fn set_one_reg(&mut self, id: u64, value: u64) -> Result<(), VcpuError> {
         self.vm.set_one_reg(self.index, id, value).map_err(|e| {
-            VcpuError::new(format!("KVM_SET_ONE_REG {} = {value:#x}", one_reg_name(id)), e)
+            VcpuError::new(
+                format!("KVM_SET_ONE_REG {} = {value:#x}", one_reg_name(id)),
+                e,
+            )
         })
     }
 

@@ -202,7 +202,7 @@ pub enum Event {
         /// physical CPU.
         pcpu: usize,
         /// The host's registers before the switch.
-        host: HostSnapshot,
+        host: Box<HostSnapshot>,
         /// The flow's state after setup.
         state: FlowState,
     },
@@ -213,7 +213,7 @@ pub enum Event {
         /// physical CPU.
         pcpu: usize,
         /// Live registers the guest runs with.
-        live: LiveState,
+        live: Box<LiveState>,
         /// Register accesses of the switch (entry side).
         accesses: Vec<AccessRecord>,
     },
@@ -235,7 +235,7 @@ pub enum Event {
         /// Guest instructions completed in this segment (the EL1 handler counts as one).
         instructions: u64,
         /// The host's registers after the switch.
-        host: HostSnapshot,
+        host: Box<HostSnapshot>,
         /// Register accesses of the switch (exit side).
         accesses: Vec<AccessRecord>,
         /// The flow's state after the exit switch.

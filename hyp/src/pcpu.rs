@@ -7,11 +7,55 @@ use serde::Serialize;
 use crate::access::PhysRegs;
 use crate::context::KvmHostData;
 
+/// The implemented registers of one bank (a fixed array and the count, so that snapshots
+/// cost no allocation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bank {
+    regs: [u64; 16],
+    len: u8,
+}
+
+impl Bank {
+    /// The implemented registers.
+    pub fn as_slice(&self) -> &[u64] {
+        &self.regs[..usize::from(self.len)]
+    }
+    /// Register `n`, if implemented.
+    pub fn get(&self, n: usize) -> Option<&u64> {
+        self.as_slice().get(n)
+    }
+    /// Number of implemented registers.
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+    /// Whether the bank is empty (never, on a valid CPU).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Iterate.
+    pub fn iter(&self) -> std::slice::Iter<'_, u64> {
+        self.as_slice().iter()
+    }
+}
+
+impl std::ops::Index<usize> for Bank {
+    type Output = u64;
+    fn index(&self, n: usize) -> &u64 {
+        &self.as_slice()[n]
+    }
+}
+
+impl Serialize for Bank {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.as_slice().serialize(s)
+    }
+}
+
 /// Everything of the host's that a run must give back bit for bit.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct HostSnapshot {
     /// DBGBCR<n>, DBGBVR<n>, DBGWCR<n>, DBGWVR<n> (implemented ones), per bank.
-    pub banks: [Vec<u64>; 4],
+    pub banks: [Bank; 4],
     /// MDSCR_EL1.
     pub mdscr_el1: u64,
     /// MDCCINT_EL1.
@@ -28,7 +72,12 @@ impl HostSnapshot {
     /// Read the live registers.
     pub fn of(regs: &PhysRegs) -> Self {
         HostSnapshot {
-            banks: DbgBank::ALL.map(|b| regs.file.bank(b).to_vec()),
+            banks: DbgBank::ALL.map(|b| {
+                let src = regs.file.bank(b);
+                let mut regs = [0; 16];
+                regs[..src.len()].copy_from_slice(src);
+                Bank { regs, len: src.len() as u8 }
+            }),
             mdscr_el1: regs.file.mdscr_el1,
             mdccint_el1: regs.file.mdccint_el1,
             contextidr_el1: regs.file.contextidr_el1,

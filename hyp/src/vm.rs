@@ -192,7 +192,8 @@ impl Vm {
                 hyp_vcpu: None,
             })
             .collect();
-        Ok(Vm { flow, pcpus, vcpus, mem: GuestMemory::new(), guest_features: first, config, events: Vec::new(), dead: None })
+        let events = if config.mode == AccessMode::Checking { Vec::with_capacity(128) } else { Vec::new() };
+        Ok(Vm { flow, pcpus, vcpus, mem: GuestMemory::new(), guest_features: first, config, events, dead: None })
     }
 
     /// The flow's era.
@@ -525,10 +526,10 @@ impl Vm {
         if self.checking() {
             let host = self.pcpus[cpu].host_snapshot();
             let state = Self::flow_state(self.flow.as_ref(), &self.vcpus[i].kvm);
-            self.events.push(Event::BeforeEntry { vcpu: i, pcpu: cpu, host, state });
+            self.events.push(Event::BeforeEntry { vcpu: i, pcpu: cpu, host: Box::new(host), state });
         }
         let mode = self.config.mode;
-        let mut log = Vec::new();
+        let mut log = Vec::with_capacity(if self.config.mode == AccessMode::Checking { 80 } else { 0 });
         let Vm { flow, pcpus, vcpus, .. } = self;
         let pcpu = &mut pcpus[cpu];
         let v = &mut vcpus[i];
@@ -544,7 +545,7 @@ impl Vm {
             return Err(self.fault(i, cpu, f, log));
         }
         if self.checking() {
-            let live = LiveState { regs: HostSnapshot::of(&self.pcpus[cpu].regs) };
+            let live = Box::new(LiveState { regs: HostSnapshot::of(&self.pcpus[cpu].regs) });
             self.events.push(Event::Entered { vcpu: i, pcpu: cpu, live, accesses: log });
         }
         Ok(())
@@ -557,9 +558,9 @@ impl Vm {
         let checking = self.checking();
         let trace = self.config.trace_instructions;
         let mut guest_log = Vec::new();
-        let mut log = Vec::new();
+        let mut log = Vec::with_capacity(if self.config.mode == AccessMode::Checking { 80 } else { 0 });
         let reason;
-        let mut instructions = 0;
+        let instructions;
         let r = {
             let Vm { flow, pcpus, vcpus, mem, .. } = self;
             let pcpu = &mut pcpus[cpu];
@@ -571,7 +572,7 @@ impl Vm {
                 Some(h) => h,
                 None => kvm,
             };
-            reason = GuestRun {
+            let mut g = GuestRun {
                 vcpu: running,
                 regs: &mut pcpu.regs,
                 mem,
@@ -579,9 +580,10 @@ impl Vm {
                 exceptions,
                 irq_in,
                 budget,
-            }
-            .run();
-            instructions = before - *budget;
+                completed: 0,
+            };
+            reason = g.run();
+            instructions = g.completed;
             if let Some(n) = v.irq_every {
                 let ran = before - *budget;
                 let left = irq_in.unwrap_or(n).saturating_sub(ran);
@@ -605,7 +607,7 @@ impl Vm {
         if checking {
             let host = self.pcpus[cpu].host_snapshot();
             let state = Self::flow_state(self.flow.as_ref(), &self.vcpus[i].kvm);
-            self.events.push(Event::Exited { vcpu: i, pcpu: cpu, reason, instructions, host, accesses: log, state });
+            self.events.push(Event::Exited { vcpu: i, pcpu: cpu, reason, instructions, host: Box::new(host), accesses: log, state });
         }
         self.flow.clear_debug(&mut self.vcpus[i].kvm);
         Ok(self.handle_exit(i, cpu, reason))

@@ -47,6 +47,9 @@ pub struct GuestRun<'a> {
     pub irq_in: Option<u64>,
     /// Instructions left in this KVM_RUN.
     pub budget: &'a mut u64,
+    /// Steps completed in this segment: instructions that completed, plus exceptions the
+    /// guest's instructions took to EL1 (the unit the software step state machine counts).
+    pub completed: u64,
 }
 
 /// The outcome of executing one instruction.
@@ -55,6 +58,8 @@ enum Step {
     Continue,
     /// An exception return: PSTATE.SS was set by DebugExceptionReturnSS, no SSAdvance.
     Returned,
+    /// An exception taken to the guest's EL1 (PSTATE.SS cleared by the exception entry).
+    Exception,
     /// Something for EL2.
     Exit(ExitReason),
 }
@@ -121,8 +126,9 @@ impl GuestRun<'_> {
             // CheckSoftwareStep: an active-pending step is taken before the next instruction.
             if gate.step_active() && !self.vcpu.pstate_ss() {
                 let pc = self.vcpu.arch.ctxt.regs.pc;
-                if let Step::Exit(r) = self.debug_exception(DebugEvent::SoftwareStep { stepped: stepped_here }, pc, 0) {
-                    return r;
+                match self.debug_exception(DebugEvent::SoftwareStep { stepped: stepped_here }, pc, 0) {
+                    Step::Exit(r) => return r,
+                    _ => self.completed += 1,
                 }
                 stepped_here = false;
                 continue;
@@ -130,9 +136,15 @@ impl GuestRun<'_> {
             let active_not_pending = gate.step_active() && self.vcpu.pstate_ss();
             *self.budget -= 1;
             match self.execute_one(&gate) {
-                Step::Exit(r) => return r,
-                Step::Returned => {}
+                Step::Exit(r) => {
+                    if matches!(r, ExitReason::Hvc { .. }) {
+                        self.completed += 1;
+                    }
+                    return r;
+                }
+                Step::Returned | Step::Exception => self.completed += 1,
                 Step::Continue => {
+                    self.completed += 1;
                     // SSAdvance on completing the instruction.
                     if self.regs.file.mdscr_el1 & DBG_MDSCR_SS != 0 && self.vcpu.pstate_ss() {
                         self.vcpu.set_pstate_ss(false);
@@ -403,7 +415,7 @@ impl GuestRun<'_> {
     /// D = 1, SS = 0; PC = the vector.
     fn take_el1_exception(&mut self, esr: Esr, far: Option<u64>, preferred: u64) -> Step {
         take_el1_exception(self.vcpu, esr, far, preferred);
-        Step::Continue
+        Step::Exception
     }
 
     /// ERET from EL1: PSTATE from SPSR_EL1 (SS per DebugExceptionReturnSS), PC = ELR_EL1.

@@ -1,0 +1,132 @@
+//! `hypdbg check`: the main job.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use hypdbg_hyp::variants::{self, VariantKind};
+use hypdbg_model::profiles::parse_cpu;
+
+use super::usage_error;
+use hypdbg::validate::check::{check, jobs, CheckOptions, Verdict};
+use hypdbg::validate::report::{json_lines, table};
+
+/// `hypdbg check` options.
+#[derive(Args, Debug, Default)]
+pub struct CheckArgs {
+    /// A variant name, or `all` (see --list).
+    #[arg(long, default_value = "all")]
+    pub variant: String,
+    /// A CPU profile name, `all`, or a raw ID_AA64DFR0_EL1 value (0x...).
+    #[arg(long, default_value = "all")]
+    pub cpu: String,
+    /// One JSON object per variant.
+    #[arg(long)]
+    pub json: bool,
+    /// List the variants and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Write each counterexample as a replayable scenario file (`hypdbg run FILE --trace`).
+    #[arg(long, value_name = "DIR")]
+    pub write_counterexamples: Option<PathBuf>,
+}
+
+/// Run the check; 0 when every reference is clean and every mutant caught (or, for one
+/// selected reference or user variant, when it is clean), 1 otherwise, 2 for bad arguments.
+pub fn run(a: &CheckArgs) -> i32 {
+    if a.list {
+        for v in variants::all() {
+            let fix = v.fix.map(|f| format!(" [fix: {f}]")).unwrap_or_default();
+            println!("{:<32} {:<5} {:<10?} {}{fix}", v.name, v.era.to_string(), v.kind, v.description);
+        }
+        for (name, why) in variants::NOT_EXPRESSIBLE {
+            println!("{name:<32} -     not expressible: {why}");
+        }
+        return 0;
+    }
+    let selected = if a.variant.eq_ignore_ascii_case("all") {
+        variants::all()
+    } else {
+        match variants::by_name(&a.variant) {
+            Some(v) => vec![v],
+            None => {
+                let names: Vec<&str> = variants::all().iter().map(|v| v.name).collect();
+                return usage_error(format!("--variant {}: unknown; known: all, {}", a.variant, names.join(", ")));
+            }
+        }
+    };
+    let cpus = match parse_cpu(&a.cpu) {
+        Ok(c) => c,
+        Err(e) => return usage_error(format!("--cpu {}: {e}", a.cpu)),
+    };
+    let opts = CheckOptions { variants: selected.clone(), cpus, count_sweep: a.cpu.eq_ignore_ascii_case("all") };
+    let total = match jobs(&opts) {
+        Ok(j) => (j.len() * selected.len()) as u64,
+        Err(e) => {
+            eprintln!("hypdbg: error: {e}");
+            return 1;
+        }
+    };
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} scenario runs {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let start = Instant::now();
+    let progress = |n: u64| {
+        if let Some(b) = &bar {
+            if n % 256 == 0 || n == total {
+                b.set_position(n);
+            }
+        }
+    };
+    let reports = match check(&opts, &progress) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hypdbg: error: {e}");
+            return 1;
+        }
+    };
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if a.json {
+        print!("{}", json_lines(&reports));
+    } else {
+        print!("{}", table(&reports, elapsed, total));
+    }
+    if let Some(dir) = &a.write_counterexamples {
+        if let Err(e) = write_counterexamples(dir, &reports) {
+            eprintln!("hypdbg: error: {e}");
+            return 1;
+        }
+    }
+    let single = selected.len() == 1;
+    let ok = reports.iter().all(|r| match r.kind {
+        VariantKind::Reference => r.verdict == Verdict::Ok,
+        VariantKind::Historical | VariantKind::Generic => r.verdict == Verdict::Caught,
+        VariantKind::User => !single || r.verdict == Verdict::Ok,
+    });
+    if ok { 0 } else { 1 }
+}
+
+fn write_counterexamples(dir: &std::path::Path, reports: &[hypdbg::validate::check::VariantReport]) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for r in reports {
+        if let Some(c) = &r.counterexample {
+            let text = hypdbg::scenario::to_toml(&c.scenario).map_err(|e| format!("{}: {e}", r.variant))?;
+            let path = dir.join(format!("{}.toml", r.variant));
+            let body = format!("# {}\n# {}\n{text}", r.variant, c.text());
+            std::fs::write(&path, body).map_err(|e| format!("{}: {e}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}

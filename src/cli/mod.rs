@@ -1,0 +1,51 @@
+//! The `hypdbg` command line.
+
+pub mod check;
+pub mod decode;
+
+use clap::{Parser, Subcommand};
+
+/// Validate, benchmark and model-check the KVM arm64 debug-register world switch.
+#[derive(Parser, Debug)]
+#[command(name = "hypdbg", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do (default: `check` over the built-in defaults).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate variants of the kernel's debug save/restore logic against the nine invariants.
+    Check(check::CheckArgs),
+    /// Explain a register value in words.
+    Decode(decode::DecodeArgs),
+    /// Evaluate a breakpoint or watchpoint match as the Arm ARM defines it.
+    #[command(name = "match", subcommand)]
+    Match(decode::MatchCommand),
+}
+
+/// Run the CLI; returns the exit status.
+pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match cli.command {
+        None => check::run(&check::CheckArgs::default()),
+        Some(Command::Check(a)) => check::run(&a),
+        Some(Command::Decode(a)) => decode::decode(&a),
+        Some(Command::Match(m)) => decode::run_match(&m),
+    }
+}
+
+/// Print a one-line error and return exit status 2 (bad input).
+pub fn usage_error(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("hypdbg: error: {msg}");
+    2
+}
