@@ -13,7 +13,7 @@ use hypdbg::validate::check::{check, jobs, CheckOptions, Verdict};
 use hypdbg::validate::report::{json_lines, table};
 
 /// `hypdbg check` options.
-#[derive(Args, Debug, Default)]
+#[derive(Args, Debug)]
 pub struct CheckArgs {
     /// A variant name, or `all` (see --list).
     #[arg(long, default_value = "all")]
@@ -30,6 +30,23 @@ pub struct CheckArgs {
     /// Write each counterexample as a replayable scenario file (`hypdbg run FILE --trace`).
     #[arg(long, value_name = "DIR")]
     pub write_counterexamples: Option<PathBuf>,
+    /// Random operation sequences per variant (proptest; shrunk on failure).
+    #[arg(long, default_value_t = 48)]
+    pub random: u32,
+}
+
+impl Default for CheckArgs {
+    /// What `cargo run --release` (no subcommand) runs: every variant, every CPU.
+    fn default() -> Self {
+        CheckArgs {
+            variant: "all".into(),
+            cpu: "all".into(),
+            json: false,
+            list: false,
+            write_counterexamples: None,
+            random: 48,
+        }
+    }
 }
 
 /// Run the check; 0 when every reference is clean and every mutant caught (or, for one
@@ -60,7 +77,7 @@ pub fn run(a: &CheckArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return usage_error(format!("--cpu {}: {e}", a.cpu)),
     };
-    let opts = CheckOptions { variants: selected.clone(), cpus, count_sweep: a.cpu.eq_ignore_ascii_case("all") };
+    let opts = CheckOptions { variants: selected.clone(), cpus, count_sweep: a.cpu.eq_ignore_ascii_case("all"), random_cases: a.random };
     let total = match jobs(&opts) {
         Ok(j) => (j.len() * selected.len()) as u64,
         Err(e) => {

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::invariants::{Checker, Invariant, Violation};
+use super::random;
 use super::sweep::{count_points, points, smp_scenario};
 use crate::scenario::{run_assembled, Scenario};
 
@@ -21,6 +22,8 @@ pub struct CheckOptions {
     pub cpus: Vec<(String, DebugFeatures)>,
     /// Also sweep every BRPs/WRPs field value 1..=15 with CTX_CMPs at its extremes.
     pub count_sweep: bool,
+    /// Random operation sequences per variant (proptest, shrunk on failure).
+    pub random_cases: u32,
 }
 
 /// The verdict on a variant.
@@ -88,6 +91,10 @@ pub struct VariantReport {
     pub scenarios: u64,
     /// The smallest counterexample.
     pub counterexample: Option<Counterexample>,
+    /// Random sequences run.
+    pub random_cases: u32,
+    /// The shrunk counterexample of the random search, if it found one.
+    pub random_counterexample: Option<Counterexample>,
 }
 
 /// One scenario to run, with its size for minimality.
@@ -201,11 +208,26 @@ pub fn check(opts: &CheckOptions, progress: Progress<'_>) -> Result<Vec<VariantR
                     }
                 }
             }
-            let counterexample = best.map(|(_, _, i, violation, step)| {
+            let mut counterexample = best.map(|(_, _, i, violation, step)| {
                 let mut scenario = jobs[i].scenario.clone();
                 scenario.flow = Some(variant.name.to_string());
                 Counterexample { cpu: jobs[i].cpu.clone(), scenario, violation, step }
             });
+            let random_counterexample = opts.cpus.iter().find(|(l, _)| l == "cortex-a57").or(opts.cpus.first()).and_then(|(label, f)| {
+                let seed = variant.name.bytes().fold(0x9e37_79b9u64, |h, b| h.rotate_left(5) ^ u64::from(b));
+                random::search(variant, label, f, opts.random_cases, seed).map(|(mut scenario, violation)| {
+                    scenario.flow = Some(variant.name.to_string());
+                    let step = scenario.ops.get(violation.step).map(|o| format!("{o:?}")).unwrap_or_default();
+                    Counterexample { cpu: label.clone(), scenario, violation, step }
+                })
+            });
+            if let Some(r) = &random_counterexample {
+                invariants.insert(r.violation.invariant);
+                violations += 1;
+                if counterexample.is_none() {
+                    counterexample = Some(r.clone());
+                }
+            }
             let verdict = match (variant.is_mutant(), invariants.is_empty()) {
                 (true, false) => Verdict::Caught,
                 (true, true) => Verdict::Missed,
@@ -223,6 +245,8 @@ pub fn check(opts: &CheckOptions, progress: Progress<'_>) -> Result<Vec<VariantR
                 violations,
                 scenarios: jobs.len() as u64,
                 counterexample,
+                random_cases: opts.random_cases,
+                random_counterexample,
             })
         })
         .collect()

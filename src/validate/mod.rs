@@ -4,6 +4,7 @@
 
 pub mod invariants;
 pub mod check;
+pub mod random;
 pub mod report;
 pub mod sweep;
 

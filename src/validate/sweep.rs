@@ -32,6 +32,9 @@ pub enum Session {
     StartMidway,
     /// From the start, stopped at the second HVC.
     StopMidway,
+    /// From the start; at the first HVC SINGLESTEP is dropped (ENABLE kept), at the second
+    /// it is set again.
+    StepPauses,
 }
 
 /// Where the vcpu runs for its last run.
@@ -106,6 +109,7 @@ impl Params {
                 Session::Whole => "from the start",
                 Session::StartMidway => "from the second run",
                 Session::StopMidway => "for the first two runs only",
+                Session::StepPauses => "from the start, without SINGLESTEP for the second run",
             };
             let _ = write!(s, "; userspace {} {when}", control_words(self.control));
         }
@@ -199,9 +203,15 @@ impl Params {
         if debug && self.session == Session::StartMidway {
             ops.push(set(self.control));
         }
+        if debug && self.session == Session::StepPauses {
+            ops.push(set(self.control & !GuestDebugControl::SINGLESTEP.bits()));
+        }
         ops.push(run(1));
         if debug && self.session == Session::StopMidway {
             ops.push(set(0));
+        }
+        if debug && self.session == Session::StepPauses {
+            ops.push(set(self.control));
         }
         let mut cpus = vec![cpu.to_string()];
         match self.migration {
@@ -243,7 +253,13 @@ pub fn points() -> Vec<Params> {
     let mut k = 0usize;
     for &mdscr in &MDSCR_VALUES {
         for &control in &controls() {
-            let sessions: &[Session] = if control == 0 { &[Session::Whole] } else { &[Session::Whole, Session::StartMidway, Session::StopMidway] };
+            let sessions: &[Session] = if control == 0 {
+                &[Session::Whole]
+            } else if control & GuestDebugControl::SINGLESTEP.bits() != 0 {
+                &[Session::Whole, Session::StartMidway, Session::StopMidway, Session::StepPauses]
+            } else {
+                &[Session::Whole, Session::StartMidway, Session::StopMidway]
+            };
             for &session in sessions {
                 for variant in 0..2 {
                     k += 1;

@@ -119,6 +119,11 @@ pub trait DebugDirty: Common {
             }
         } else {
             vcpu.guest_debug = GuestDebugControl::empty();
+        }
+        // Upstream clears the flag only when ENABLE goes; a step left pending when stepping
+        // stops would otherwise fire, without an instruction, when stepping resumes (found by
+        // hypdbg; `ss-pending-survives` is the upstream form).
+        if !vcpu.guest_debug.contains(GuestDebugControl::SINGLESTEP) {
             vcpu.set_flag(DebugFlags::DBG_SS_ACTIVE_PENDING, false);
         }
         Ok(())

@@ -134,9 +134,13 @@ pub trait Era3: Common {
                 GuestDebugControl::all().bits()
             )));
         };
+        if !control.contains(GuestDebugControl::SINGLESTEP) {
+            // Upstream clears it only when ENABLE goes (see `ss-pending-survives`): a step left
+            // pending when stepping stops must not fire when stepping resumes.
+            vcpu.set_flag(DebugFlags::HOST_SS_ACTIVE_PENDING, false);
+        }
         if !control.contains(GuestDebugControl::ENABLE) {
             vcpu.guest_debug = GuestDebugControl::empty();
-            vcpu.set_flag(DebugFlags::HOST_SS_ACTIVE_PENDING, false);
             return Ok(());
         }
         vcpu.guest_debug = control;

@@ -148,6 +148,30 @@ impl Era3 for OwnershipOnWriteOnly {
     }
 }
 
+/// ss-pending-survives: upstream's KVM_SET_GUEST_DEBUG clears HOST_SS_ACTIVE_PENDING only
+/// when ENABLE goes, so dropping SINGLESTEP alone keeps a pending step for later.
+#[derive(Default)]
+pub struct SsPendingSurvives;
+impl Common for SsPendingSurvives {}
+impl Era3 for SsPendingSurvives {
+    fn kvm_arch_vcpu_ioctl_set_guest_debug(&self, vcpu: &mut KvmVcpu, dbg: &hypdbg_model::uapi::KvmGuestDebug) -> Result<(), crate::fault::KvmError> {
+        use hypdbg_model::uapi::GuestDebugControl;
+        let Some(control) = GuestDebugControl::from_bits(dbg.control) else {
+            return Err(crate::fault::KvmError::Inval(format!("control {:#x}", dbg.control)));
+        };
+        if !control.contains(GuestDebugControl::ENABLE) {
+            vcpu.guest_debug = GuestDebugControl::empty();
+            vcpu.set_flag(DebugFlags::HOST_SS_ACTIVE_PENDING, false);
+            return Ok(());
+        }
+        vcpu.guest_debug = control;
+        if control.contains(GuestDebugControl::USE_HW) {
+            vcpu.arch.external_debug_state = dbg.arch;
+        }
+        Ok(())
+    }
+}
+
 /// The historical variants.
 pub fn variants() -> Vec<Variant> {
     let h = |name, era, description, fix, make| Variant { name, era, kind: VariantKind::Historical, description, fix: Some(fix), make };
@@ -188,6 +212,10 @@ pub fn variants() -> Vec<Variant> {
           "kvm_debug_set_guest_ownership does not recompute MDCR_EL2: TDA stays set and every guest access traps",
           "the 6.14 debug-owner series (\"Compute MDCR_EL2 at vcpu_load\", kvm_debug_set_guest_ownership)",
           || Box::new(Era3Engine(OwnershipNoMdcr))),
+        h("ss-pending-survives", Era::Three,
+          "KVM_SET_GUEST_DEBUG keeps HOST_SS_ACTIVE_PENDING when SINGLESTEP is dropped but ENABLE stays: the next step after resuming reports without executing an instruction",
+          "none upstream yet: v6.1+ (DBG_SS_ACTIVE_PENDING) and v6.14+ (HOST_SS_ACTIVE_PENDING) clear the flag only when ENABLE goes; found by hypdbg's random search",
+          || Box::new(Era3Engine(SsPendingSurvives))),
         h("ownership-on-write-only", Era::Three,
           "only trapped writes promote ownership: a guest that only reads its debug registers traps forever",
           "c4a6ed85 \"KVM: arm64: Promote guest ownership for DBGxVR/DBGxCR reads\" (v6.14)",

@@ -1,0 +1,129 @@
+//! Random operation sequences over the sweep's state space (proptest), shrunk to a minimal
+//! counterexample: the guest's set-up is random, then a random sequence of runs, userspace
+//! debug changes, migrations and host-interrupt changes.
+
+use hypdbg_hyp::variants::Variant;
+use hypdbg_model::ctrl::{DBG_MDSCR_KDE, DBG_MDSCR_MDE, DBG_MDSCR_SS};
+use hypdbg_model::DebugFeatures;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
+
+use super::invariants::{Checker, Violation};
+use super::sweep::{controls, sibling, CleanAccess, Migration, Params, Session};
+use crate::scenario::{run_scenario, Op, Scenario, Value};
+
+/// One random userspace step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// KVM_RUN to the next HVC.
+    Run,
+    /// KVM_SET_GUEST_DEBUG with this control (breakpoint/watchpoint values as the sweep's).
+    Debug(u32),
+    /// Move to physical CPU 0 or 1.
+    Migrate(usize),
+    /// Host interrupts every 1..=4 instructions, or none.
+    Irq(Option<u64>),
+}
+
+/// A random case: the guest's set-up and the steps.
+#[derive(Clone, Debug)]
+pub struct Case {
+    /// The guest's set-up (userspace fields unused).
+    pub guest: Params,
+    /// What userspace does.
+    pub steps: Vec<Step>,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => Just(Step::Run),
+        2 => proptest::sample::select(controls().to_vec()).prop_map(Step::Debug),
+        1 => (0usize..2).prop_map(Step::Migrate),
+        1 => proptest::option::of(1u64..=4).prop_map(Step::Irq),
+    ]
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    let mdscr = proptest::sample::select(vec![0, DBG_MDSCR_MDE, DBG_MDSCR_KDE, DBG_MDSCR_KDE | DBG_MDSCR_MDE, DBG_MDSCR_KDE | DBG_MDSCR_SS]);
+    let clean = proptest::sample::select(vec![CleanAccess::None, CleanAccess::Read, CleanAccess::Write]);
+    (mdscr, any::<bool>(), any::<bool>(), clean, proptest::collection::vec(step(), 1..12)).prop_map(|(mdscr, d_clear, os_lock, clean, steps)| Case {
+        guest: Params { mdscr, d_clear, os_lock, clean, control: 0, session: Session::Whole, migration: Migration::None, irq: false },
+        steps,
+    })
+}
+
+impl Case {
+    /// The case as a scenario on CPU `cpu` (second CPU: another profile, same counts).
+    pub fn scenario(&self, cpu: &str, f: &DebugFeatures) -> Scenario {
+        let mut sc = self.guest.scenario("random", cpu, f);
+        let runs = self.steps.iter().filter(|s| **s == Step::Run).count();
+        // The sweep's program has HVC #0..#2; add one marker per further run.
+        for imm in 3..runs.max(3) {
+            sc.code += &format!("nop\nhvc #{imm}\n");
+        }
+        let set = |control: u32| Op::SetGuestDebug {
+            vcpu: 0,
+            control,
+            bcr: vec![(0, Value::Num(0x1e7))],
+            bvr: vec![(0, Value::Label("ubp".into()))],
+            wcr: vec![(0, Value::Num(0x1ff7))],
+            wvr: vec![(0, Value::Num(0x8_0000))],
+        };
+        let mut ops = Vec::new();
+        let mut imm = 0u16;
+        for s in &self.steps {
+            ops.push(match s {
+                Step::Run => {
+                    imm += 1;
+                    Op::RunUntilHvc { vcpu: 0, imm: imm - 1 }
+                }
+                Step::Debug(c) => set(*c),
+                Step::Migrate(cpu) => Op::Migrate { vcpu: 0, cpu: *cpu },
+                Step::Irq(every) => Op::Irq { vcpu: 0, every: *every },
+            });
+        }
+        let mut words = vec![format!("guest set-up: {}", self.guest.describe())];
+        words.extend(self.steps.iter().map(|s| match s {
+            Step::Run => "run".to_string(),
+            Step::Debug(c) => format!("set {}", super::sweep::control_words(*c)),
+            Step::Migrate(c) => format!("migrate to CPU {c}"),
+            Step::Irq(e) => format!("interrupts every {e:?}"),
+        }));
+        sc.description = format!("random sequence: {}", words.join(", "));
+        sc.cpus = vec![cpu.to_string(), format!("{:#x}", sibling(f).raw())];
+        sc.ops = ops;
+        sc
+    }
+}
+
+/// Search `cases` random sequences on `cpu` for `variant`; on a violation, shrink and return
+/// the minimal scenario with its first violation.
+pub fn search(variant: &Variant, cpu: &str, f: &DebugFeatures, cases: u32, seed: u64) -> Option<(Scenario, Violation)> {
+    let config = Config { cases, failure_persistence: None, max_shrink_iters: 512, ..Config::default() };
+    let mut seed_bytes = [0u8; 32];
+    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes);
+    let mut runner = TestRunner::new_with_rng(config, rng);
+    let check = |c: &Case| -> Result<Option<Violation>, String> {
+        let sc = c.scenario(cpu, f);
+        let out = run_scenario(&sc, variant, false).map_err(|e| e.to_string())?;
+        let mut k = Checker::new(out.era, out.features);
+        k.check(&out.events, &out.op_of_event);
+        Ok(k.violations.into_iter().next())
+    };
+    let result = runner.run(&case(), |c| match check(&c) {
+        Ok(None) => Ok(()),
+        Ok(Some(v)) => Err(TestCaseError::fail(v.message)),
+        Err(e) => Err(TestCaseError::fail(e)),
+    });
+    match result {
+        Err(TestError::Fail(_, minimal)) => {
+            let sc = minimal.scenario(cpu, f);
+            match check(&minimal) {
+                Ok(Some(v)) => Some((sc, v)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
