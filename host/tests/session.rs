@@ -36,44 +36,100 @@ fn breakpoint_watchpoint_step_remove_continue() {
             d.hw_mut().insert_watchpoint(watch).unwrap();
 
             let s = d.cont(&mut v).unwrap();
-            assert_eq!(s, Stop::Debug(DebugStop::HwBreakpoint { pc: at(&p, "bp1"), slot: 0 }), "{ctx}");
+            assert_eq!(
+                s,
+                Stop::Debug(DebugStop::HwBreakpoint {
+                    pc: at(&p, "bp1"),
+                    slot: 0
+                }),
+                "{ctx}"
+            );
             assert_eq!(x(&mut v, 1), 0x55, "{ctx}: stopped before the add");
 
             let s = d.step(&mut v).unwrap();
-            assert_eq!(s, Stop::Debug(DebugStop::Step { pc: at(&p, "st1") }), "{ctx}");
+            assert_eq!(
+                s,
+                Stop::Debug(DebugStop::Step { pc: at(&p, "st1") }),
+                "{ctx}"
+            );
             assert_eq!(x(&mut v, 1), 0x56, "{ctx}: the add ran once");
 
             let s = d.cont(&mut v).unwrap();
-            let Stop::Debug(DebugStop::Watchpoint { pc, far, request, is_write, exact, .. }) = s else {
+            let Stop::Debug(DebugStop::Watchpoint {
+                pc,
+                far,
+                request,
+                is_write,
+                exact,
+                ..
+            }) = s
+            else {
                 panic!("{ctx}: expected a watchpoint, got {s:?}");
             };
-            assert_eq!((pc, far, request, is_write, exact), (at(&p, "st1"), 0x8003, watch, true, true), "{ctx}");
-            assert_eq!(v.vm().memory().read_uint(0x8003, 1), 0, "{ctx}: the store has not happened");
+            assert_eq!(
+                (pc, far, request, is_write, exact),
+                (at(&p, "st1"), 0x8003, watch, true, true),
+                "{ctx}"
+            );
+            assert_eq!(
+                v.vm().memory().read_uint(0x8003, 1),
+                0,
+                "{ctx}: the store has not happened"
+            );
 
             // The load of the watched doubleword is not a write: no stop for it.
             d.hw_mut().remove_breakpoint(at(&p, "bp1")).unwrap();
             let s = d.step(&mut v).unwrap();
-            assert_eq!(s, Stop::Debug(DebugStop::Step { pc: at(&p, "ld1") }), "{ctx}");
-            assert_eq!(v.vm().memory().read_uint(0x8003, 1), 0x56, "{ctx}: the store completed");
+            assert_eq!(
+                s,
+                Stop::Debug(DebugStop::Step { pc: at(&p, "ld1") }),
+                "{ctx}"
+            );
+            assert_eq!(
+                v.vm().memory().read_uint(0x8003, 1),
+                0x56,
+                "{ctx}: the store completed"
+            );
 
             d.insert_sw_breakpoint(&mut v, at(&p, "swbp")).unwrap();
             assert_eq!(v.vm().memory().read_uint(at(&p, "swbp"), 4) as u32, BRK0);
             let s = d.cont(&mut v).unwrap();
-            assert_eq!(s, Stop::Debug(DebugStop::SwBreakpoint { pc: at(&p, "swbp") }), "{ctx}");
+            assert_eq!(
+                s,
+                Stop::Debug(DebugStop::SwBreakpoint { pc: at(&p, "swbp") }),
+                "{ctx}"
+            );
             assert_eq!(x(&mut v, 1), 0x56, "{ctx}");
 
             // Step over the software breakpoint: the original instruction runs.
             let s = d.step(&mut v).unwrap();
-            assert_eq!(s, Stop::Debug(DebugStop::Step { pc: at(&p, "swbp") + 4 }), "{ctx}");
+            assert_eq!(
+                s,
+                Stop::Debug(DebugStop::Step {
+                    pc: at(&p, "swbp") + 4
+                }),
+                "{ctx}"
+            );
             assert_eq!(x(&mut v, 1), 0x58, "{ctx}");
-            assert_eq!(v.vm().memory().read_uint(at(&p, "swbp"), 4) as u32, BRK0, "{ctx}: re-planted");
+            assert_eq!(
+                v.vm().memory().read_uint(at(&p, "swbp"), 4) as u32,
+                BRK0,
+                "{ctx}: re-planted"
+            );
 
             d.remove_sw_breakpoint(&mut v, at(&p, "swbp")).unwrap();
             d.hw_mut().remove_watchpoint(watch).unwrap();
             let s = d.cont(&mut v).unwrap();
             assert_eq!(s, Stop::Exit(hvc(1)), "{ctx}");
-            assert_ne!(v.vm().memory().read_uint(at(&p, "swbp"), 4) as u32, BRK0, "{ctx}: restored");
-            assert!(v.vm().vcpu(0).unwrap().exceptions.is_empty(), "{ctx}: nothing reached the guest");
+            assert_ne!(
+                v.vm().memory().read_uint(at(&p, "swbp"), 4) as u32,
+                BRK0,
+                "{ctx}: restored"
+            );
+            assert!(
+                v.vm().vcpu(0).unwrap().exceptions.is_empty(),
+                "{ctx}: nothing reached the guest"
+            );
         }
     }
 }
