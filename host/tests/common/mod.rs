@@ -59,3 +59,33 @@ pub fn x(v: &mut VmVcpu<'_>, n: u8) -> u64 {
 pub fn hvc(imm: u16) -> RunExit {
     RunExit::Hypercall { imm }
 }
+
+/// Assemble `text` whose `{label}` placeholders stand for label addresses (each used as a
+/// `mov` immediate below 0x10000): a first pass with zeros finds the labels.
+pub fn load_with_labels(vm: &mut Vm, text: &str, names: &[&str]) -> Program {
+    let mut first = text.to_string();
+    for n in names {
+        first = first.replace(&format!("{{{n}}}"), "0");
+    }
+    let p = Program::assemble(0x1000, &first).unwrap();
+    let mut second = text.to_string();
+    for n in names {
+        second = second.replace(&format!("{{{n}}}"), &format!("{:#x}", at(&p, n)));
+    }
+    load(vm, &second)
+}
+
+/// The exceptions the guest's EL1 handler took: (EC, ELR, FAR).
+pub fn guest_exceptions(vm: &Vm) -> Vec<(u8, u64, Option<u64>)> {
+    vm.vcpu(0)
+        .unwrap()
+        .exceptions
+        .iter()
+        .filter_map(|e| match e {
+            hypdbg_hyp::events::GuestEvent::Exception { esr, elr, far, .. } => {
+                Some((esr.ec(), *elr, *far))
+            }
+            _ => None,
+        })
+        .collect()
+}
