@@ -3,6 +3,8 @@
 //! against a dynamic programme over every possible slot for small ranges, and against the
 //! canonical segment-tree cover for large ones).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use hypdbg_host::encode::{MAX_WATCH_LEN, watch_slots_needed};
 use hypdbg_host::{WatchAccess, WpSlot, encode_watchpoint};
 use hypdbg_model::matching::{DataAccess, MatchEnv, MatchResult};

@@ -4,6 +4,8 @@
 //! FAR_EL1 for watchpoints); when its handler returns with PSTATE.D set, the repeated event
 //! is stepped over, not injected again.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::*;

@@ -3,6 +3,8 @@
 //! own breakpoint still fires there, and restoring into a CPU with fewer breakpoints or
 //! watchpoints than the snapshot uses is an error that writes nothing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::*;

@@ -2,6 +2,8 @@
 //! breakpoints, single-step, remove, continue, on the era-3 and era-2 references and on a
 //! 6/4 and a 2/2 CPU.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::*;

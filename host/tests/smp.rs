@@ -3,6 +3,8 @@
 //! stays in the guest with an older set, concurrent updaters lose nothing; and a simulated
 //! SMP guest whose vcpus only ever stop at the breakpoints of the set they entered with.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::sync::Arc;

@@ -162,10 +162,19 @@ pub struct CheckingAccess<'a> {
 impl<'a> CheckingAccess<'a> {
     /// Access `regs`, appending to `log`.
     pub fn new(regs: &'a mut PhysRegs, log: &'a mut Vec<AccessRecord>) -> Self {
-        CheckingAccess { inner: PlainAccess::new(regs), log, scope: Scope::Other }
+        CheckingAccess {
+            inner: PlainAccess::new(regs),
+            log,
+            scope: Scope::Other,
+        }
     }
     fn record(&mut self, reg: HypReg, write: bool, value: u64) {
-        self.log.push(AccessRecord { reg, write, value, scope: self.scope });
+        self.log.push(AccessRecord {
+            reg,
+            write,
+            value,
+            scope: self.scope,
+        });
     }
 }
 

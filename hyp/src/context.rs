@@ -2,10 +2,12 @@
 //! (arch/arm64/include/asm/kvm_host.h).
 
 use bitflags::bitflags;
-use hypdbg_model::ctrl::{DBG_SPSR_SS, OSLSR_EL1_OSLK, OSLSR_EL1_OSLM_IMPLEMENTED, PSR_D_BIT, PSR_MODE_EL1H};
+use hypdbg_model::SysReg;
+use hypdbg_model::ctrl::{
+    DBG_SPSR_SS, OSLSR_EL1_OSLK, OSLSR_EL1_OSLM_IMPLEMENTED, PSR_D_BIT, PSR_MODE_EL1H,
+};
 use hypdbg_model::esr::Esr;
 use hypdbg_model::uapi::{GuestDebugControl, KvmGuestDebugArch};
-use hypdbg_model::SysReg;
 use serde::Serialize;
 
 bitflags! {
@@ -136,7 +138,12 @@ pub struct UserPtRegs {
 
 impl Default for UserPtRegs {
     fn default() -> Self {
-        UserPtRegs { regs: [0; 31], sp: 0, pc: 0, pstate: PSR_MODE_EL1H | PSR_D_BIT }
+        UserPtRegs {
+            regs: [0; 31],
+            sp: 0,
+            pc: 0,
+            pstate: PSR_MODE_EL1H | PSR_D_BIT,
+        }
     }
 }
 
@@ -211,7 +218,10 @@ impl KvmVcpu {
     /// A vcpu after KVM_ARM_VCPU_INIT: registers reset (OSLSR_EL1 = OSLM implemented,
     /// unlocked), PSTATE = EL1h with D masked.
     pub fn new(vcpu_id: usize) -> Self {
-        let mut v = KvmVcpu { vcpu_id, ..Default::default() };
+        let mut v = KvmVcpu {
+            vcpu_id,
+            ..Default::default()
+        };
         v.arch.ctxt.sys_regs.oslsr_el1 = OSLSR_EL1_OSLM_IMPLEMENTED;
         v
     }

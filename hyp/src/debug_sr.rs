@@ -29,39 +29,104 @@ macro_rules! fall_through {
                                                             'c13: {
                                                                 'c14: {
                                                                     'c15: {
-                                                                        match nr { 15 => break 'c15, 14 => break 'c14, 13 => break 'c13, 12 => break 'c12, 11 => break 'c11, 10 => break 'c10, 9 => break 'c9, 8 => break 'c8, 7 => break 'c7, 6 => break 'c6, 5 => break 'c5, 4 => break 'c4, 3 => break 'c3, 2 => break 'c2, 1 => break 'c1, _ => break 'c0 }
+                                                                        match nr {
+                                                                            15 => break 'c15,
+                                                                            14 => break 'c14,
+                                                                            13 => break 'c13,
+                                                                            12 => break 'c12,
+                                                                            11 => break 'c11,
+                                                                            10 => break 'c10,
+                                                                            9 => break 'c9,
+                                                                            8 => break 'c8,
+                                                                            7 => break 'c7,
+                                                                            6 => break 'c6,
+                                                                            5 => break 'c5,
+                                                                            4 => break 'c4,
+                                                                            3 => break 'c3,
+                                                                            2 => break 'c2,
+                                                                            1 => break 'c1,
+                                                                            _ => break 'c0,
+                                                                        }
                                                                     }
-                                                                    { let $n: usize = 15; $body; }
+                                                                    {
+                                                                        let $n: usize = 15;
+                                                                        $body;
+                                                                    }
                                                                 }
-                                                                { let $n: usize = 14; $body; }
+                                                                {
+                                                                    let $n: usize = 14;
+                                                                    $body;
+                                                                }
                                                             }
-                                                            { let $n: usize = 13; $body; }
+                                                            {
+                                                                let $n: usize = 13;
+                                                                $body;
+                                                            }
                                                         }
-                                                        { let $n: usize = 12; $body; }
+                                                        {
+                                                            let $n: usize = 12;
+                                                            $body;
+                                                        }
                                                     }
-                                                    { let $n: usize = 11; $body; }
+                                                    {
+                                                        let $n: usize = 11;
+                                                        $body;
+                                                    }
                                                 }
-                                                { let $n: usize = 10; $body; }
+                                                {
+                                                    let $n: usize = 10;
+                                                    $body;
+                                                }
                                             }
-                                            { let $n: usize = 9; $body; }
+                                            {
+                                                let $n: usize = 9;
+                                                $body;
+                                            }
                                         }
-                                        { let $n: usize = 8; $body; }
+                                        {
+                                            let $n: usize = 8;
+                                            $body;
+                                        }
                                     }
-                                    { let $n: usize = 7; $body; }
+                                    {
+                                        let $n: usize = 7;
+                                        $body;
+                                    }
                                 }
-                                { let $n: usize = 6; $body; }
+                                {
+                                    let $n: usize = 6;
+                                    $body;
+                                }
                             }
-                            { let $n: usize = 5; $body; }
+                            {
+                                let $n: usize = 5;
+                                $body;
+                            }
                         }
-                        { let $n: usize = 4; $body; }
+                        {
+                            let $n: usize = 4;
+                            $body;
+                        }
                     }
-                    { let $n: usize = 3; $body; }
+                    {
+                        let $n: usize = 3;
+                        $body;
+                    }
                 }
-                { let $n: usize = 2; $body; }
+                {
+                    let $n: usize = 2;
+                    $body;
+                }
             }
-            { let $n: usize = 1; $body; }
+            {
+                let $n: usize = 1;
+                $body;
+            }
         }
-        { let $n: usize = 0; $body; }
+        {
+            let $n: usize = 0;
+            $body;
+        }
     }};
 }
 
@@ -129,7 +194,8 @@ mod tests {
         let mut file = DebugRegFile::new(DebugFeatures::from_counts(b, w, 1).unwrap());
         for bank in DbgBank::ALL {
             for n in 0..file.implemented(bank) {
-                file.write_dbg(bank, n, 0x100 * bank as u64 + n as u64).unwrap();
+                file.write_dbg(bank, n, 0x100 * bank as u64 + n as u64)
+                    .unwrap();
             }
         }
         PhysRegs { file, mdcr_el2: 0 }
@@ -141,7 +207,13 @@ mod tests {
             let mut r = regs(16, 16);
             let mut log: Vec<AccessRecord> = Vec::new();
             let mut ptr = [0u64; 16];
-            save_debug(&mut CheckingAccess::new(&mut r, &mut log), &mut ptr, DbgBank::Wcr, nr).unwrap();
+            save_debug(
+                &mut CheckingAccess::new(&mut r, &mut log),
+                &mut ptr,
+                DbgBank::Wcr,
+                nr,
+            )
+            .unwrap();
             let order: Vec<usize> = log
                 .iter()
                 .map(|a| match a.reg {
@@ -151,12 +223,22 @@ mod tests {
                 .collect();
             let want: Vec<usize> = (0..=usize::from(nr)).rev().collect();
             assert_eq!(order, want);
-            for n in 0..16 {
-                let expect = if n <= usize::from(nr) { 0x200 + n as u64 } else { 0 };
-                assert_eq!(ptr[n], expect);
+            for (n, got) in ptr.iter().enumerate() {
+                let expect = if n <= usize::from(nr) {
+                    0x200 + n as u64
+                } else {
+                    0
+                };
+                assert_eq!(*got, expect);
             }
             let mut ptr2 = [0u64; 16];
-            save_debug_loop(&mut CheckingAccess::new(&mut r, &mut log), &mut ptr2, DbgBank::Wcr, nr).unwrap();
+            save_debug_loop(
+                &mut CheckingAccess::new(&mut r, &mut log),
+                &mut ptr2,
+                DbgBank::Wcr,
+                nr,
+            )
+            .unwrap();
             assert_eq!(ptr, ptr2);
         }
     }
@@ -166,7 +248,13 @@ mod tests {
         let mut r = regs(16, 16);
         let mut log = Vec::new();
         let mut ptr = [0u64; 16];
-        save_debug(&mut CheckingAccess::new(&mut r, &mut log), &mut ptr, DbgBank::Bcr, 16).unwrap();
+        save_debug(
+            &mut CheckingAccess::new(&mut r, &mut log),
+            &mut ptr,
+            DbgBank::Bcr,
+            16,
+        )
+        .unwrap();
         assert_eq!(log.len(), 1);
         assert_eq!(ptr[0], 0);
         assert_eq!(ptr[1], 0);
@@ -177,8 +265,24 @@ mod tests {
         let mut r = regs(6, 4);
         let mut log = Vec::new();
         let ptr = [7u64; 16];
-        let e = restore_debug(&mut CheckingAccess::new(&mut r, &mut log), &ptr, DbgBank::Wvr, 4).unwrap_err();
-        assert!(matches!(e, HypFault::Undefined { reg: SysReg::Dbg(DbgBank::Wvr, 4), index: 4, .. }), "{e:?}");
+        let e = restore_debug(
+            &mut CheckingAccess::new(&mut r, &mut log),
+            &ptr,
+            DbgBank::Wvr,
+            4,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                HypFault::Undefined {
+                    reg: SysReg::Dbg(DbgBank::Wvr, 4),
+                    index: 4,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         // Nothing was written: the faulting access is the first one (index 4, descending).
         assert_eq!(log.len(), 1);
         assert_eq!(r.file.read_dbg(DbgBank::Wvr, 0).unwrap(), 0x300);

@@ -146,7 +146,7 @@ pub enum Event {
         /// control.
         control: u32,
         /// The block userspace passed.
-        arch: KvmGuestDebugArch,
+        arch: Box<KvmGuestDebugArch>,
         /// Whether KVM accepted it.
         ok: bool,
     },

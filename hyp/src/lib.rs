@@ -29,4 +29,4 @@ pub mod workloads;
 pub use access::{CheckingAccess, PlainAccess, RegAccess};
 pub use fault::{HypFault, KvmError};
 pub use flow::Era;
-pub use vm::{Vm, VmConfig, VcpuExit};
+pub use vm::{VcpuExit, Vm, VmConfig};

@@ -76,7 +76,10 @@ impl HostSnapshot {
                 let src = regs.file.bank(b);
                 let mut regs = [0; 16];
                 regs[..src.len()].copy_from_slice(src);
-                Bank { regs, len: src.len() as u8 }
+                Bank {
+                    regs,
+                    len: src.len() as u8,
+                }
             }),
             mdscr_el1: regs.file.mdscr_el1,
             mdccint_el1: regs.file.mdccint_el1,
@@ -121,7 +124,15 @@ impl Pcpu {
         file.mdccint_el1 = 1 << 29;
         file.contextidr_el1 = 0x100 + id as u64;
         let mdcr = MDCR_EL2_HPMFZS | 6;
-        Pcpu { id, regs: PhysRegs { file, mdcr_el2: mdcr }, host_data: KvmHostData::default(), mdcr_el2_boot: mdcr }
+        Pcpu {
+            id,
+            regs: PhysRegs {
+                file,
+                mdcr_el2: mdcr,
+            },
+            host_data: KvmHostData::default(),
+            mdcr_el2_boot: mdcr,
+        }
     }
 
     /// The CPU's ID_AA64DFR0_EL1.

@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 
 use hypdbg_model::esr::Esr;
 use hypdbg_model::uapi::{
-    core_reg, KvmDebugExitArch, KvmGuestDebug, KVM_CAP_GUEST_DEBUG_HW_BPS,
-    KVM_CAP_GUEST_DEBUG_HW_WPS, KVM_CAP_SET_GUEST_DEBUG, KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_VALID_MASK,
+    KVM_CAP_GUEST_DEBUG_HW_BPS, KVM_CAP_GUEST_DEBUG_HW_WPS, KVM_CAP_SET_GUEST_DEBUG,
+    KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_VALID_MASK, KvmDebugExitArch, KvmGuestDebug, core_reg,
 };
 use hypdbg_model::{DebugFeatures, SysReg};
 use serde::Serialize;
@@ -52,7 +52,13 @@ pub struct VmConfig {
 impl VmConfig {
     /// One CPU of `features`, one vcpu, checking mode.
     pub fn new(features: DebugFeatures) -> Self {
-        VmConfig { pcpus: vec![features], vcpus: 1, mode: AccessMode::Checking, trace_instructions: false, budget_per_run: 1_000_000 }
+        VmConfig {
+            pcpus: vec![features],
+            vcpus: 1,
+            mode: AccessMode::Checking,
+            trace_instructions: false,
+            budget_per_run: 1_000_000,
+        }
     }
 }
 
@@ -93,12 +99,20 @@ impl std::fmt::Display for VcpuExit {
         match self {
             VcpuExit::Debug { arch, flags } => {
                 let esr = Esr::from_bits(u64::from(arch.hsr) | u64::from(arch.hsr_high) << 32);
-                write!(f, "KVM_EXIT_DEBUG hsr={:#x} ({}) far={:#x} flags={flags}", arch.hsr, hypdbg_model::esr::ec_name(esr.ec()), arch.far)
+                write!(
+                    f,
+                    "KVM_EXIT_DEBUG hsr={:#x} ({}) far={:#x} flags={flags}",
+                    arch.hsr,
+                    hypdbg_model::esr::ec_name(esr.ec()),
+                    arch.far
+                )
             }
             VcpuExit::Hvc { imm } => write!(f, "HVC #{imm:#x}"),
             VcpuExit::ProgramEnd { pc } => write!(f, "program end at {pc:#x}"),
             VcpuExit::Intr => write!(f, "KVM_EXIT_INTR (instruction budget)"),
-            VcpuExit::GuestAbort { esr, elr } => write!(f, "guest abort: ESR_EL1={esr:#x} ELR_EL1={elr:#x}"),
+            VcpuExit::GuestAbort { esr, elr } => {
+                write!(f, "guest abort: ESR_EL1={esr:#x} ELR_EL1={elr:#x}")
+            }
         }
     }
 }
@@ -158,7 +172,9 @@ impl Vm {
     /// breakpoints and watchpoints (the guest sees one ID_AA64DFR0_EL1).
     pub fn new(flow: Box<dyn DynFlow>, config: VmConfig) -> Result<Vm, KvmError> {
         let Some(first) = config.pcpus.first().copied() else {
-            return Err(KvmError::Inval("a VM needs at least one physical CPU".into()));
+            return Err(KvmError::Inval(
+                "a VM needs at least one physical CPU".into(),
+            ));
         };
         if config.vcpus == 0 {
             return Err(KvmError::Inval("a VM needs at least one vcpu".into()));
@@ -174,7 +190,12 @@ impl Vm {
                 )));
             }
         }
-        let mut pcpus: Vec<Pcpu> = config.pcpus.iter().enumerate().map(|(i, f)| Pcpu::new(i, *f)).collect();
+        let mut pcpus: Vec<Pcpu> = config
+            .pcpus
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Pcpu::new(i, *f))
+            .collect();
         for p in &mut pcpus {
             let raw = p.features().raw();
             flow.init_host_data(&mut p.host_data, raw);
@@ -192,8 +213,21 @@ impl Vm {
                 hyp_vcpu: None,
             })
             .collect();
-        let events = if config.mode == AccessMode::Checking { Vec::with_capacity(128) } else { Vec::new() };
-        Ok(Vm { flow, pcpus, vcpus, mem: GuestMemory::new(), guest_features: first, config, events, dead: None })
+        let events = if config.mode == AccessMode::Checking {
+            Vec::with_capacity(128)
+        } else {
+            Vec::new()
+        };
+        Ok(Vm {
+            flow,
+            pcpus,
+            vcpus,
+            mem: GuestMemory::new(),
+            guest_features: first,
+            config,
+            events,
+            dead: None,
+        })
     }
 
     /// The flow's era.
@@ -237,13 +271,17 @@ impl Vm {
 
     /// A vcpu.
     pub fn vcpu(&self, i: usize) -> Result<&SimVcpu, KvmError> {
-        self.vcpus.get(i).ok_or_else(|| KvmError::Inval(format!("no vcpu {i} (the VM has {})", self.vcpus.len())))
+        self.vcpus.get(i).ok_or_else(|| {
+            KvmError::Inval(format!("no vcpu {i} (the VM has {})", self.vcpus.len()))
+        })
     }
 
     /// A vcpu, mutable (test set-up: registers, IRQ and preemption schedules).
     pub fn vcpu_mut(&mut self, i: usize) -> Result<&mut SimVcpu, KvmError> {
         let n = self.vcpus.len();
-        self.vcpus.get_mut(i).ok_or_else(|| KvmError::Inval(format!("no vcpu {i} (the VM has {n})")))
+        self.vcpus
+            .get_mut(i)
+            .ok_or_else(|| KvmError::Inval(format!("no vcpu {i} (the VM has {n})")))
     }
 
     /// A physical CPU.
@@ -259,7 +297,10 @@ impl Vm {
     /// Choose the physical CPU vcpu `i` runs on from its next KVM_RUN (migration).
     pub fn set_vcpu_cpu(&mut self, i: usize, cpu: usize) -> Result<(), KvmError> {
         if cpu >= self.pcpus.len() {
-            return Err(KvmError::Inval(format!("no physical CPU {cpu} (the VM has {})", self.pcpus.len())));
+            return Err(KvmError::Inval(format!(
+                "no physical CPU {cpu} (the VM has {})",
+                self.pcpus.len()
+            )));
         }
         self.vcpu_mut(i)?.cpu = cpu;
         Ok(())
@@ -308,7 +349,12 @@ impl Vm {
     pub fn set_guest_debug(&mut self, i: usize, dbg: &KvmGuestDebug) -> Result<(), KvmError> {
         self.vcpu(i)?;
         let r = self.flow.set_guest_debug(&mut self.vcpus[i].kvm, dbg);
-        self.record(Event::SetGuestDebug { vcpu: i, control: dbg.control, arch: dbg.arch, ok: r.is_ok() });
+        self.record(Event::SetGuestDebug {
+            vcpu: i,
+            control: dbg.control,
+            arch: Box::new(dbg.arch),
+            ok: r.is_ok(),
+        });
         r
     }
 
@@ -322,10 +368,22 @@ impl Vm {
         let reg = self.debug_one_reg(id)?;
         let v = &mut self.vcpus[i].kvm;
         let value = match reg {
-            SysReg::Dbg(..) => self.flow.get_dbg_reg(v, reg).ok_or_else(|| KvmError::NoEnt(format!("{reg}")))?,
-            other => v.arch.ctxt.sys_regs.get(other).ok_or_else(|| KvmError::NoEnt(format!("{other}")))?,
+            SysReg::Dbg(..) => self
+                .flow
+                .get_dbg_reg(v, reg)
+                .ok_or_else(|| KvmError::NoEnt(format!("{reg}")))?,
+            other => v
+                .arch
+                .ctxt
+                .sys_regs
+                .get(other)
+                .ok_or_else(|| KvmError::NoEnt(format!("{other}")))?,
         };
-        self.record(Event::GetOneReg { vcpu: i, reg, value });
+        self.record(Event::GetOneReg {
+            vcpu: i,
+            reg,
+            value,
+        });
         Ok(value)
     }
 
@@ -356,7 +414,11 @@ impl Vm {
                 v.arch.ctxt.sys_regs.set(other, value);
             }
         }
-        self.record(Event::SetOneReg { vcpu: i, reg, value });
+        self.record(Event::SetOneReg {
+            vcpu: i,
+            reg,
+            value,
+        });
         Ok(())
     }
 
@@ -364,17 +426,27 @@ impl Vm {
         let reg = SysReg::from_one_reg_id(id).map_err(|e| KvmError::NoEnt(e.to_string()))?;
         match reg {
             SysReg::Dbg(bank, n) => {
-                let implemented = if bank.is_breakpoint() { self.guest_features.num_brps() } else { self.guest_features.num_wrps() };
+                let implemented = if bank.is_breakpoint() {
+                    self.guest_features.num_brps()
+                } else {
+                    self.guest_features.num_wrps()
+                };
                 if usize::from(n) >= implemented {
                     return Err(KvmError::NoEnt(format!(
                         "{reg} is not implemented on this VM ({implemented} {})",
-                        if bank.is_breakpoint() { "breakpoints" } else { "watchpoints" }
+                        if bank.is_breakpoint() {
+                            "breakpoints"
+                        } else {
+                            "watchpoints"
+                        }
                     )));
                 }
                 Ok(reg)
             }
             SysReg::MdscrEl1 | SysReg::MdccintEl1 | SysReg::OslsrEl1 => Ok(reg),
-            other => Err(KvmError::NoEnt(format!("{other} is not accessible through ONE_REG here"))),
+            other => Err(KvmError::NoEnt(format!(
+                "{other} is not accessible through ONE_REG here"
+            ))),
         }
     }
 
@@ -384,7 +456,9 @@ impl Vm {
             core_reg::PC => Some(r.pc),
             core_reg::PSTATE => Some(r.pstate),
             core_reg::SP => Some(r.sp),
-            _ => (0..31u8).find(|&n| core_reg::x(n) == id).map(|n| r.regs[usize::from(n)]),
+            _ => (0..31u8)
+                .find(|&n| core_reg::x(n) == id)
+                .map(|n| r.regs[usize::from(n)]),
         }
     }
 
@@ -405,7 +479,12 @@ impl Vm {
     /// Make the guest take an exception at its EL1 on the next entry (how a VMM reinjects a
     /// debug exception that is not its own: ESR_EL1 with the same-EL class, FAR_EL1 for
     /// watchpoints).
-    pub fn inject_exception(&mut self, i: usize, esr: Esr, far: Option<u64>) -> Result<(), KvmError> {
+    pub fn inject_exception(
+        &mut self,
+        i: usize,
+        esr: Esr,
+        far: Option<u64>,
+    ) -> Result<(), KvmError> {
         self.vcpu_mut(i)?.kvm.arch.pending_exception = Some(PendingException { esr, far });
         self.record(Event::Inject { vcpu: i, esr, far });
         Ok(())
@@ -417,7 +496,11 @@ impl Vm {
         v.loaded = Some(cpu);
         self.flow.vcpu_load(&mut v.kvm, mdcr);
         let state = Self::flow_state(self.flow.as_ref(), &v.kvm);
-        self.record(Event::Load { vcpu: i, pcpu: cpu, state });
+        self.record(Event::Load {
+            vcpu: i,
+            pcpu: cpu,
+            state,
+        });
     }
 
     fn vcpu_put(&mut self, i: usize) {
@@ -425,7 +508,11 @@ impl Vm {
         let cpu = v.loaded.take().unwrap_or(v.cpu);
         self.flow.vcpu_put(&mut v.kvm);
         let state = Self::flow_state(self.flow.as_ref(), &v.kvm);
-        self.record(Event::Put { vcpu: i, pcpu: cpu, state });
+        self.record(Event::Put {
+            vcpu: i,
+            pcpu: cpu,
+            state,
+        });
     }
 
     /// KVM_RUN.
@@ -448,13 +535,14 @@ impl Vm {
                 Ok(Handled::User(e)) => break Ok(e),
                 Ok(Handled::Resume) => {
                     exits += 1;
-                    if let Some((after, to)) = self.vcpus[i].preempt {
-                        if exits == after && to < self.pcpus.len() {
-                            self.vcpus[i].preempt = None;
-                            self.vcpu_put(i);
-                            self.vcpus[i].cpu = to;
-                            self.vcpu_load(i, to);
-                        }
+                    if let Some((after, to)) = self.vcpus[i].preempt
+                        && exits == after
+                        && to < self.pcpus.len()
+                    {
+                        self.vcpus[i].preempt = None;
+                        self.vcpu_put(i);
+                        self.vcpus[i].cpu = to;
+                        self.vcpu_load(i, to);
                     }
                 }
             }
@@ -462,7 +550,10 @@ impl Vm {
         match result {
             Ok(e) => {
                 self.vcpu_put(i);
-                self.record(Event::UserExit { vcpu: i, exit: e.to_string() });
+                self.record(Event::UserExit {
+                    vcpu: i,
+                    exit: e.to_string(),
+                });
                 Ok(e)
             }
             Err(f) => Err(KvmError::Hyp(f)),
@@ -477,7 +568,10 @@ impl Vm {
         for &i in vcpus {
             self.vcpu(i)?;
             if !cpus.insert(self.vcpus[i].cpu) {
-                return Err(KvmError::Busy(format!("two vcpus cannot run on physical CPU {} at once", self.vcpus[i].cpu)));
+                return Err(KvmError::Busy(format!(
+                    "two vcpus cannot run on physical CPU {} at once",
+                    self.vcpus[i].cpu
+                )));
             }
         }
         if let Some(f) = &self.dead {
@@ -493,27 +587,48 @@ impl Vm {
         for &i in vcpus {
             let mut budget = self.config.budget_per_run;
             let exit = loop {
-                match self.exit_and_handle(i, &mut budget).map_err(KvmError::Hyp)? {
+                match self
+                    .exit_and_handle(i, &mut budget)
+                    .map_err(KvmError::Hyp)?
+                {
                     Handled::User(e) => break e,
                     Handled::Resume => self.enter(i).map_err(KvmError::Hyp)?,
                 }
             };
             self.vcpu_put(i);
-            self.record(Event::UserExit { vcpu: i, exit: exit.to_string() });
+            self.record(Event::UserExit {
+                vcpu: i,
+                exit: exit.to_string(),
+            });
             out.push(exit);
         }
         Ok(out)
     }
 
-    fn new_access<'a>(mode: AccessMode, regs: &'a mut crate::access::PhysRegs, log: &'a mut Vec<AccessRecord>) -> AnyAccess<'a> {
+    fn new_access<'a>(
+        mode: AccessMode,
+        regs: &'a mut crate::access::PhysRegs,
+        log: &'a mut Vec<AccessRecord>,
+    ) -> AnyAccess<'a> {
         match mode {
             AccessMode::Plain => AnyAccess::Plain(PlainAccess::new(regs)),
             AccessMode::Checking => AnyAccess::Checking(CheckingAccess::new(regs, log)),
         }
     }
 
-    fn fault(&mut self, i: usize, cpu: usize, f: HypFault, accesses: Vec<AccessRecord>) -> HypFault {
-        self.record(Event::HypPanic { vcpu: i, pcpu: cpu, fault: f.to_string(), accesses });
+    fn fault(
+        &mut self,
+        i: usize,
+        cpu: usize,
+        f: HypFault,
+        accesses: Vec<AccessRecord>,
+    ) -> HypFault {
+        self.record(Event::HypPanic {
+            vcpu: i,
+            pcpu: cpu,
+            fault: f.to_string(),
+            accesses,
+        });
         self.dead = Some(f.clone());
         f
     }
@@ -526,11 +641,22 @@ impl Vm {
         if self.checking() {
             let host = self.pcpus[cpu].host_snapshot();
             let state = Self::flow_state(self.flow.as_ref(), &self.vcpus[i].kvm);
-            self.events.push(Event::BeforeEntry { vcpu: i, pcpu: cpu, host: Box::new(host), state });
+            self.events.push(Event::BeforeEntry {
+                vcpu: i,
+                pcpu: cpu,
+                host: Box::new(host),
+                state,
+            });
         }
         let mode = self.config.mode;
-        let mut log = Vec::with_capacity(if self.config.mode == AccessMode::Checking { 80 } else { 0 });
-        let Vm { flow, pcpus, vcpus, .. } = self;
+        let mut log = Vec::with_capacity(if self.config.mode == AccessMode::Checking {
+            80
+        } else {
+            0
+        });
+        let Vm {
+            flow, pcpus, vcpus, ..
+        } = self;
         let pcpu = &mut pcpus[cpu];
         let v = &mut vcpus[i];
         if flow.protected_mode() {
@@ -545,8 +671,15 @@ impl Vm {
             return Err(self.fault(i, cpu, f, log));
         }
         if self.checking() {
-            let live = Box::new(LiveState { regs: HostSnapshot::of(&self.pcpus[cpu].regs) });
-            self.events.push(Event::Entered { vcpu: i, pcpu: cpu, live, accesses: log });
+            let live = Box::new(LiveState {
+                regs: HostSnapshot::of(&self.pcpus[cpu].regs),
+            });
+            self.events.push(Event::Entered {
+                vcpu: i,
+                pcpu: cpu,
+                live,
+                accesses: log,
+            });
         }
         Ok(())
     }
@@ -558,16 +691,37 @@ impl Vm {
         let checking = self.checking();
         let trace = self.config.trace_instructions;
         let mut guest_log = Vec::new();
-        let mut log = Vec::with_capacity(if self.config.mode == AccessMode::Checking { 80 } else { 0 });
+        let mut log = Vec::with_capacity(if self.config.mode == AccessMode::Checking {
+            80
+        } else {
+            0
+        });
         let reason;
         let instructions;
         let r = {
-            let Vm { flow, pcpus, vcpus, mem, .. } = self;
+            let Vm {
+                flow,
+                pcpus,
+                vcpus,
+                mem,
+                ..
+            } = self;
             let pcpu = &mut pcpus[cpu];
             let v = &mut vcpus[i];
-            let irq_in = v.irq_every.map(|n| if v.irq_countdown == 0 { n } else { v.irq_countdown });
+            let irq_in = v.irq_every.map(|n| {
+                if v.irq_countdown == 0 {
+                    n
+                } else {
+                    v.irq_countdown
+                }
+            });
             let before = *budget;
-            let SimVcpu { kvm, hyp_vcpu, exceptions, .. } = v;
+            let SimVcpu {
+                kvm,
+                hyp_vcpu,
+                exceptions,
+                ..
+            } = v;
             let running = match hyp_vcpu {
                 Some(h) => h,
                 None => kvm,
@@ -587,11 +741,16 @@ impl Vm {
             if let Some(n) = v.irq_every {
                 let ran = before - *budget;
                 let left = irq_in.unwrap_or(n).saturating_sub(ran);
-                v.irq_countdown = if reason == ExitReason::Irq || left == 0 { n } else { left };
+                v.irq_countdown = if reason == ExitReason::Irq || left == 0 {
+                    n
+                } else {
+                    left
+                };
             }
-            let mut a = Self::new_access(mode, &mut pcpu.regs, &mut log);
-            let r = hyp_exit(flow.as_ref(), &mut a, v.running(), &mut pcpu.host_data);
-            drop(a);
+            let r = {
+                let mut a = Self::new_access(mode, &mut pcpu.regs, &mut log);
+                hyp_exit(flow.as_ref(), &mut a, v.running(), &mut pcpu.host_data)
+            };
             if let Some(hyp) = v.hyp_vcpu.take() {
                 sync_hyp_vcpu(flow.as_ref(), &mut v.kvm, &hyp);
             }
@@ -607,7 +766,15 @@ impl Vm {
         if checking {
             let host = self.pcpus[cpu].host_snapshot();
             let state = Self::flow_state(self.flow.as_ref(), &self.vcpus[i].kvm);
-            self.events.push(Event::Exited { vcpu: i, pcpu: cpu, reason, instructions, host: Box::new(host), accesses: log, state });
+            self.events.push(Event::Exited {
+                vcpu: i,
+                pcpu: cpu,
+                reason,
+                instructions,
+                host: Box::new(host),
+                accesses: log,
+                state,
+            });
         }
         self.flow.clear_debug(&mut self.vcpus[i].kvm);
         Ok(self.handle_exit(i, cpu, reason))
@@ -621,14 +788,19 @@ impl Vm {
                 Handled::Resume
             }
             ExitReason::Debug { esr, far } => {
-                let (arch, flags) = self.flow.handle_guest_debug(&mut self.vcpus[i].kvm, esr, far);
+                let (arch, flags) = self
+                    .flow
+                    .handle_guest_debug(&mut self.vcpus[i].kvm, esr, far);
                 Handled::User(VcpuExit::Debug { arch, flags })
             }
             ExitReason::Hvc { imm } => Handled::User(VcpuExit::Hvc { imm }),
             ExitReason::Irq => Handled::Resume,
             ExitReason::ProgramEnd { pc } => Handled::User(VcpuExit::ProgramEnd { pc }),
             ExitReason::Budget => Handled::User(VcpuExit::Intr),
-            ExitReason::GuestAbort { esr, elr } => Handled::User(VcpuExit::GuestAbort { esr: esr.bits(), elr }),
+            ExitReason::GuestAbort { esr, elr } => Handled::User(VcpuExit::GuestAbort {
+                esr: esr.bits(),
+                elr,
+            }),
         }
     }
 
@@ -638,12 +810,22 @@ impl Vm {
         let Some(iss) = esr.sysreg() else { return };
         let v = &mut self.vcpus[i].kvm;
         let rt = usize::from(iss.rt);
-        let regval = if rt < 31 { v.arch.ctxt.regs.regs[rt] } else { 0 };
+        let regval = if rt < 31 {
+            v.arch.ctxt.regs.regs[rt]
+        } else {
+            0
+        };
         let reg = iss.sysreg();
         let (outcome, value) = match reg {
             Some(reg) => {
-                let mut p = SysRegParams { reg, is_write: !iss.is_read, regval };
-                let o = self.flow.emulate_sys_reg(v, &self.guest_features, mdcr_boot, &mut p);
+                let mut p = SysRegParams {
+                    reg,
+                    is_write: !iss.is_read,
+                    regval,
+                };
+                let o = self
+                    .flow
+                    .emulate_sys_reg(v, &self.guest_features, mdcr_boot, &mut p);
                 (o, p.regval)
             }
             None => (TrapOutcome::Undef, 0),
@@ -656,17 +838,34 @@ impl Vm {
                 v.set_flag(DebugFlags::INCREMENT_PC, true);
             }
             TrapOutcome::Undef => {
-                v.arch.pending_exception = Some(PendingException { esr: Esr::unknown(), far: None });
+                v.arch.pending_exception = Some(PendingException {
+                    esr: Esr::unknown(),
+                    far: None,
+                });
             }
         }
         if self.checking() {
             let undef = outcome == TrapOutcome::Undef;
-            self.events.push(Event::Trap { vcpu: i, reg, is_write: !iss.is_read, value, undef });
+            self.events.push(Event::Trap {
+                vcpu: i,
+                reg,
+                is_write: !iss.is_read,
+                value,
+                undef,
+            });
             if let (Some(reg), false) = (reg, undef) {
                 let what = if iss.is_read {
-                    GuestEvent::SysRegRead { reg, value, trapped: true }
+                    GuestEvent::SysRegRead {
+                        reg,
+                        value,
+                        trapped: true,
+                    }
                 } else {
-                    GuestEvent::SysRegWrite { reg, value, trapped: true }
+                    GuestEvent::SysRegWrite {
+                        reg,
+                        value,
+                        trapped: true,
+                    }
                 };
                 self.events.push(Event::Guest { vcpu: i, what });
             }
@@ -697,7 +896,12 @@ fn sync_hyp_vcpu(flow: &dyn DynFlow, host: &mut KvmVcpu, hyp: &KvmVcpu) {
 }
 
 /// The entry half of `__kvm_vcpu_run`.
-fn hyp_enter(flow: &dyn DynFlow, a: &mut AnyAccess<'_>, v: &mut KvmVcpu, host: &mut crate::context::KvmHostData) -> Result<(), HypFault> {
+fn hyp_enter(
+    flow: &dyn DynFlow,
+    a: &mut AnyAccess<'_>,
+    v: &mut KvmVcpu,
+    host: &mut crate::context::KvmHostData,
+) -> Result<(), HypFault> {
     // __sysreg_save_state_nvhe(host_ctxt)
     with_regs(a, |r| -> Result<(), HypFault> {
         r.scope(Scope::SysregSwitch);
@@ -727,17 +931,28 @@ fn hyp_enter(flow: &dyn DynFlow, a: &mut AnyAccess<'_>, v: &mut KvmVcpu, host: &
 }
 
 /// The exit half of `__kvm_vcpu_run`.
-fn hyp_exit(flow: &dyn DynFlow, a: &mut AnyAccess<'_>, v: &mut KvmVcpu, host: &mut crate::context::KvmHostData) -> Result<(), HypFault> {
+fn hyp_exit(
+    flow: &dyn DynFlow,
+    a: &mut AnyAccess<'_>,
+    v: &mut KvmVcpu,
+    host: &mut crate::context::KvmHostData,
+) -> Result<(), HypFault> {
     // __sysreg_save_state_nvhe(guest_ctxt)
     let (mdscr, ctxid) = with_regs(a, |r| -> Result<(u64, u64), HypFault> {
         r.scope(Scope::SysregSwitch);
-        Ok((r.read_sys(SysReg::MdscrEl1)?, r.read_sys(SysReg::ContextidrEl1)?))
+        Ok((
+            r.read_sys(SysReg::MdscrEl1)?,
+            r.read_sys(SysReg::ContextidrEl1)?,
+        ))
     })?;
     *flow.guest_mdscr(v) = mdscr;
     v.arch.ctxt.sys_regs.contextidr_el1 = ctxid;
     flow.deactivate_traps(a, v, host);
     // __sysreg_restore_state_nvhe(host_ctxt)
-    let (hm, hc) = (host.host_ctxt.sys_regs.mdscr_el1, host.host_ctxt.sys_regs.contextidr_el1);
+    let (hm, hc) = (
+        host.host_ctxt.sys_regs.mdscr_el1,
+        host.host_ctxt.sys_regs.contextidr_el1,
+    );
     with_regs(a, |r| -> Result<(), HypFault> {
         r.scope(Scope::SysregSwitch);
         r.write_sys(SysReg::MdscrEl1, hm)?;
@@ -771,4 +986,3 @@ impl<A: RegAccess> RegAccessDyn for A {
         RegAccess::write_sys(self, reg, v)
     }
 }
-

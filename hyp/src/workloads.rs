@@ -6,16 +6,16 @@
 use std::fmt::Write as _;
 
 use hypdbg_model::esr::{
-    ESR_ELX_EC_BREAKPT_CUR, ESR_ELX_EC_BRK64, ESR_ELX_EC_SOFTSTP_CUR, ESR_ELX_EC_SOFTSTP_LOW, ESR_ELX_EC_SVC64,
-    ESR_ELX_EC_WATCHPT_CUR,
+    ESR_ELX_EC_BREAKPT_CUR, ESR_ELX_EC_BRK64, ESR_ELX_EC_SOFTSTP_CUR, ESR_ELX_EC_SOFTSTP_LOW,
+    ESR_ELX_EC_SVC64, ESR_ELX_EC_WATCHPT_CUR,
 };
-use hypdbg_model::uapi::{core_reg, GuestDebugControl, KvmGuestDebug};
+use hypdbg_model::uapi::{GuestDebugControl, KvmGuestDebug, core_reg};
 use hypdbg_model::{DbgBank, DebugFeatures, SysReg};
 
 use crate::events::GuestEvent;
 use crate::fault::KvmError;
-use crate::guest::program::ProgramError;
 use crate::guest::Program;
+use crate::guest::program::ProgramError;
 use crate::vm::{VcpuExit, Vm};
 
 /// Where guest programs are loaded.
@@ -26,7 +26,9 @@ pub const DATA_BASE: u64 = 0x8_0000;
 /// `reset_debug_state()`: mask D, clear OSDLR/OSLAR, MDSCR = 0, CONTEXTIDR = 0, zero every
 /// implemented breakpoint and watchpoint register.
 pub fn reset_debug_state(f: &DebugFeatures) -> String {
-    let mut s = String::from("msr daifset, #8\nmsr osdlr_el1, xzr\nmsr oslar_el1, xzr\nisb\nmsr mdscr_el1, xzr\nmsr contextidr_el1, xzr\n");
+    let mut s = String::from(
+        "msr daifset, #8\nmsr osdlr_el1, xzr\nmsr oslar_el1, xzr\nisb\nmsr mdscr_el1, xzr\nmsr contextidr_el1, xzr\n",
+    );
     for i in 0..f.num_brps() {
         let _ = writeln!(s, "msr dbgbcr{i}_el1, xzr\nmsr dbgbvr{i}_el1, xzr");
     }
@@ -69,43 +71,58 @@ pub fn debug_exceptions_program(
     let ctx = 0xabcdefu64;
     let mut s = String::new();
     let hw_bp = |s: &mut String, label: &str| {
-        let _ = write!(s, "{}adr x1, {label}\nmsr dbgbvr{bpn}_el1, x1\nmsr dbgbcr{bpn}_el1, x0\nisb\n", mov64(0, bcr));
+        let _ = write!(
+            s,
+            "{}adr x1, {label}\nmsr dbgbvr{bpn}_el1, x1\nmsr dbgbcr{bpn}_el1, x0\nisb\n",
+            mov64(0, bcr)
+        );
     };
     let wp = |s: &mut String| {
-        let _ = write!(s, "{}{}msr dbgwvr{wpn}_el1, x1\nmsr dbgwcr{wpn}_el1, x0\nisb\n", mov64(0, wcr), mov64(1, DATA_BASE));
+        let _ = write!(
+            s,
+            "{}{}msr dbgwvr{wpn}_el1, x1\nmsr dbgwcr{wpn}_el1, x0\nisb\n",
+            mov64(0, wcr),
+            mov64(1, DATA_BASE)
+        );
     };
     // 1. sw bp
-    let _ = write!(s, "{reset}sw_bp: brk #0\n");
+    let _ = writeln!(s, "{reset}sw_bp: brk #0");
     // 2. hw bp on a nop
     let _ = write!(s, "{reset}");
     hw_bp(&mut s, "hw_bp1");
-    let _ = write!(s, "{ENABLE_MONITOR}hw_bp1: nop\n");
+    let _ = writeln!(s, "{ENABLE_MONITOR}hw_bp1: nop");
     // 3. hw bp on svc
     let _ = write!(s, "{reset}");
     hw_bp(&mut s, "hw_bp2");
-    let _ = write!(s, "{ENABLE_MONITOR}hw_bp2: svc #0\n");
+    let _ = writeln!(s, "{ENABLE_MONITOR}hw_bp2: svc #0");
     // 4. hw bp on brk
     let _ = write!(s, "{reset}");
     hw_bp(&mut s, "sw_bp2");
-    let _ = write!(s, "{ENABLE_MONITOR}sw_bp2: brk #0\n");
+    let _ = writeln!(s, "{ENABLE_MONITOR}sw_bp2: brk #0");
     // 5. watchpoint
     let _ = write!(s, "{reset}");
     wp(&mut s);
-    let _ = write!(s, "{ENABLE_MONITOR}mov x2, #0x78\nwp_store: strb w2, [x1]\n");
+    let _ = write!(
+        s,
+        "{ENABLE_MONITOR}mov x2, #0x78\nwp_store: strb w2, [x1]\n"
+    );
     // 6. single step
     let _ = write!(
         s,
         "{reset}mov x0, #0x2001\nmsr mdscr_el1, x0\nisb\nmsr daifclr, #8\nss_start: mrs x0, esr_el1\nadd x0, x0, #1\nmsr daifset, #8\nnop\n"
     );
     // 7-10. OS lock: BRK still taken; hw bp, wp and step are not.
-    let _ = write!(s, "{reset}{ENABLE_OS_LOCK}os_sw_bp: brk #0\n");
+    let _ = writeln!(s, "{reset}{ENABLE_OS_LOCK}os_sw_bp: brk #0");
     let _ = write!(s, "{reset}{ENABLE_OS_LOCK}");
     hw_bp(&mut s, "os_hw_bp");
-    let _ = write!(s, "{ENABLE_MONITOR}os_hw_bp: nop\n");
+    let _ = writeln!(s, "{ENABLE_MONITOR}os_hw_bp: nop");
     let _ = write!(s, "{reset}{ENABLE_OS_LOCK}");
     wp(&mut s);
     let _ = write!(s, "{ENABLE_MONITOR}mov x2, #0x79\nstrb w2, [x1]\n");
-    let _ = write!(s, "{reset}{ENABLE_OS_LOCK}mov x0, #0x2001\nmsr mdscr_el1, x0\nisb\nmsr daifclr, #8\nnop\nnop\nmsr daifset, #8\n");
+    let _ = write!(
+        s,
+        "{reset}{ENABLE_OS_LOCK}mov x0, #0x2001\nmsr mdscr_el1, x0\nisb\nmsr daifclr, #8\nnop\nnop\nmsr daifset, #8\n"
+    );
     // 11. linked context breakpoint
     let _ = write!(
         s,
@@ -125,7 +142,10 @@ pub fn debug_exceptions_program(
         mov64(0, 0x10_1ffb | (ctx_bpn as u64) << 16),
         mov64(1, ctx),
     );
-    let s = s.replace("wp_ctx_store: strb w2, [x3]", &format!("{}wp_ctx_store: strb w2, [x3]", mov64(3, DATA_BASE + 8)));
+    let s = s.replace(
+        "wp_ctx_store: strb w2, [x3]",
+        &format!("{}wp_ctx_store: strb w2, [x3]", mov64(3, DATA_BASE + 8)),
+    );
     let program = Program::assemble(CODE_BASE, &s)?;
     let expected = vec![
         (ESR_ELX_EC_BRK64, "sw_bp", None),
@@ -151,7 +171,11 @@ pub fn resolve(p: &Program, name: &str) -> Option<u64> {
         Some((b, o)) => (b, o.parse::<u64>().ok()?),
         None => (name, 0),
     };
-    let addr = if base == "write_data" { DATA_BASE } else { p.label(base)? };
+    let addr = if base == "write_data" {
+        DATA_BASE
+    } else {
+        p.label(base)?
+    };
     Some(addr + off)
 }
 
@@ -172,18 +196,27 @@ pub fn check_exceptions(p: &Program, got: &[GuestEvent], want: &[Expected]) -> R
             None => None,
         };
         match got.get(i) {
-            Some(&(gec, gelr, gfar)) if gec == *ec && gelr == want_elr && (want_far.is_none() || gfar == want_far) => {}
+            Some(&(gec, gelr, gfar))
+                if gec == *ec && gelr == want_elr && (want_far.is_none() || gfar == want_far) => {}
             Some(&(gec, gelr, gfar)) => {
                 return Err(format!(
                     "exception {i}: expected EC {ec:#x} at {elr} ({want_elr:#x}){}, got EC {gec:#x} at {gelr:#x} far {gfar:?}",
                     want_far.map(|f| format!(" far {f:#x}")).unwrap_or_default()
                 ));
             }
-            None => return Err(format!("exception {i}: expected EC {ec:#x} at {elr}, got none ({} in all)", got.len())),
+            None => {
+                return Err(format!(
+                    "exception {i}: expected EC {ec:#x} at {elr}, got none ({} in all)",
+                    got.len()
+                ));
+            }
         }
     }
     if got.len() > want.len() {
-        return Err(format!("unexpected extra exception: {:x?}", &got[want.len()..]));
+        return Err(format!(
+            "unexpected extra exception: {:x?}",
+            &got[want.len()..]
+        ));
     }
     Ok(())
 }
@@ -224,7 +257,11 @@ pub struct SingleStepReport {
 /// `test_single_step_from_userspace`: drive [`single_step_program`]; every KVM_EXIT_DEBUG
 /// inside the window must land exactly 4 bytes after the previous one, stepping stops just
 /// before `iter_ss_end` and no debug exit may come while it is off.
-pub fn run_userspace_single_step(vm: &mut Vm, vcpu: usize, p: &Program) -> Result<SingleStepReport, String> {
+pub fn run_userspace_single_step(
+    vm: &mut Vm,
+    vcpu: usize,
+    p: &Program,
+) -> Result<SingleStepReport, String> {
     let (begin, end) = match (p.label("iter_ss_begin"), p.label("iter_ss_end")) {
         (Some(b), Some(e)) => (b, e),
         _ => return Err("program lacks iter_ss_begin/iter_ss_end".into()),
@@ -238,30 +275,52 @@ pub fn run_userspace_single_step(vm: &mut Vm, vcpu: usize, p: &Program) -> Resul
         match exit {
             VcpuExit::Debug { arch, .. } => {
                 if !ss_enable {
-                    return Err(format!("unexpected KVM_EXIT_DEBUG (hsr {:#x}) with single-step off", arch.hsr));
+                    return Err(format!(
+                        "unexpected KVM_EXIT_DEBUG (hsr {:#x}) with single-step off",
+                        arch.hsr
+                    ));
                 }
                 if (arch.hsr >> 26) as u8 != ESR_ELX_EC_SOFTSTP_LOW {
-                    return Err(format!("expected a software step exit, got hsr {:#x}", arch.hsr));
+                    return Err(format!(
+                        "expected a software step exit, got hsr {:#x}",
+                        arch.hsr
+                    ));
                 }
                 report.steps += 1;
                 let pc = vm.get_one_reg(vcpu, core_reg::PC).map_err(kvm)?;
                 if test_pc != 0 && pc != test_pc {
-                    return Err(format!("step exit at {pc:#x}, expected {test_pc:#x} (exactly one instruction per step)"));
+                    return Err(format!(
+                        "step exit at {pc:#x}, expected {test_pc:#x} (exactly one instruction per step)"
+                    ));
                 }
                 if pc + 4 == end {
                     test_pc = 0;
                     ss_enable = false;
-                    let dbg = KvmGuestDebug { control: GuestDebugControl::ENABLE.bits(), ..Default::default() };
+                    let dbg = KvmGuestDebug {
+                        control: GuestDebugControl::ENABLE.bits(),
+                        ..Default::default()
+                    };
                     vm.set_guest_debug(vcpu, &dbg).map_err(kvm)?;
                     continue;
                 }
-                test_pc = if (begin..end).contains(&pc) { pc + 4 } else { 0 };
+                test_pc = if (begin..end).contains(&pc) {
+                    pc + 4
+                } else {
+                    0
+                };
             }
             VcpuExit::Hvc { imm: 0 } => {
                 report.iterations += 1;
                 ss_enable = true;
                 let control = GuestDebugControl::ENABLE | GuestDebugControl::SINGLESTEP;
-                vm.set_guest_debug(vcpu, &KvmGuestDebug { control: control.bits(), ..Default::default() }).map_err(kvm)?;
+                vm.set_guest_debug(
+                    vcpu,
+                    &KvmGuestDebug {
+                        control: control.bits(),
+                        ..Default::default()
+                    },
+                )
+                .map_err(kvm)?;
             }
             VcpuExit::Hvc { imm: 1 } => return Ok(report),
             other => return Err(format!("unexpected exit: {other}")),
@@ -275,7 +334,11 @@ pub fn run_userspace_single_step(vm: &mut Vm, vcpu: usize, p: &Program) -> Resul
 pub fn kut_bp_program(f: &DebugFeatures) -> Result<Program, ProgramError> {
     let mut s = reset_debug_state(f);
     for i in 0..f.num_brps() {
-        let _ = write!(s, "adr x1, hw_bp0\nadd x1, x1, #{}\nmsr dbgbvr{i}_el1, x1\nmov x0, #0x1fe3\nmsr dbgbcr{i}_el1, x0\n", 4 * i);
+        let _ = write!(
+            s,
+            "adr x1, hw_bp0\nadd x1, x1, #{}\nmsr dbgbvr{i}_el1, x1\nmov x0, #0x1fe3\nmsr dbgbcr{i}_el1, x0\n",
+            4 * i
+        );
     }
     s.push_str("isb\nmsr daifclr, #8\nmov x0, #0xa000\nmsr mdscr_el1, x0\nisb\nhvc #0\nhw_bp0:\n");
     for _ in 0..16 {
@@ -291,11 +354,17 @@ pub fn kut_wp_program(f: &DebugFeatures) -> Result<Program, ProgramError> {
     let mut s = reset_debug_state(f);
     let _ = write!(s, "{}", mov64(1, DATA_BASE));
     for i in 0..f.num_wrps() {
-        let _ = write!(s, "add x2, x1, #{i}\nmsr dbgwvr{i}_el1, x2\nmov x0, #0x1ffb\nmsr dbgwcr{i}_el1, x0\n");
+        let _ = write!(
+            s,
+            "add x2, x1, #{i}\nmsr dbgwvr{i}_el1, x2\nmov x0, #0x1ffb\nmsr dbgwcr{i}_el1, x0\n"
+        );
     }
     s.push_str("isb\nmov x0, #0xa000\nmsr mdscr_el1, x0\nisb\nhvc #0\nmsr daifclr, #8\n");
     for i in 0..f.num_wrps() {
-        let _ = write!(s, "mov x2, #{i}\nwp{i}: strb w2, [x1, #{i}]\nmsr daifclr, #8\n");
+        let _ = write!(
+            s,
+            "mov x2, #{i}\nwp{i}: strb w2, [x1, #{i}]\nmsr daifclr, #8\n"
+        );
     }
     s.push_str("hvc #1\n");
     Program::assemble(CODE_BASE, &s)
@@ -313,7 +382,11 @@ pub fn kut_ss_program(f: &DebugFeatures) -> Result<Program, ProgramError> {
 pub fn migration_registers(f: &DebugFeatures) -> Vec<u64> {
     let mut ids = Vec::new();
     for bank in DbgBank::ALL {
-        let n = if bank.is_breakpoint() { f.num_brps() } else { f.num_wrps() };
+        let n = if bank.is_breakpoint() {
+            f.num_brps()
+        } else {
+            f.num_wrps()
+        };
         ids.extend((0..n).map(|i| SysReg::Dbg(bank, i as u8).one_reg_id()));
     }
     ids.extend([SysReg::MdscrEl1, SysReg::MdccintEl1, SysReg::OslsrEl1].map(|r| r.one_reg_id()));
@@ -323,7 +396,12 @@ pub fn migration_registers(f: &DebugFeatures) -> Vec<u64> {
 }
 
 /// Migrate vcpu `from_vcpu` of `from` into vcpu `to_vcpu` of `to` through ONE_REG.
-pub fn migrate(from: &mut Vm, from_vcpu: usize, to: &mut Vm, to_vcpu: usize) -> Result<(), KvmError> {
+pub fn migrate(
+    from: &mut Vm,
+    from_vcpu: usize,
+    to: &mut Vm,
+    to_vcpu: usize,
+) -> Result<(), KvmError> {
     for id in migration_registers(from.guest_features()) {
         let v = from.get_one_reg(from_vcpu, id)?;
         to.set_one_reg(to_vcpu, id, v)?;

@@ -2,6 +2,8 @@
 //! public-test-scenarios.md): debug-exceptions.c cases 1-12 over every combination, the
 //! userspace single-step test, kvm-unit-tests bp/wp/ss with and without migration.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
 mod common;
 
 use common::*;
@@ -22,7 +24,11 @@ fn debug_exceptions_every_combination() {
                 let mut vm = vm_with(variant, profile, 1, AccessMode::Plain);
                 vm.load_program(&p);
                 let exit = vm.run(0).unwrap();
-                assert_eq!(exit, VcpuExit::Hvc { imm: 0 }, "{variant} {profile} b{b} w{w} c{c}");
+                assert_eq!(
+                    exit,
+                    VcpuExit::Hvc { imm: 0 },
+                    "{variant} {profile} b{b} w{w} c{c}"
+                );
                 let got = &vm.vcpu(0).unwrap().exceptions;
                 if let Err(e) = check_exceptions(&p, got, &want) {
                     panic!("{variant} {profile} b{b} w{w} c{c}: {e}");
@@ -32,7 +38,11 @@ fn debug_exceptions_every_combination() {
                 assert_eq!(vm.memory().read_uint(DATA_BASE, 1), 0x79);
                 assert_eq!(vm.memory().read_uint(DATA_BASE + 8, 1), 0x7a);
                 // OSLSR_EL1.OSLK read back as set while locked.
-                assert_eq!(vm.vcpu(0).unwrap().kvm.arch.ctxt.regs.regs[9] & 2, 2, "{variant}");
+                assert_eq!(
+                    vm.vcpu(0).unwrap().kvm.arch.ctxt.regs.regs[9] & 2,
+                    2,
+                    "{variant}"
+                );
             }
         }
     }
@@ -45,7 +55,8 @@ fn userspace_single_step_1000_iterations() {
             let mut vm = vm_with(variant, profile, 1, AccessMode::Plain);
             let p = single_step_program(1000).unwrap();
             vm.load_program(&p);
-            let r = run_userspace_single_step(&mut vm, 0, &p).unwrap_or_else(|e| panic!("{variant} {profile}: {e}"));
+            let r = run_userspace_single_step(&mut vm, 0, &p)
+                .unwrap_or_else(|e| panic!("{variant} {profile}: {e}"));
             assert_eq!(r.iterations, 1000);
             // The window is nop, 2 MSR, 2 MRS: a step exit after each of the first four; the
             // host turns stepping off before the last.
@@ -64,7 +75,8 @@ fn userspace_single_step_with_host_interrupts() {
             vm.vcpu_mut(0).unwrap().irq_every = Some(every);
             let p = single_step_program(200).unwrap();
             vm.load_program(&p);
-            let r = run_userspace_single_step(&mut vm, 0, &p).unwrap_or_else(|e| panic!("{variant} irq every {every}: {e}"));
+            let r = run_userspace_single_step(&mut vm, 0, &p)
+                .unwrap_or_else(|e| panic!("{variant} irq every {every}: {e}"));
             assert_eq!(r.iterations, 200);
         }
     }
@@ -111,19 +123,37 @@ fn kut(variant: &str, profile: &str, to_profile: Option<&str>, which: &str) {
     match which {
         "bp" => {
             let base = p.label("hw_bp0").unwrap();
-            let want: Vec<_> = (0..f.num_brps()).map(|i| (ESR_ELX_EC_BREAKPT_CUR, base + 4 * i as u64, None)).collect();
+            let want: Vec<_> = (0..f.num_brps())
+                .map(|i| (ESR_ELX_EC_BREAKPT_CUR, base + 4 * i as u64, None))
+                .collect();
             assert_eq!(ex, want, "{ctx}");
         }
         "wp" => {
             assert_eq!(ex.len(), f.num_wrps(), "{ctx}: {ex:x?}");
             for (i, (ec, elr, far)) in ex.iter().enumerate() {
-                assert_eq!((*ec, *elr, *far), (ESR_ELX_EC_WATCHPT_CUR, p.label(&format!("wp{i}")).unwrap(), Some(DATA_BASE + i as u64)), "{ctx}");
-                assert_eq!(vm.memory().read_uint(DATA_BASE + i as u64, 1), i as u64, "{ctx}: data[{i}] written");
+                assert_eq!(
+                    (*ec, *elr, *far),
+                    (
+                        ESR_ELX_EC_WATCHPT_CUR,
+                        p.label(&format!("wp{i}")).unwrap(),
+                        Some(DATA_BASE + i as u64)
+                    ),
+                    "{ctx}"
+                );
+                assert_eq!(
+                    vm.memory().read_uint(DATA_BASE + i as u64, 1),
+                    i as u64,
+                    "{ctx}: data[{i}] written"
+                );
             }
         }
         _ => {
             let start = p.label("ss_start").unwrap();
-            let want = vec![(ESR_ELX_EC_SOFTSTP_CUR, start, None), (ESR_ELX_EC_SOFTSTP_CUR, start + 4, None), (ESR_ELX_EC_SOFTSTP_CUR, start + 8, None)];
+            let want = vec![
+                (ESR_ELX_EC_SOFTSTP_CUR, start, None),
+                (ESR_ELX_EC_SOFTSTP_CUR, start + 4, None),
+                (ESR_ELX_EC_SOFTSTP_CUR, start + 8, None),
+            ];
             assert_eq!(ex, want, "{ctx}");
         }
     }

@@ -1,6 +1,8 @@
 //! The world switch's promises, for every era and for the profiles min (2/2), cortex-a57
 //! (6/4) and max (16/16), observed through the checking register access.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
 mod common;
 
 use common::*;
@@ -8,8 +10,8 @@ use hypdbg_hyp::access::{HypReg, SwitchStats};
 use hypdbg_hyp::events::{Event, GuestEvent};
 use hypdbg_hyp::vm::{AccessMode, VcpuExit};
 use hypdbg_model::ctrl::{DBG_MDSCR_MDE, DBG_MDSCR_SS, DBG_SPSR_SS};
-use hypdbg_model::esr::{Esr, ESR_ELX_EC_BREAKPT_LOW, ESR_ELX_EC_SOFTSTP_LOW};
-use hypdbg_model::uapi::{core_reg, GuestDebugControl, KvmGuestDebug, KvmGuestDebugArch};
+use hypdbg_model::esr::{ESR_ELX_EC_BREAKPT_LOW, ESR_ELX_EC_SOFTSTP_LOW, Esr};
+use hypdbg_model::uapi::{GuestDebugControl, KvmGuestDebug, KvmGuestDebugArch, core_reg};
 use hypdbg_model::{DbgBank, SysReg};
 
 /// Entries' and exits' register moves, per switch.
@@ -17,7 +19,9 @@ fn switches(vm: &hypdbg_hyp::Vm) -> Vec<SwitchStats> {
     vm.events()
         .iter()
         .filter_map(|e| match e {
-            Event::Entered { accesses, .. } | Event::Exited { accesses, .. } => Some(SwitchStats::of(accesses)),
+            Event::Entered { accesses, .. } | Event::Exited { accesses, .. } => {
+                Some(SwitchStats::of(accesses))
+            }
             _ => None,
         })
         .collect()
@@ -27,7 +31,7 @@ fn entered_live(vm: &hypdbg_hyp::Vm) -> Vec<hypdbg_hyp::pcpu::HostSnapshot> {
     vm.events()
         .iter()
         .filter_map(|e| match e {
-            Event::Entered { live, .. } => Some(live.regs.clone()),
+            Event::Entered { live, .. } => Some(live.regs),
             _ => None,
         })
         .collect()
@@ -45,7 +49,10 @@ fn each(mut f: impl FnMut(&str, &str)) {
 fn lazy_path_touches_no_debug_register() {
     each(|v, p| {
         let mut vm = vm(v, p);
-        load(&mut vm, "mov x0, #1\nadd x0, x0, #1\nstr x0, [x1]\nhvc #0\nnop\nhvc #1\n");
+        load(
+            &mut vm,
+            "mov x0, #1\nadd x0, x0, #1\nstr x0, [x1]\nhvc #0\nnop\nhvc #1\n",
+        );
         assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 0 });
         assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 1 });
         let s = switches(&vm);
@@ -54,7 +61,12 @@ fn lazy_path_touches_no_debug_register() {
             assert_eq!(st.debug_state_moves(), 0, "{v} {p}: {st:?}");
         }
         // Traps stay armed so a first use is caught.
-        assert!(entered_live(&vm).iter().all(|l| l.mdcr_el2 & hypdbg_model::ctrl::MDCR_EL2_TDA != 0), "{v} {p}");
+        assert!(
+            entered_live(&vm)
+                .iter()
+                .all(|l| l.mdcr_el2 & hypdbg_model::ctrl::MDCR_EL2_TDA != 0),
+            "{v} {p}"
+        );
     });
 }
 
@@ -64,17 +76,27 @@ fn mde_only_guest_gets_its_registers_switched() {
         let f = features(p);
         let mut vm = vm(v, p);
         // The guest enables MDE only (EL0 breakpoints): its DBGBCR0 = 0 must be live.
-        load(&mut vm, "mov x0, #0x8000\nmsr mdscr_el1, x0\nhvc #0\nnop\nhvc #1\n");
+        load(
+            &mut vm,
+            "mov x0, #0x8000\nmsr mdscr_el1, x0\nhvc #0\nnop\nhvc #1\n",
+        );
         vm.run(0).unwrap();
         vm.run(0).unwrap();
         let live = entered_live(&vm);
         let last = live.last().unwrap();
         assert_eq!(last.mdscr_el1, DBG_MDSCR_MDE, "{v} {p}");
-        assert!(last.banks[DbgBank::Bcr as usize].iter().all(|&x| x == 0), "{v} {p}: host breakpoints live: {last:x?}");
+        assert!(
+            last.banks[DbgBank::Bcr as usize].iter().all(|&x| x == 0),
+            "{v} {p}: host breakpoints live: {last:x?}"
+        );
         let st = switches(&vm);
         let last_entry = st[st.len() - 2];
         let n = (2 * f.num_brps() + 2 * f.num_wrps()) as u32;
-        assert_eq!((last_entry.dbg_reads, last_entry.dbg_writes), (n, n), "{v} {p}");
+        assert_eq!(
+            (last_entry.dbg_reads, last_entry.dbg_writes),
+            (n, n),
+            "{v} {p}"
+        );
     });
 }
 
@@ -84,22 +106,39 @@ fn guest_writes_while_clean_trap_then_load_on_next_entry() {
         let f = features(p);
         let top = f.num_wrps() - 1;
         let mut vm = vm(v, p);
-        let text = format!("mov x0, #0x1234\nmsr dbgwvr{top}_el1, x0\nmrs x1, dbgwvr{top}_el1\nhvc #0\n");
+        let text =
+            format!("mov x0, #0x1234\nmsr dbgwvr{top}_el1, x0\nmrs x1, dbgwvr{top}_el1\nhvc #0\n");
         load(&mut vm, &text);
         assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 0 });
         let trapped: Vec<_> = vm
             .events()
             .iter()
             .filter_map(|e| match e {
-                Event::Guest { what: GuestEvent::SysRegWrite { reg, value, trapped }, .. } => Some((*reg, *value, *trapped)),
+                Event::Guest {
+                    what:
+                        GuestEvent::SysRegWrite {
+                            reg,
+                            value,
+                            trapped,
+                        },
+                    ..
+                } => Some((*reg, *value, *trapped)),
                 _ => None,
             })
             .collect();
-        assert_eq!(trapped[0], (SysReg::Dbg(DbgBank::Wvr, top as u8), 0x1234, true), "{v} {p}");
+        assert_eq!(
+            trapped[0],
+            (SysReg::Dbg(DbgBank::Wvr, top as u8), 0x1234, true),
+            "{v} {p}"
+        );
         // The entry after the trapped write loads the guest's value.
         let live = entered_live(&vm);
         assert_eq!(live[1].banks[DbgBank::Wvr as usize][top], 0x1234, "{v} {p}");
-        assert_eq!(vm.vcpu(0).unwrap().kvm.arch.ctxt.regs.regs[1], 0x1234, "{v} {p}: read back");
+        assert_eq!(
+            vm.vcpu(0).unwrap().kvm.arch.ctxt.regs.regs[1],
+            0x1234,
+            "{v} {p}: read back"
+        );
     });
 }
 
@@ -107,19 +146,31 @@ fn guest_writes_while_clean_trap_then_load_on_next_entry() {
 fn host_registers_survive_every_run_bit_for_bit() {
     each(|v, p| {
         let mut vm = vm_with(v, p, 2, AccessMode::Checking);
-        let before: Vec<_> = (0..2).map(|c| vm.pcpu(c).unwrap().host_snapshot()).collect();
-        load(&mut vm, "mov x0, #0xa000\nmsr mdscr_el1, x0\nmov x0, #0x1e7\nmsr dbgbcr0_el1, x0\nmsr mdccint_el1, x0\nhvc #0\nmsr contextidr_el1, x0\nhvc #1\n");
+        let before: Vec<_> = (0..2)
+            .map(|c| vm.pcpu(c).unwrap().host_snapshot())
+            .collect();
+        load(
+            &mut vm,
+            "mov x0, #0xa000\nmsr mdscr_el1, x0\nmov x0, #0x1e7\nmsr dbgbcr0_el1, x0\nmsr mdccint_el1, x0\nhvc #0\nmsr contextidr_el1, x0\nhvc #1\n",
+        );
         vm.run(0).unwrap();
         vm.set_vcpu_cpu(0, 1).unwrap();
-        let dbg = KvmGuestDebug { control: (GuestDebugControl::ENABLE | GuestDebugControl::USE_HW).bits(), ..Default::default() };
+        let dbg = KvmGuestDebug {
+            control: (GuestDebugControl::ENABLE | GuestDebugControl::USE_HW).bits(),
+            ..Default::default()
+        };
         vm.set_guest_debug(0, &dbg).unwrap();
         vm.run(0).unwrap();
         for c in 0..2 {
-            assert_eq!(vm.pcpu(c).unwrap().host_snapshot(), before[c], "{v} {p} cpu{c}");
+            assert_eq!(
+                vm.pcpu(c).unwrap().host_snapshot(),
+                before[c],
+                "{v} {p} cpu{c}"
+            );
         }
         for e in vm.events() {
             if let Event::Exited { host, pcpu, .. } = e {
-                assert_eq!(host, &before[*pcpu], "{v} {p}");
+                assert_eq!(**host, before[*pcpu], "{v} {p}");
             }
         }
     });
@@ -129,14 +180,25 @@ fn host_registers_survive_every_run_bit_for_bit() {
 fn userspace_hw_debug_runs_on_external_registers_and_gives_the_guest_its_own_back() {
     each(|v, p| {
         let mut vm = vm(v, p);
-        let prog = load(&mut vm, "mov x0, #0xa000\nmsr mdscr_el1, x0\nmov x0, #0x1e5\nmsr dbgbcr0_el1, x0\nhvc #0\nbp: nop\nhvc #1\nmrs x3, dbgbcr0_el1\nmrs x4, mdscr_el1\nhvc #2\n");
+        let prog = load(
+            &mut vm,
+            "mov x0, #0xa000\nmsr mdscr_el1, x0\nmov x0, #0x1e5\nmsr dbgbcr0_el1, x0\nhvc #0\nbp: nop\nhvc #1\nmrs x3, dbgbcr0_el1\nmrs x4, mdscr_el1\nhvc #2\n",
+        );
         assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 0 });
         let bp = prog.label("bp").unwrap();
         let mut arch = KvmGuestDebugArch::default();
         arch.dbg_bcr[0] = 0x1e7;
         arch.dbg_bvr[0] = bp;
         let control = GuestDebugControl::ENABLE | GuestDebugControl::USE_HW;
-        vm.set_guest_debug(0, &KvmGuestDebug { control: control.bits(), pad: 0, arch }).unwrap();
+        vm.set_guest_debug(
+            0,
+            &KvmGuestDebug {
+                control: control.bits(),
+                pad: 0,
+                arch,
+            },
+        )
+        .unwrap();
         match vm.run(0).unwrap() {
             VcpuExit::Debug { arch, .. } => {
                 let esr = Esr::from_bits(arch.hsr.into());
@@ -147,7 +209,11 @@ fn userspace_hw_debug_runs_on_external_registers_and_gives_the_guest_its_own_bac
         }
         let live = entered_live(&vm);
         let l = live.last().unwrap();
-        assert_eq!((l.banks[0][0], l.banks[1][0]), (0x1e7, bp), "{v} {p}: userspace's breakpoint live");
+        assert_eq!(
+            (l.banks[0][0], l.banks[1][0]),
+            (0x1e7, bp),
+            "{v} {p}: userspace's breakpoint live"
+        );
         assert!(l.mdscr_el1 & DBG_MDSCR_MDE != 0);
         // Stop debugging: the guest reads its own registers back.
         vm.set_guest_debug(0, &KvmGuestDebug::default()).unwrap();
@@ -155,7 +221,11 @@ fn userspace_hw_debug_runs_on_external_registers_and_gives_the_guest_its_own_bac
         assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 2 });
         let r = vm.vcpu(0).unwrap().kvm.arch.ctxt.regs.regs;
         assert_eq!((r[3], r[4]), (0x1e5, 0xa000), "{v} {p}");
-        assert_eq!(vm.get_one_reg(0, SysReg::Dbg(DbgBank::Bcr, 0).one_reg_id()).unwrap(), 0x1e5);
+        assert_eq!(
+            vm.get_one_reg(0, SysReg::Dbg(DbgBank::Bcr, 0).one_reg_id())
+                .unwrap(),
+            0x1e5
+        );
     });
 }
 
@@ -163,46 +233,100 @@ fn userspace_hw_debug_runs_on_external_registers_and_gives_the_guest_its_own_bac
 fn userspace_single_step_is_one_instruction_and_restores_pstate_ss_and_mdscr() {
     each(|v, p| {
         let mut vm = vm(v, p);
-        let prog = load(&mut vm, "mov x0, #0x2000\nmsr mdscr_el1, x0\nhvc #0\na: nop\nb: msr dbgbvr0_el1, x0\nc: mrs x1, mdscr_el1\nd: nop\nhvc #1\n");
+        let prog = load(
+            &mut vm,
+            "mov x0, #0x2000\nmsr mdscr_el1, x0\nhvc #0\na: nop\nb: msr dbgbvr0_el1, x0\nc: mrs x1, mdscr_el1\nd: nop\nhvc #1\n",
+        );
         assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 0 });
         let pstate_before = vm.get_one_reg(0, core_reg::PSTATE).unwrap();
         let control = GuestDebugControl::ENABLE | GuestDebugControl::SINGLESTEP;
-        vm.set_guest_debug(0, &KvmGuestDebug { control: control.bits(), ..Default::default() }).unwrap();
+        vm.set_guest_debug(
+            0,
+            &KvmGuestDebug {
+                control: control.bits(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         for want in ["b", "c", "d"] {
             match vm.run(0).unwrap() {
-                VcpuExit::Debug { arch, .. } => assert_eq!((arch.hsr >> 26) as u8, ESR_ELX_EC_SOFTSTP_LOW),
+                VcpuExit::Debug { arch, .. } => {
+                    assert_eq!((arch.hsr >> 26) as u8, ESR_ELX_EC_SOFTSTP_LOW)
+                }
                 other => panic!("{v} {p}: {other:?}"),
             }
-            assert_eq!(vm.get_one_reg(0, core_reg::PC).unwrap(), prog.label(want).unwrap(), "{v} {p}");
+            assert_eq!(
+                vm.get_one_reg(0, core_reg::PC).unwrap(),
+                prog.label(want).unwrap(),
+                "{v} {p}"
+            );
             // Between runs the guest's own PSTATE.SS and MDSCR are what userspace sees.
-            assert_eq!(vm.get_one_reg(0, core_reg::PSTATE).unwrap() & DBG_SPSR_SS, pstate_before & DBG_SPSR_SS, "{v} {p}");
-            assert_eq!(vm.get_one_reg(0, SysReg::MdscrEl1.one_reg_id()).unwrap(), 0x2000, "{v} {p}");
+            assert_eq!(
+                vm.get_one_reg(0, core_reg::PSTATE).unwrap() & DBG_SPSR_SS,
+                pstate_before & DBG_SPSR_SS,
+                "{v} {p}"
+            );
+            assert_eq!(
+                vm.get_one_reg(0, SysReg::MdscrEl1.one_reg_id()).unwrap(),
+                0x2000,
+                "{v} {p}"
+            );
         }
         vm.set_guest_debug(0, &KvmGuestDebug::default()).unwrap();
         assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 1 });
         let r = vm.vcpu(0).unwrap().kvm.arch.ctxt.regs.regs;
-        assert_eq!(r[1] & DBG_MDSCR_SS, 0, "{v} {p}: the guest never sees KVM's MDSCR.SS");
-        assert_eq!(vm.get_one_reg(0, core_reg::PSTATE).unwrap() & DBG_SPSR_SS, pstate_before & DBG_SPSR_SS);
+        assert_eq!(
+            r[1] & DBG_MDSCR_SS,
+            0,
+            "{v} {p}: the guest never sees KVM's MDSCR.SS"
+        );
+        assert_eq!(
+            vm.get_one_reg(0, core_reg::PSTATE).unwrap() & DBG_SPSR_SS,
+            pstate_before & DBG_SPSR_SS
+        );
     });
 }
 
 #[test]
 fn migration_between_physical_cpus_keeps_every_value() {
     for &v in REFERENCES {
-        for (a, b) in [("cortex-a57", "cortex-a57"), ("cortex-a57", "neoverse-n1"), ("max", "max")] {
+        for (a, b) in [
+            ("cortex-a57", "cortex-a57"),
+            ("cortex-a57", "neoverse-n1"),
+            ("max", "max"),
+        ] {
             let fa = features(a);
-            let config = hypdbg_hyp::VmConfig { pcpus: vec![fa, features(b)], vcpus: 1, mode: AccessMode::Checking, trace_instructions: false, budget_per_run: 100_000 };
-            let vm = hypdbg_hyp::Vm::new((hypdbg_hyp::variants::by_name(v).unwrap().make)(), config).unwrap();
+            let config = hypdbg_hyp::VmConfig {
+                pcpus: vec![fa, features(b)],
+                vcpus: 1,
+                mode: AccessMode::Checking,
+                trace_instructions: false,
+                budget_per_run: 100_000,
+            };
+            let vm =
+                hypdbg_hyp::Vm::new((hypdbg_hyp::variants::by_name(v).unwrap().make)(), config)
+                    .unwrap();
             let mut text = String::from("mov x0, #0xa000\nmsr mdscr_el1, x0\n");
             for bank in ["dbgbcr", "dbgbvr", "dbgwcr", "dbgwvr"] {
-                let n = if bank.starts_with("dbgb") { fa.num_brps() } else { fa.num_wrps() };
+                let n = if bank.starts_with("dbgb") {
+                    fa.num_brps()
+                } else {
+                    fa.num_wrps()
+                };
                 for i in 0..n {
-                    text += &format!("mov x0, #{}\nmsr {bank}{i}_el1, x0\n", 0x100 + i * 4 + bank.len());
+                    text += &format!(
+                        "mov x0, #{}\nmsr {bank}{i}_el1, x0\n",
+                        0x100 + i * 4 + bank.len()
+                    );
                 }
             }
             text += "hvc #0\n";
             for bank in ["dbgbcr", "dbgbvr", "dbgwcr", "dbgwvr"] {
-                let n = if bank.starts_with("dbgb") { fa.num_brps() } else { fa.num_wrps() };
+                let n = if bank.starts_with("dbgb") {
+                    fa.num_brps()
+                } else {
+                    fa.num_wrps()
+                };
                 for i in 0..n {
                     text += &format!("mrs x0, {bank}{i}_el1\nhvc #2\n");
                 }
@@ -223,7 +347,15 @@ fn migration_between_physical_cpus_keeps_every_value() {
                 .events()
                 .iter()
                 .filter_map(|e| match e {
-                    Event::Guest { what: GuestEvent::SysRegRead { reg: SysReg::Dbg(..), value, .. }, .. } => Some(*value),
+                    Event::Guest {
+                        what:
+                            GuestEvent::SysRegRead {
+                                reg: SysReg::Dbg(..),
+                                value,
+                                ..
+                            },
+                        ..
+                    } => Some(*value),
                     _ => None,
                 })
                 .collect();
@@ -231,7 +363,15 @@ fn migration_between_physical_cpus_keeps_every_value() {
                 .events()
                 .iter()
                 .filter_map(|e| match e {
-                    Event::Guest { what: GuestEvent::SysRegWrite { reg: SysReg::Dbg(..), value, .. }, .. } => Some(*value),
+                    Event::Guest {
+                        what:
+                            GuestEvent::SysRegWrite {
+                                reg: SysReg::Dbg(..),
+                                value,
+                                ..
+                            },
+                        ..
+                    } => Some(*value),
                     _ => None,
                 })
                 .collect();
@@ -243,7 +383,10 @@ fn migration_between_physical_cpus_keeps_every_value() {
 #[test]
 fn seed_v2_runs_an_mde_only_guest_on_the_hosts_registers() {
     let mut vm = vm("seed-v2", "cortex-a57");
-    load(&mut vm, "mov x0, #0x8000\nmsr mdscr_el1, x0\nhvc #0\nnop\nhvc #1\n");
+    load(
+        &mut vm,
+        "mov x0, #0x8000\nmsr mdscr_el1, x0\nhvc #0\nnop\nhvc #1\n",
+    );
     vm.run(0).unwrap();
     vm.run(0).unwrap();
     let live = entered_live(&vm);
@@ -259,26 +402,41 @@ fn seed_v2_runs_an_mde_only_guest_on_the_hosts_registers() {
     assert_eq!(s[s.len() - 2].debug_state_moves(), 0);
     // The reference era 1 switches them.
     let mut r = common::vm("era1", "cortex-a57");
-    load(&mut r, "mov x0, #0x8000\nmsr mdscr_el1, x0\nhvc #0\nnop\nhvc #1\n");
+    load(
+        &mut r,
+        "mov x0, #0x8000\nmsr mdscr_el1, x0\nhvc #0\nnop\nhvc #1\n",
+    );
     r.run(0).unwrap();
     r.run(0).unwrap();
-    assert_eq!(entered_live(&r).last().unwrap().banks[DbgBank::Bcr as usize][3], 0);
+    assert_eq!(
+        entered_live(&r).last().unwrap().banks[DbgBank::Bcr as usize][3],
+        0
+    );
 }
 
 #[test]
 fn unimplemented_register_access_is_a_hyp_panic_not_a_rust_panic() {
     let mut vm = vm("count-plus-one", "cortex-a57");
-    load(&mut vm, "mov x0, #0x8000\nmsr mdscr_el1, x0\nhvc #0\nnop\nhvc #1\n");
+    load(
+        &mut vm,
+        "mov x0, #0x8000\nmsr mdscr_el1, x0\nhvc #0\nnop\nhvc #1\n",
+    );
     // The trapped MDSCR write makes the guest the owner; the next entry's copy faults.
     let e = vm.run(0).unwrap_err();
-    assert!(e.to_string().contains("UNDEFINED access to DBGBCR6_EL1"), "{e}");
+    assert!(
+        e.to_string().contains("UNDEFINED access to DBGBCR6_EL1"),
+        "{e}"
+    );
     assert!(vm.dead().is_some());
     assert!(vm.run(0).is_err(), "the VM stays dead");
     let panic = vm.events().iter().find_map(|e| match e {
         Event::HypPanic { accesses, .. } => accesses.last().copied(),
         _ => None,
     });
-    assert_eq!(panic.unwrap().reg, HypReg::Sys(SysReg::Dbg(DbgBank::Bcr, 6)));
+    assert_eq!(
+        panic.unwrap().reg,
+        HypReg::Sys(SysReg::Dbg(DbgBank::Bcr, 6))
+    );
 }
 
 #[test]
@@ -290,12 +448,33 @@ fn check_extension_reports_the_counts_and_bad_control_is_einval() {
     assert_eq!(vm0.check_extension(KVM_CAP_SET_GUEST_DEBUG), 1);
     assert_eq!(vm0.check_extension(KVM_CAP_SET_GUEST_DEBUG2), 0x3_0003);
     let mut vm1 = vm("era2", "max");
-    let e = vm1.set_guest_debug(0, &KvmGuestDebug { control: 0x4, ..Default::default() }).unwrap_err();
+    let e = vm1
+        .set_guest_debug(
+            0,
+            &KvmGuestDebug {
+                control: 0x4,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
     assert!(e.to_string().contains("EINVAL"), "{e}");
-    assert!(vm1.get_one_reg(0, SysReg::Dbg(DbgBank::Bcr, 15).one_reg_id()).is_ok());
+    assert!(
+        vm1.get_one_reg(0, SysReg::Dbg(DbgBank::Bcr, 15).one_reg_id())
+            .is_ok()
+    );
     let mut vm2 = vm("era2", "min");
-    let e = vm2.get_one_reg(0, SysReg::Dbg(DbgBank::Bcr, 2).one_reg_id()).unwrap_err();
+    let e = vm2
+        .get_one_reg(0, SysReg::Dbg(DbgBank::Bcr, 2).one_reg_id())
+        .unwrap_err();
     assert!(e.to_string().contains("not implemented"), "{e}");
-    assert!(vm2.set_one_reg(0, SysReg::OslsrEl1.one_reg_id(), 0).is_err(), "OSLM may not change");
-    assert!(vm2.set_one_reg(0, SysReg::OslsrEl1.one_reg_id(), 0xa).is_ok(), "OSLK may");
+    assert!(
+        vm2.set_one_reg(0, SysReg::OslsrEl1.one_reg_id(), 0)
+            .is_err(),
+        "OSLM may not change"
+    );
+    assert!(
+        vm2.set_one_reg(0, SysReg::OslsrEl1.one_reg_id(), 0xa)
+            .is_ok(),
+        "OSLK may"
+    );
 }

@@ -9,7 +9,7 @@ use hypdbg_hyp::variants::{self, VariantKind};
 use hypdbg_model::profiles::parse_cpu;
 
 use super::usage_error;
-use hypdbg::validate::check::{check, jobs, CheckOptions, Verdict};
+use hypdbg::validate::check::{CheckOptions, Verdict, check, jobs};
 use hypdbg::validate::report::{json_lines, table};
 
 /// `hypdbg check` options.
@@ -55,7 +55,18 @@ pub fn run(a: &CheckArgs) -> i32 {
     if a.list {
         for v in variants::all() {
             let fix = v.fix.map(|f| format!(" [fix: {f}]")).unwrap_or_default();
-            println!("{:<32} {:<5} {:<10?} {}{fix}", v.name, v.era.to_string(), v.kind, v.description);
+            let kind = match v.kind {
+                VariantKind::Reference => "reference",
+                VariantKind::Historical => "historical",
+                VariantKind::Generic => "generic",
+                VariantKind::User => "user",
+            };
+            println!(
+                "{:<32} {:<5} {kind:<10} {}{fix}",
+                v.name,
+                v.era.to_string(),
+                v.description
+            );
         }
         for (name, why) in variants::NOT_EXPRESSIBLE {
             println!("{name:<32} -     not expressible: {why}");
@@ -69,7 +80,11 @@ pub fn run(a: &CheckArgs) -> i32 {
             Some(v) => vec![v],
             None => {
                 let names: Vec<&str> = variants::all().iter().map(|v| v.name).collect();
-                return usage_error(format!("--variant {}: unknown; known: all, {}", a.variant, names.join(", ")));
+                return usage_error(format!(
+                    "--variant {}: unknown; known: all, {}",
+                    a.variant,
+                    names.join(", ")
+                ));
             }
         }
     };
@@ -77,7 +92,12 @@ pub fn run(a: &CheckArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return usage_error(format!("--cpu {}: {e}", a.cpu)),
     };
-    let opts = CheckOptions { variants: selected.clone(), cpus, count_sweep: a.cpu.eq_ignore_ascii_case("all"), random_cases: a.random };
+    let opts = CheckOptions {
+        variants: selected.clone(),
+        cpus,
+        count_sweep: a.cpu.eq_ignore_ascii_case("all"),
+        random_cases: a.random,
+    };
     let total = match jobs(&opts) {
         Ok(j) => (j.len() * selected.len()) as u64,
         Err(e) => {
@@ -97,10 +117,10 @@ pub fn run(a: &CheckArgs) -> i32 {
     };
     let start = Instant::now();
     let progress = |n: u64| {
-        if let Some(b) = &bar {
-            if n % 256 == 0 || n == total {
-                b.set_position(n);
-            }
+        if let Some(b) = &bar
+            && (n.is_multiple_of(256) || n == total)
+        {
+            b.set_position(n);
         }
     };
     let reports = match check(&opts, &progress) {
@@ -119,11 +139,11 @@ pub fn run(a: &CheckArgs) -> i32 {
     } else {
         print!("{}", table(&reports, elapsed, total));
     }
-    if let Some(dir) = &a.write_counterexamples {
-        if let Err(e) = write_counterexamples(dir, &reports) {
-            eprintln!("hypdbg: error: {e}");
-            return 1;
-        }
+    if let Some(dir) = &a.write_counterexamples
+        && let Err(e) = write_counterexamples(dir, &reports)
+    {
+        eprintln!("hypdbg: error: {e}");
+        return 1;
     }
     let single = selected.len() == 1;
     let ok = reports.iter().all(|r| match r.kind {
@@ -134,11 +154,15 @@ pub fn run(a: &CheckArgs) -> i32 {
     if ok { 0 } else { 1 }
 }
 
-fn write_counterexamples(dir: &std::path::Path, reports: &[hypdbg::validate::check::VariantReport]) -> Result<(), String> {
+fn write_counterexamples(
+    dir: &std::path::Path,
+    reports: &[hypdbg::validate::check::VariantReport],
+) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for r in reports {
         if let Some(c) = &r.counterexample {
-            let text = hypdbg::scenario::to_toml(&c.scenario).map_err(|e| format!("{}: {e}", r.variant))?;
+            let text = hypdbg::scenario::to_toml(&c.scenario)
+                .map_err(|e| format!("{}: {e}", r.variant))?;
             let path = dir.join(format!("{}.toml", r.variant));
             let body = format!("# {}\n# {}\n{text}", r.variant, c.text());
             std::fs::write(&path, body).map_err(|e| format!("{}: {e}", path.display()))?;

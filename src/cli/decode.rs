@@ -2,9 +2,9 @@
 
 use clap::{Args, Subcommand};
 use hypdbg_model::explain::explain;
-use hypdbg_model::matching::{match_single_breakpoint, match_single_watchpoint, DataAccess};
+use hypdbg_model::matching::{DataAccess, match_single_breakpoint, match_single_watchpoint};
 use hypdbg_model::profiles::parse_cpu;
-use hypdbg_model::{parse_u64, El};
+use hypdbg_model::{El, parse_u64};
 
 use super::usage_error;
 
@@ -112,7 +112,9 @@ pub fn run_match(m: &MatchCommand) -> i32 {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
                 match r {
-                    hypdbg_model::matching::MatchResult::Hit { address } => println!("hit at {address:#x}"),
+                    hypdbg_model::matching::MatchResult::Hit { address } => {
+                        println!("hit at {address:#x}")
+                    }
                     hypdbg_model::matching::MatchResult::Miss => println!("miss"),
                     hypdbg_model::matching::MatchResult::Unpredictable { rule } => {
                         println!("CONSTRAINED UNPREDICTABLE: {rule}");
@@ -125,7 +127,10 @@ pub fn run_match(m: &MatchCommand) -> i32 {
     }
 }
 
-fn unit_ctx(u: &UnitArgs, breakpoint: bool) -> Result<(hypdbg_model::DebugFeatures, usize, El), String> {
+fn unit_ctx(
+    u: &UnitArgs,
+    breakpoint: bool,
+) -> Result<(hypdbg_model::DebugFeatures, usize, El), String> {
     let cpus = parse_cpu(&u.cpu).map_err(|e| e.to_string())?;
     let [(_, f)] = cpus.as_slice() else {
         return Err(format!("--cpu {}: name one CPU", u.cpu));
@@ -135,25 +140,56 @@ fn unit_ctx(u: &UnitArgs, breakpoint: bool) -> Result<(hypdbg_model::DebugFeatur
         return Err("--el 2: a guest runs at EL0 or EL1".into());
     }
     let unit = num("unit", &u.unit)? as usize;
-    let n = if breakpoint { f.num_brps() } else { f.num_wrps() };
+    let n = if breakpoint {
+        f.num_brps()
+    } else {
+        f.num_wrps()
+    };
     if unit >= n {
-        return Err(format!("--unit {unit}: {} implements units 0..{}", u.cpu, n - 1));
+        return Err(format!(
+            "--unit {unit}: {} implements units 0..{}",
+            u.cpu,
+            n - 1
+        ));
     }
     Ok((*f, unit, el))
 }
 
-fn run_match_inner(m: &MatchCommand) -> Result<(bool, hypdbg_model::matching::MatchResult), String> {
+fn run_match_inner(
+    m: &MatchCommand,
+) -> Result<(bool, hypdbg_model::matching::MatchResult), String> {
     match m {
-        MatchCommand::Break { bcr, bvr, pc, contextidr, unit } => {
+        MatchCommand::Break {
+            bcr,
+            bvr,
+            pc,
+            contextidr,
+            unit,
+        } => {
             let (f, n, el) = unit_ctx(unit, true)?;
             let pc = num("pc", pc)?;
             if pc % 4 != 0 {
                 return Err(format!("--pc {pc:#x}: A64 instructions are 4-byte aligned"));
             }
-            let r = match_single_breakpoint(&f, n, num("bcr", bcr)?, num("bvr", bvr)?, num("contextidr", contextidr)?, pc, el);
+            let r = match_single_breakpoint(
+                &f,
+                n,
+                num("bcr", bcr)?,
+                num("bvr", bvr)?,
+                num("contextidr", contextidr)?,
+                pc,
+                el,
+            );
             Ok((unit.json, r))
         }
-        MatchCommand::Watch { wcr, wvr, addr, size, access, unit } => {
+        MatchCommand::Watch {
+            wcr,
+            wvr,
+            addr,
+            size,
+            access,
+            unit,
+        } => {
             let (f, n, el) = unit_ctx(unit, false)?;
             let size = num("size", size)?;
             if !(1..=64).contains(&size) {
@@ -164,8 +200,16 @@ fn run_match_inner(m: &MatchCommand) -> Result<(bool, hypdbg_model::matching::Ma
                 "store" | "write" => true,
                 other => return Err(format!("--access {other}: use load or store")),
             };
-            let a = DataAccess { address: num("addr", addr)?, size: size as u8, is_store, el };
-            Ok((unit.json, match_single_watchpoint(&f, n, num("wcr", wcr)?, num("wvr", wvr)?, &a)))
+            let a = DataAccess {
+                address: num("addr", addr)?,
+                size: size as u8,
+                is_store,
+                el,
+            };
+            Ok((
+                unit.json,
+                match_single_watchpoint(&f, n, num("wcr", wcr)?, num("wvr", wvr)?, &a),
+            ))
         }
     }
 }

@@ -5,7 +5,7 @@ pub mod ops;
 pub mod runner;
 
 pub use ops::{Op, Scenario, Value};
-pub use runner::{run_assembled, run_scenario, RunOutput};
+pub use runner::{RunOutput, run_assembled, run_scenario};
 
 /// The scenario as a TOML file.
 pub fn to_toml(s: &Scenario) -> Result<String, String> {

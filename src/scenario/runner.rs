@@ -6,9 +6,13 @@ use hypdbg_hyp::guest::Program;
 use hypdbg_hyp::variants::Variant;
 use hypdbg_hyp::vm::{AccessMode, VcpuExit, Vm, VmConfig};
 use hypdbg_hyp::workloads::CODE_BASE;
-use hypdbg_model::esr::{Esr, ESR_ELX_EC_BREAKPT_LOW, ESR_ELX_EC_SOFTSTP_LOW, ESR_ELX_EC_WATCHPT_LOW};
+use hypdbg_model::esr::{
+    ESR_ELX_EC_BREAKPT_LOW, ESR_ELX_EC_SOFTSTP_LOW, ESR_ELX_EC_WATCHPT_LOW, Esr,
+};
 use hypdbg_model::profiles::parse_cpu;
-use hypdbg_model::uapi::{GuestDebugControl, KvmGuestDebug, KvmGuestDebugArch, KVM_DEBUG_ARCH_HSR_HIGH_VALID};
+use hypdbg_model::uapi::{
+    GuestDebugControl, KVM_DEBUG_ARCH_HSR_HIGH_VALID, KvmGuestDebug, KvmGuestDebugArch,
+};
 use hypdbg_model::{DebugFeatures, El};
 
 use super::ops::{Op, Scenario, Value};
@@ -63,14 +67,23 @@ pub struct RunOutput {
 pub fn cpus(sc: &Scenario) -> Result<Vec<(String, DebugFeatures)>, ScenarioError> {
     let mut out = Vec::new();
     for c in &sc.cpus {
-        let mut v = parse_cpu(c).map_err(|e| ScenarioError::Cpu { cpu: c.clone(), why: e.to_string() })?;
+        let mut v = parse_cpu(c).map_err(|e| ScenarioError::Cpu {
+            cpu: c.clone(),
+            why: e.to_string(),
+        })?;
         if v.len() != 1 {
-            return Err(ScenarioError::Cpu { cpu: c.clone(), why: "name one CPU per entry ('all' is for --cpu)".into() });
+            return Err(ScenarioError::Cpu {
+                cpu: c.clone(),
+                why: "name one CPU per entry ('all' is for --cpu)".into(),
+            });
         }
         out.append(&mut v);
     }
     if out.is_empty() {
-        return Err(ScenarioError::Cpu { cpu: String::new(), why: "a scenario needs at least one CPU".into() });
+        return Err(ScenarioError::Cpu {
+            cpu: String::new(),
+            why: "a scenario needs at least one CPU".into(),
+        });
     }
     Ok(out)
 }
@@ -85,7 +98,10 @@ fn resolve(p: &Program, v: &Value, op: usize) -> Result<u64, ScenarioError> {
             };
             match (p.label(name), off) {
                 (Some(a), Some(o)) => Ok(a.wrapping_add(o)),
-                _ => Err(ScenarioError::Label { op, label: l.clone() }),
+                _ => Err(ScenarioError::Label {
+                    op,
+                    label: l.clone(),
+                }),
             }
         }
     }
@@ -103,7 +119,12 @@ pub fn assemble(sc: &Scenario) -> Result<Program, ScenarioError> {
 }
 
 /// Build the VM for a scenario whose program is already assembled.
-pub fn build_vm(sc: &Scenario, program: &Program, variant: &Variant, trace: bool) -> Result<Vm, ScenarioError> {
+pub fn build_vm(
+    sc: &Scenario,
+    program: &Program,
+    variant: &Variant,
+    trace: bool,
+) -> Result<Vm, ScenarioError> {
     let cpus = cpus(sc)?;
     let config = VmConfig {
         pcpus: cpus.iter().map(|(_, f)| *f).collect(),
@@ -118,13 +139,22 @@ pub fn build_vm(sc: &Scenario, program: &Program, variant: &Variant, trace: bool
 }
 
 /// Run `sc` with `variant`'s flow.
-pub fn run_scenario(sc: &Scenario, variant: &Variant, trace: bool) -> Result<RunOutput, ScenarioError> {
+pub fn run_scenario(
+    sc: &Scenario,
+    variant: &Variant,
+    trace: bool,
+) -> Result<RunOutput, ScenarioError> {
     let program = assemble(sc)?;
     run_assembled(sc, &program, variant, trace)
 }
 
 /// Run `sc` (whose program is `program`) with `variant`'s flow.
-pub fn run_assembled(sc: &Scenario, program: &Program, variant: &Variant, trace: bool) -> Result<RunOutput, ScenarioError> {
+pub fn run_assembled(
+    sc: &Scenario,
+    program: &Program,
+    variant: &Variant,
+    trace: bool,
+) -> Result<RunOutput, ScenarioError> {
     let mut vm = build_vm(sc, program, variant, trace)?;
     let features = *vm.guest_features();
     let mut out = RunOutput {
@@ -160,40 +190,83 @@ enum Fail {
     Run(String),
 }
 
-fn apply(vm: &mut Vm, p: &Program, dbgs: &mut [Debugger], op: &Op, i: usize) -> Result<String, Fail> {
-    let vcpu_ok = |v: usize| if v < dbgs.len() { Ok(v) } else { Err(Fail::Run(format!("no vcpu {v}"))) };
+fn apply(
+    vm: &mut Vm,
+    p: &Program,
+    dbgs: &mut [Debugger],
+    op: &Op,
+    i: usize,
+) -> Result<String, Fail> {
+    let vcpu_ok = |v: usize| {
+        if v < dbgs.len() {
+            Ok(v)
+        } else {
+            Err(Fail::Run(format!("no vcpu {v}")))
+        }
+    };
     match op {
         Op::RunUntilHvc { vcpu, imm } => {
             let v = vcpu_ok(*vcpu)?;
             run_until_hvc(vm, &mut dbgs[v], v, *imm)
         }
-        Op::SetGuestDebug { vcpu, control, bcr, bvr, wcr, wvr } => {
+        Op::SetGuestDebug {
+            vcpu,
+            control,
+            bcr,
+            bvr,
+            wcr,
+            wvr,
+        } => {
             let v = vcpu_ok(*vcpu)?;
             let mut arch = KvmGuestDebugArch::default();
-            for (list, bank) in [(bcr, &mut arch.dbg_bcr), (bvr, &mut arch.dbg_bvr), (wcr, &mut arch.dbg_wcr), (wvr, &mut arch.dbg_wvr)] {
+            for (list, bank) in [
+                (bcr, &mut arch.dbg_bcr),
+                (bvr, &mut arch.dbg_bvr),
+                (wcr, &mut arch.dbg_wcr),
+                (wvr, &mut arch.dbg_wvr),
+            ] {
                 for (n, val) in list {
-                    let slot = bank.get_mut(*n).ok_or_else(|| Fail::Run(format!("register index {n} is above 15")))?;
+                    let slot = bank
+                        .get_mut(*n)
+                        .ok_or_else(|| Fail::Run(format!("register index {n} is above 15")))?;
                     *slot = resolve(p, val, i).map_err(Fail::Setup)?;
                 }
             }
-            let dbg = KvmGuestDebug { control: *control, pad: 0, arch };
-            vm.set_guest_debug(v, &dbg).map_err(|e| Fail::Run(e.to_string()))?;
+            let dbg = KvmGuestDebug {
+                control: *control,
+                pad: 0,
+                arch,
+            };
+            vm.set_guest_debug(v, &dbg)
+                .map_err(|e| Fail::Run(e.to_string()))?;
             dbgs[v].dbg = dbg;
             Ok(format!("KVM_SET_GUEST_DEBUG control={control:#x}"))
         }
         Op::Migrate { vcpu, cpu } => {
             let v = vcpu_ok(*vcpu)?;
-            vm.set_vcpu_cpu(v, *cpu).map_err(|e| Fail::Run(e.to_string()))?;
+            vm.set_vcpu_cpu(v, *cpu)
+                .map_err(|e| Fail::Run(e.to_string()))?;
             Ok(format!("vcpu {v} -> physical CPU {cpu}"))
         }
         Op::Irq { vcpu, every } => {
             let v = vcpu_ok(*vcpu)?;
-            vm.vcpu_mut(v).map_err(|e| Fail::Run(e.to_string()))?.irq_every = *every;
+            vm.vcpu_mut(v)
+                .map_err(|e| Fail::Run(e.to_string()))?
+                .irq_every = *every;
             Ok(format!("host interrupt every {every:?} instructions"))
         }
         Op::RunConcurrently { vcpus } => {
-            let exits = vm.run_concurrently(vcpus).map_err(|e| Fail::Run(e.to_string()))?;
-            Ok(format!("concurrent KVM_RUN: {}", exits.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))
+            let exits = vm
+                .run_concurrently(vcpus)
+                .map_err(|e| Fail::Run(e.to_string()))?;
+            Ok(format!(
+                "concurrent KVM_RUN: {}",
+                exits
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ))
         }
     }
 }
@@ -213,22 +286,28 @@ fn run_until_hvc(vm: &mut Vm, d: &mut Debugger, v: usize, imm: u16) -> Result<St
             VcpuExit::Hvc { .. } => {}
             VcpuExit::Debug { arch, flags } => {
                 debug_exits += 1;
-                let high = if flags & KVM_DEBUG_ARCH_HSR_HIGH_VALID != 0 { u64::from(arch.hsr_high) << 32 } else { 0 };
+                let high = if flags & KVM_DEBUG_ARCH_HSR_HIGH_VALID != 0 {
+                    u64::from(arch.hsr_high) << 32
+                } else {
+                    0
+                };
                 let esr = Esr::from_bits(u64::from(arch.hsr) | high);
                 handle_debug_exit(vm, d, v, esr, arch.far)?;
             }
             other => return Err(Fail::Run(format!("expected hvc #{imm}, got {other}"))),
         }
     }
-    Err(Fail::Run(format!("no hvc #{imm} after {MAX_RUNS} KVM_RUNs: the guest makes no progress")))
+    Err(Fail::Run(format!(
+        "no hvc #{imm} after {MAX_RUNS} KVM_RUNs: the guest makes no progress"
+    )))
 }
 
 /// Whether the guest, on its own (no MDCR_EL2.TDE), would take this debug event: its MDSCR_EL1,
 /// PSTATE.D, EL and OS lock decide (AArch64.GenerateDebugExceptionsFrom with EL1 the target).
 fn guest_would_take(vm: &mut Vm, v: usize, esr: Esr) -> Result<bool, hypdbg_hyp::KvmError> {
+    use hypdbg_model::SysReg;
     use hypdbg_model::esr::ESR_ELX_EC_BRK64;
     use hypdbg_model::gating::DebugContext;
-    use hypdbg_model::SysReg;
     if esr.ec() == ESR_ELX_EC_BRK64 {
         return Ok(true);
     }
@@ -252,11 +331,16 @@ fn guest_would_take(vm: &mut Vm, v: usize, esr: Esr) -> Result<bool, hypdbg_hyp:
 /// Single-step once with `step_control`, reinjecting whatever else the guest raises.
 fn step_once(vm: &mut Vm, v: usize) -> Result<(), Fail> {
     let kvm = |e: hypdbg_hyp::KvmError| Fail::Run(e.to_string());
-    let step = KvmGuestDebug { control: (GuestDebugControl::ENABLE | GuestDebugControl::SINGLESTEP).bits(), ..Default::default() };
+    let step = KvmGuestDebug {
+        control: (GuestDebugControl::ENABLE | GuestDebugControl::SINGLESTEP).bits(),
+        ..Default::default()
+    };
     vm.set_guest_debug(v, &step).map_err(kvm)?;
     for _ in 0..16 {
         match vm.run(v).map_err(kvm)? {
-            VcpuExit::Debug { arch, .. } if (arch.hsr >> 26) as u8 == ESR_ELX_EC_SOFTSTP_LOW => return Ok(()),
+            VcpuExit::Debug { arch, .. } if (arch.hsr >> 26) as u8 == ESR_ELX_EC_SOFTSTP_LOW => {
+                return Ok(());
+            }
             VcpuExit::Debug { arch, .. } => {
                 let esr = Esr::from_bits(arch.hsr.into());
                 let far = (esr.ec() == ESR_ELX_EC_WATCHPT_LOW).then_some(arch.far);
@@ -268,12 +352,20 @@ fn step_once(vm: &mut Vm, v: usize) -> Result<(), Fail> {
     Err(Fail::Run("single-stepping made no progress".into()))
 }
 
-fn handle_debug_exit(vm: &mut Vm, d: &mut Debugger, v: usize, esr: Esr, far: u64) -> Result<(), Fail> {
+fn handle_debug_exit(
+    vm: &mut Vm,
+    d: &mut Debugger,
+    v: usize,
+    esr: Esr,
+    far: u64,
+) -> Result<(), Fail> {
     use hypdbg_model::{DbgBank, SysReg};
     let control = GuestDebugControl::from_bits_truncate(d.dbg.control);
     let ours = match esr.ec() {
         ESR_ELX_EC_SOFTSTP_LOW => control.contains(GuestDebugControl::SINGLESTEP),
-        ESR_ELX_EC_BREAKPT_LOW | ESR_ELX_EC_WATCHPT_LOW => control.contains(GuestDebugControl::USE_HW),
+        ESR_ELX_EC_BREAKPT_LOW | ESR_ELX_EC_WATCHPT_LOW => {
+            control.contains(GuestDebugControl::USE_HW)
+        }
         _ => false,
     };
     let kvm = |e: hypdbg_hyp::KvmError| Fail::Run(e.to_string());
@@ -282,7 +374,9 @@ fn handle_debug_exit(vm: &mut Vm, d: &mut Debugger, v: usize, esr: Esr, far: u64
     }
     if !ours && guest_would_take(vm, v, esr).map_err(kvm)? {
         // The guest's own event: give it back with the guest's (same-EL) view.
-        let pstate = vm.get_one_reg(v, hypdbg_model::uapi::core_reg::PSTATE).map_err(kvm)?;
+        let pstate = vm
+            .get_one_reg(v, hypdbg_model::uapi::core_reg::PSTATE)
+            .map_err(kvm)?;
         let from_el1 = hypdbg_model::ctrl::spsr_el(pstate) == El::El1;
         let guest_esr = if from_el1 { esr.to_same_el() } else { esr };
         let far = (esr.ec() == ESR_ELX_EC_WATCHPT_LOW).then_some(far);
@@ -300,7 +394,11 @@ fn handle_debug_exit(vm: &mut Vm, d: &mut Debugger, v: usize, esr: Esr, far: u64
     let f = *vm.guest_features();
     let mut saved = Vec::new();
     for bank in [DbgBank::Bcr, DbgBank::Wcr] {
-        let n = if bank.is_breakpoint() { f.num_brps() } else { f.num_wrps() };
+        let n = if bank.is_breakpoint() {
+            f.num_brps()
+        } else {
+            f.num_wrps()
+        };
         for i in 0..n {
             let id = SysReg::Dbg(bank, i as u8).one_reg_id();
             let val = vm.get_one_reg(v, id).map_err(kvm)?;

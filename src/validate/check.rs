@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::invariants::{Checker, Invariant, Violation};
 use super::random;
 use super::sweep::{count_points, points, smp_scenario};
-use crate::scenario::{run_assembled, Scenario};
+use crate::scenario::{Scenario, run_assembled};
 
 /// What to check.
 #[derive(Clone, Debug)]
@@ -113,8 +113,15 @@ pub struct Job {
 }
 
 fn job(cpu: &str, features: DebugFeatures, scenario: Scenario, size: u32) -> Result<Job, String> {
-    let program = crate::scenario::runner::assemble(&scenario).map_err(|e| format!("{}: {e}", scenario.name))?;
-    Ok(Job { cpu: cpu.to_string(), features, scenario, program, size })
+    let program = crate::scenario::runner::assemble(&scenario)
+        .map_err(|e| format!("{}: {e}", scenario.name))?;
+    Ok(Job {
+        cpu: cpu.to_string(),
+        features,
+        scenario,
+        program,
+        size,
+    })
 }
 
 /// Every scenario for the options.
@@ -123,7 +130,12 @@ pub fn jobs(opts: &CheckOptions) -> Result<Vec<Job>, String> {
     let pts = points();
     for (label, f) in &opts.cpus {
         for (i, p) in pts.iter().enumerate() {
-            out.push(job(label, *f, p.scenario(&format!("sweep-{i}"), label, f), p.size())?);
+            out.push(job(
+                label,
+                *f,
+                p.scenario(&format!("sweep-{i}"), label, f),
+                p.size(),
+            )?);
         }
         out.push(job(label, *f, smp_scenario(label), 12)?);
     }
@@ -131,10 +143,17 @@ pub fn jobs(opts: &CheckOptions) -> Result<Vec<Job>, String> {
         for b in 2..=16u8 {
             for w in 2..=16u8 {
                 for ctx in [1, b] {
-                    let Ok(f) = DebugFeatures::from_counts(b, w, ctx) else { continue };
+                    let Ok(f) = DebugFeatures::from_counts(b, w, ctx) else {
+                        continue;
+                    };
                     let label = format!("{:#x}", f.raw());
                     for (i, p) in count_points().iter().enumerate() {
-                        out.push(job(&label, f, p.scenario(&format!("counts-{i}"), &label, &f), p.size() + 1)?);
+                        out.push(job(
+                            &label,
+                            f,
+                            p.scenario(&format!("counts-{i}"), &label, &f),
+                            p.size() + 1,
+                        )?);
                     }
                 }
             }
@@ -143,33 +162,46 @@ pub fn jobs(opts: &CheckOptions) -> Result<Vec<Job>, String> {
     Ok(out)
 }
 
+/// A violation and the words of the action that hit it.
+pub type Found = (Violation, String);
+
 /// The violations of one variant on one job.
-pub fn run_job(variant: &Variant, job: &Job) -> Result<Vec<(Violation, String)>, String> {
-    let out = run_assembled(&job.scenario, &job.program, variant, false).map_err(|e| format!("{}: {e}", job.scenario.name))?;
+pub fn run_job(variant: &Variant, job: &Job) -> Result<Vec<Found>, String> {
+    let out = run_assembled(&job.scenario, &job.program, variant, false)
+        .map_err(|e| format!("{}: {e}", job.scenario.name))?;
     let mut checker = Checker::new(out.era, out.features);
     checker.check(&out.events, &out.op_of_event);
-    let step = |i: usize| out.log.get(i).cloned().unwrap_or_else(|| format!("{:?}", job.scenario.ops.get(i)));
-    let mut v: Vec<(Violation, String)> = checker.violations.into_iter().map(|x| {
-        let s = step(x.step);
-        (x, s)
-    }).collect();
+    let step = |i: usize| {
+        out.log
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("{:?}", job.scenario.ops.get(i)))
+    };
+    let mut v: Vec<Found> = checker
+        .violations
+        .into_iter()
+        .map(|x| {
+            let s = step(x.step);
+            (x, s)
+        })
+        .collect();
     // A scenario stopped by something other than a hyp panic is a violation of what the
     // guest was promised (its program could not finish).
-    if let Some((i, msg)) = &out.error {
-        if v.is_empty() {
-            let viol = Violation {
-                invariant: Invariant::GuestReadsBack,
-                register: None,
-                expected: None,
-                actual: None,
-                step: *i,
-                event: out.events.len(),
-                vcpu: 0,
-                pcpu: None,
-                message: format!("the guest could not finish: {msg}"),
-            };
-            v.push((viol, step(*i)));
-        }
+    if let Some((i, msg)) = &out.error
+        && v.is_empty()
+    {
+        let viol = Violation {
+            invariant: Invariant::GuestReadsBack,
+            register: None,
+            expected: None,
+            actual: None,
+            step: *i,
+            event: out.events.len(),
+            vcpu: 0,
+            pcpu: None,
+            message: format!("the guest could not finish: {msg}"),
+        };
+        v.push((viol, step(*i)));
     }
     Ok(v)
 }
@@ -184,7 +216,7 @@ pub fn check(opts: &CheckOptions, progress: Progress<'_>) -> Result<Vec<VariantR
     opts.variants
         .par_iter()
         .map(|variant| {
-            let results: Vec<(usize, Result<Vec<(Violation, String)>, String>)> = jobs
+            let results: Vec<(usize, Result<Vec<Found>, String>)> = jobs
                 .par_iter()
                 .enumerate()
                 .map(|(i, job)| {
@@ -202,7 +234,11 @@ pub fn check(opts: &CheckOptions, progress: Progress<'_>) -> Result<Vec<VariantR
                 for (v, step) in vs {
                     violations += 1;
                     invariants.insert(v.invariant);
-                    let key = (job.size, job.features.num_brps() + job.features.num_wrps(), i);
+                    let key = (
+                        job.size,
+                        job.features.num_brps() + job.features.num_wrps(),
+                        i,
+                    );
                     if best.as_ref().is_none_or(|b| (b.0, b.1, b.2) > key) {
                         best = Some((key.0, key.1, key.2, v, step));
                     }
@@ -211,16 +247,40 @@ pub fn check(opts: &CheckOptions, progress: Progress<'_>) -> Result<Vec<VariantR
             let mut counterexample = best.map(|(_, _, i, violation, step)| {
                 let mut scenario = jobs[i].scenario.clone();
                 scenario.flow = Some(variant.name.to_string());
-                Counterexample { cpu: jobs[i].cpu.clone(), scenario, violation, step }
+                Counterexample {
+                    cpu: jobs[i].cpu.clone(),
+                    scenario,
+                    violation,
+                    step,
+                }
             });
-            let random_counterexample = opts.cpus.iter().find(|(l, _)| l == "cortex-a57").or(opts.cpus.first()).and_then(|(label, f)| {
-                let seed = variant.name.bytes().fold(0x9e37_79b9u64, |h, b| h.rotate_left(5) ^ u64::from(b));
-                random::search(variant, label, f, opts.random_cases, seed).map(|(mut scenario, violation)| {
-                    scenario.flow = Some(variant.name.to_string());
-                    let step = scenario.ops.get(violation.step).map(|o| format!("{o:?}")).unwrap_or_default();
-                    Counterexample { cpu: label.clone(), scenario, violation, step }
-                })
-            });
+            let random_counterexample = opts
+                .cpus
+                .iter()
+                .find(|(l, _)| l == "cortex-a57")
+                .or(opts.cpus.first())
+                .and_then(|(label, f)| {
+                    let seed = variant
+                        .name
+                        .bytes()
+                        .fold(0x9e37_79b9u64, |h, b| h.rotate_left(5) ^ u64::from(b));
+                    random::search(variant, label, f, opts.random_cases, seed).map(
+                        |(mut scenario, violation)| {
+                            scenario.flow = Some(variant.name.to_string());
+                            let step = scenario
+                                .ops
+                                .get(violation.step)
+                                .map(|o| format!("{o:?}"))
+                                .unwrap_or_default();
+                            Counterexample {
+                                cpu: label.clone(),
+                                scenario,
+                                violation,
+                                step,
+                            }
+                        },
+                    )
+                });
             if let Some(r) = &random_counterexample {
                 invariants.insert(r.violation.invariant);
                 violations += 1;

@@ -12,10 +12,10 @@ use hypdbg_hyp::events::{Event, ExitReason, GuestEvent};
 use hypdbg_hyp::flow::Era;
 use hypdbg_hyp::pcpu::HostSnapshot;
 use hypdbg_model::ctrl::{
-    mdscr_uses_debug, DBG_MDSCR_KDE, DBG_MDSCR_MDE, DBG_MDSCR_SS, DBG_SPSR_SS, MDCR_EL2_TDA, MDCR_EL2_TDE,
-    OSLSR_EL1_OSLK, OSLSR_EL1_OSLM_IMPLEMENTED,
+    DBG_MDSCR_KDE, DBG_MDSCR_MDE, DBG_MDSCR_SS, DBG_SPSR_SS, MDCR_EL2_TDA, MDCR_EL2_TDE,
+    OSLSR_EL1_OSLK, OSLSR_EL1_OSLM_IMPLEMENTED, mdscr_uses_debug,
 };
-use hypdbg_model::esr::{Esr, ESR_ELX_EC_SOFTSTP_LOW};
+use hypdbg_model::esr::{ESR_ELX_EC_SOFTSTP_LOW, Esr};
 use hypdbg_model::uapi::{GuestDebugControl, KvmGuestDebugArch};
 use hypdbg_model::{DbgBank, DebugFeatures, SysReg};
 use serde::Serialize;
@@ -163,16 +163,48 @@ pub struct Checker {
 impl Checker {
     /// A checker for a VM of `era` whose guest sees `features`.
     pub fn new(era: Era, features: DebugFeatures) -> Self {
-        Checker { era, features, shadows: BTreeMap::new(), blocks: BTreeMap::new(), host_before: BTreeMap::new(), violations: Vec::new(), step: 0, event: 0 }
+        Checker {
+            era,
+            features,
+            shadows: BTreeMap::new(),
+            blocks: BTreeMap::new(),
+            host_before: BTreeMap::new(),
+            violations: Vec::new(),
+            step: 0,
+            event: 0,
+        }
     }
 
     fn implemented(&self, bank: DbgBank) -> usize {
-        if bank.is_breakpoint() { self.features.num_brps() } else { self.features.num_wrps() }
+        if bank.is_breakpoint() {
+            self.features.num_brps()
+        } else {
+            self.features.num_wrps()
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn report(&mut self, invariant: Invariant, vcpu: usize, pcpu: Option<usize>, register: Option<String>, expected: Option<u64>, actual: Option<u64>, message: String) {
-        self.violations.push(Violation { invariant, register, expected, actual, step: self.step, event: self.event, vcpu, pcpu, message });
+    fn report(
+        &mut self,
+        invariant: Invariant,
+        vcpu: usize,
+        pcpu: Option<usize>,
+        register: Option<String>,
+        expected: Option<u64>,
+        actual: Option<u64>,
+        message: String,
+    ) {
+        self.violations.push(Violation {
+            invariant,
+            register,
+            expected,
+            actual,
+            step: self.step,
+            event: self.event,
+            vcpu,
+            pcpu,
+            message,
+        });
     }
 
     /// Check every event of a run; `op_of_event[i]` is the action that produced event i.
@@ -222,14 +254,23 @@ impl Checker {
 
     fn on_event(&mut self, e: &Event) {
         match e {
-            Event::SetGuestDebug { vcpu, control, arch, ok } => {
+            Event::SetGuestDebug {
+                vcpu,
+                control,
+                arch,
+                ok,
+            } => {
                 if !ok {
                     return;
                 }
                 let s = self.shadow(*vcpu);
                 let c = GuestDebugControl::from_bits_truncate(*control);
                 let was_stepping = s.control.contains(GuestDebugControl::SINGLESTEP);
-                s.control = if c.contains(GuestDebugControl::ENABLE) { c } else { GuestDebugControl::empty() };
+                s.control = if c.contains(GuestDebugControl::ENABLE) {
+                    c
+                } else {
+                    GuestDebugControl::empty()
+                };
                 let use_hw = s.control.contains(GuestDebugControl::USE_HW);
                 let stepping = s.control.contains(GuestDebugControl::SINGLESTEP);
                 if stepping && !was_stepping {
@@ -239,7 +280,7 @@ impl Checker {
                     s.step_count = None;
                 }
                 if use_hw {
-                    self.blocks(*vcpu).user_hw = *arch;
+                    self.blocks(*vcpu).user_hw = **arch;
                 }
             }
             Event::SetOneReg { vcpu, reg, value } => {
@@ -254,7 +295,9 @@ impl Checker {
                     _ => {}
                 }
             }
-            Event::GetOneReg { vcpu, reg, value } => self.check_read(*vcpu, *reg, *value, "KVM_GET_ONE_REG"),
+            Event::GetOneReg { vcpu, reg, value } => {
+                self.check_read(*vcpu, *reg, *value, "KVM_GET_ONE_REG")
+            }
             Event::Load { vcpu, .. } => {
                 let s = self.shadow(*vcpu);
                 s.mdscr_at_load = s.mdscr;
@@ -264,14 +307,22 @@ impl Checker {
                 let s = self.shadow(*vcpu);
                 let visible = state.pstate & DBG_SPSR_SS != 0;
                 s.visible_ss = visible;
-                if let Some(own) = s.ss_guest {
-                    if visible != own {
-                        let msg = format!(
-                            "between runs the guest's PSTATE.SS reads {} while userspace single-steps it; the guest's own is {}",
-                            visible as u8, own as u8
-                        );
-                        self.report(Invariant::UserspaceDebug, *vcpu, None, Some("PSTATE.SS".into()), Some(own.into()), Some(visible.into()), msg);
-                    }
+                if let Some(own) = s.ss_guest
+                    && visible != own
+                {
+                    let msg = format!(
+                        "between runs the guest's PSTATE.SS reads {} while userspace single-steps it; the guest's own is {}",
+                        visible as u8, own as u8
+                    );
+                    self.report(
+                        Invariant::UserspaceDebug,
+                        *vcpu,
+                        None,
+                        Some("PSTATE.SS".into()),
+                        Some(own.into()),
+                        Some(visible.into()),
+                        msg,
+                    );
                 }
             }
             Event::Inject { vcpu, .. } => {
@@ -282,7 +333,12 @@ impl Checker {
             Event::BeforeEntry { pcpu, host, .. } => {
                 self.host_before.insert(*pcpu, **host);
             }
-            Event::Entered { vcpu, pcpu, live, accesses } => self.on_entered(*vcpu, *pcpu, &live.regs, accesses),
+            Event::Entered {
+                vcpu,
+                pcpu,
+                live,
+                accesses,
+            } => self.on_entered(*vcpu, *pcpu, &live.regs, accesses),
             Event::Guest { vcpu, what } => self.on_guest(*vcpu, what),
             Event::Trap { vcpu, undef, .. } => {
                 let s = self.shadow(*vcpu);
@@ -293,13 +349,34 @@ impl Checker {
                     *c += 1;
                 }
             }
-            Event::Exited { vcpu, pcpu, reason, instructions, host, accesses, .. } => {
+            Event::Exited {
+                vcpu,
+                pcpu,
+                reason,
+                instructions,
+                host,
+                accesses,
+                ..
+            } => {
                 self.on_exited(*vcpu, *pcpu, reason, *instructions, host, accesses);
             }
-            Event::HypPanic { vcpu, pcpu, fault, accesses } => {
+            Event::HypPanic {
+                vcpu,
+                pcpu,
+                fault,
+                accesses,
+            } => {
                 let reg = accesses.last().map(|a| a.reg.to_string());
                 let msg = format!("the world switch touched an unimplemented register: {fault}");
-                self.report(Invariant::NoUnimplementedAccess, *vcpu, Some(*pcpu), reg, None, None, msg);
+                self.report(
+                    Invariant::NoUnimplementedAccess,
+                    *vcpu,
+                    Some(*pcpu),
+                    reg,
+                    None,
+                    None,
+                    msg,
+                );
             }
             Event::UserExit { .. } => {}
         }
@@ -311,21 +388,44 @@ impl Checker {
             SysReg::Dbg(bank, n) => dbg_value(&self.blocks(vcpu).regs, bank, usize::from(n)),
             SysReg::MdscrEl1 => s.mdscr,
             SysReg::MdccintEl1 => s.mdccint,
-            SysReg::OslsrEl1 => OSLSR_EL1_OSLM_IMPLEMENTED | if s.oslk { OSLSR_EL1_OSLK } else { 0 },
+            SysReg::OslsrEl1 => {
+                OSLSR_EL1_OSLM_IMPLEMENTED | if s.oslk { OSLSR_EL1_OSLK } else { 0 }
+            }
             _ => return,
         };
         if value != expected {
-            let what = if reg == SysReg::OslsrEl1 { "the OS lock state it set" } else { "what it wrote" };
-            let msg = format!("{how} of {reg} returned {value:#x}; the guest's own value is {expected:#x} ({what})");
-            self.report(Invariant::GuestReadsBack, vcpu, None, Some(reg.to_string()), Some(expected), Some(value), msg);
+            let what = if reg == SysReg::OslsrEl1 {
+                "the OS lock state it set"
+            } else {
+                "what it wrote"
+            };
+            let msg = format!(
+                "{how} of {reg} returned {value:#x}; the guest's own value is {expected:#x} ({what})"
+            );
+            self.report(
+                Invariant::GuestReadsBack,
+                vcpu,
+                None,
+                Some(reg.to_string()),
+                Some(expected),
+                Some(value),
+                msg,
+            );
         }
     }
 
     fn on_guest(&mut self, vcpu: usize, what: &GuestEvent) {
         let era = self.era;
         match what {
-            GuestEvent::SysRegWrite { reg, value, trapped } => {
-                let host_owned = { let s = *self.shadow(vcpu); self.host_owned(&s) };
+            GuestEvent::SysRegWrite {
+                reg,
+                value,
+                trapped,
+            } => {
+                let host_owned = {
+                    let s = *self.shadow(vcpu);
+                    self.host_owned(&s)
+                };
                 if let SysReg::Dbg(bank, n) = reg {
                     self.blocks(vcpu).regs.bank_mut(*bank)[usize::from(*n)] = *value;
                 }
@@ -344,12 +444,21 @@ impl Checker {
                     }
                     SysReg::OslsrEl1 => {
                         let msg = "a guest MSR to the read-only OSLSR_EL1 completed; it must be UNDEFINED".to_string();
-                        self.report(Invariant::GuestReadsBack, vcpu, None, Some(reg.to_string()), None, Some(*value), msg);
+                        self.report(
+                            Invariant::GuestReadsBack,
+                            vcpu,
+                            None,
+                            Some(reg.to_string()),
+                            None,
+                            Some(*value),
+                            msg,
+                        );
                         return;
                     }
                     _ => return,
                 }
-                let debug_reg = matches!(reg, SysReg::Dbg(..) | SysReg::MdscrEl1 | SysReg::MdccintEl1);
+                let debug_reg =
+                    matches!(reg, SysReg::Dbg(..) | SysReg::MdscrEl1 | SysReg::MdccintEl1);
                 if *trapped && debug_reg {
                     s.dirty_write = true;
                     if !host_owned {
@@ -357,10 +466,18 @@ impl Checker {
                     }
                 }
             }
-            GuestEvent::SysRegRead { reg, value, trapped } => {
-                let host_owned = { let s = *self.shadow(vcpu); self.host_owned(&s) };
+            GuestEvent::SysRegRead {
+                reg,
+                value,
+                trapped,
+            } => {
+                let host_owned = {
+                    let s = *self.shadow(vcpu);
+                    self.host_owned(&s)
+                };
                 self.check_read(vcpu, *reg, *value, "the guest's MRS");
-                let debug_reg = matches!(reg, SysReg::Dbg(..) | SysReg::MdscrEl1 | SysReg::MdccintEl1);
+                let debug_reg =
+                    matches!(reg, SysReg::Dbg(..) | SysReg::MdscrEl1 | SysReg::MdccintEl1);
                 if *trapped && debug_reg && !host_owned {
                     self.shadow(vcpu).accessed_since_load = true;
                 }
@@ -384,16 +501,34 @@ impl Checker {
                         "the guest's EL1 took {} at {elr:#x} while userspace debugs it: with MDCR_EL2.TDE it must exit to userspace",
                         hypdbg_model::esr::ec_name(ec)
                     );
-                    self.report(Invariant::EventDelivery, vcpu, None, None, None, Some(esr.bits()), msg);
+                    self.report(
+                        Invariant::EventDelivery,
+                        vcpu,
+                        None,
+                        None,
+                        None,
+                        Some(esr.bits()),
+                        msg,
+                    );
                 } else if s.oslk && ec != hypdbg_model::esr::ESR_ELX_EC_BRK64 {
                     let msg = format!(
                         "the guest's OS lock is set but it took {} at {elr:#x}: breakpoints, watchpoints and step must be suppressed",
                         hypdbg_model::esr::ec_name(ec)
                     );
-                    self.report(Invariant::EventDelivery, vcpu, None, None, None, Some(esr.bits()), msg);
+                    self.report(
+                        Invariant::EventDelivery,
+                        vcpu,
+                        None,
+                        None,
+                        None,
+                        Some(esr.bits()),
+                        msg,
+                    );
                 }
             }
-            GuestEvent::Executed { .. } | GuestEvent::Access { .. } | GuestEvent::Unpredictable { .. } => {}
+            GuestEvent::Executed { .. }
+            | GuestEvent::Access { .. }
+            | GuestEvent::Unpredictable { .. } => {}
         }
     }
 
@@ -423,21 +558,43 @@ impl Checker {
                         got.count_ones(),
                         bank.stem().to_ascii_uppercase()
                     );
-                    self.report(Invariant::NoShortCopy, vcpu, Some(pcpu), Some(reg.to_string()), None, None, msg);
+                    self.report(
+                        Invariant::NoShortCopy,
+                        vcpu,
+                        Some(pcpu),
+                        Some(reg.to_string()),
+                        None,
+                        None,
+                        msg,
+                    );
                     return;
                 }
             }
         }
     }
 
-    fn on_entered(&mut self, vcpu: usize, pcpu: usize, live: &HostSnapshot, accesses: &[AccessRecord]) {
+    fn on_entered(
+        &mut self,
+        vcpu: usize,
+        pcpu: usize,
+        live: &HostSnapshot,
+        accesses: &[AccessRecord],
+    ) {
         self.check_accesses(vcpu, pcpu, accesses, "to the guest");
         let s = *self.shadow(vcpu);
         let (in_use, users) = self.expectation(&s);
         let blocks = self.blocks(vcpu).clone();
         let block = if users { &blocks.user_hw } else { &blocks.regs };
         let host = self.host_before.get(&pcpu).copied();
-        let moves = accesses.iter().filter(|a| matches!(a.reg, HypReg::Sys(SysReg::Dbg(..)) | HypReg::Sys(SysReg::MdccintEl1))).count();
+        let moves = accesses
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a.reg,
+                    HypReg::Sys(SysReg::Dbg(..)) | HypReg::Sys(SysReg::MdccintEl1)
+                )
+            })
+            .count();
         let tda = live.mdcr_el2 & (MDCR_EL2_TDA | MDCR_EL2_TDE) != 0;
         let user_on = !s.control.is_empty();
         if in_use {
@@ -448,13 +605,28 @@ impl Checker {
                     if want != got {
                         let reg = SysReg::Dbg(bank, n as u8);
                         let held = match &host {
-                            Some(h) if h.banks[bank as usize].get(n) == Some(&got) => format!("held the host's {got:#x}"),
+                            Some(h) if h.banks[bank as usize].get(n) == Some(&got) => {
+                                format!("held the host's {got:#x}")
+                            }
                             _ => format!("held {got:#x}"),
                         };
                         let whose = if users { "userspace's" } else { "the guest's" };
-                        let inv = if users && user_on { Invariant::UserspaceDebug } else { Invariant::GuestStateLoaded };
-                        let msg = format!("{reg} {held} while the guest ran; expected {whose} {want:#x}");
-                        self.report(inv, vcpu, Some(pcpu), Some(reg.to_string()), Some(want), Some(got), msg);
+                        let inv = if users && user_on {
+                            Invariant::UserspaceDebug
+                        } else {
+                            Invariant::GuestStateLoaded
+                        };
+                        let msg =
+                            format!("{reg} {held} while the guest ran; expected {whose} {want:#x}");
+                        self.report(
+                            inv,
+                            vcpu,
+                            Some(pcpu),
+                            Some(reg.to_string()),
+                            Some(want),
+                            Some(got),
+                            msg,
+                        );
                         break 'regs;
                     }
                 }
@@ -464,14 +636,30 @@ impl Checker {
                     "MDCCINT_EL1 held {:#x} while the guest ran with its debug state loaded; expected the guest's {:#x}",
                     live.mdccint_el1, s.mdccint
                 );
-                self.report(Invariant::MdccintMdcr, vcpu, Some(pcpu), Some("MDCCINT_EL1".into()), Some(s.mdccint), Some(live.mdccint_el1), msg);
+                self.report(
+                    Invariant::MdccintMdcr,
+                    vcpu,
+                    Some(pcpu),
+                    Some("MDCCINT_EL1".into()),
+                    Some(s.mdccint),
+                    Some(live.mdccint_el1),
+                    msg,
+                );
             }
             if self.era == Era::Three && !users && tda {
                 let msg = format!(
                     "the guest owns its debug registers but MDCR_EL2 = {:#x} still traps them (TDA): every access exits to EL2",
                     live.mdcr_el2
                 );
-                self.report(Invariant::Lazy, vcpu, Some(pcpu), Some("MDCR_EL2".into()), None, Some(live.mdcr_el2), msg);
+                self.report(
+                    Invariant::Lazy,
+                    vcpu,
+                    Some(pcpu),
+                    Some("MDCR_EL2".into()),
+                    None,
+                    Some(live.mdcr_el2),
+                    msg,
+                );
             }
         } else {
             if moves > 0 {
@@ -479,37 +667,108 @@ impl Checker {
                     "the guest does not use its debug registers (MDSCR_EL1 = {:#x}, nobody debugs it) but the switch to the guest moved {moves} of them",
                     s.mdscr
                 );
-                self.report(Invariant::Lazy, vcpu, Some(pcpu), None, Some(0), Some(moves as u64), msg);
+                self.report(
+                    Invariant::Lazy,
+                    vcpu,
+                    Some(pcpu),
+                    None,
+                    Some(0),
+                    Some(moves as u64),
+                    msg,
+                );
             }
             if !tda {
                 let msg = format!(
                     "the guest's debug registers are not loaded but MDCR_EL2 = {:#x} does not trap them (TDA clear): a first use would be missed",
                     live.mdcr_el2
                 );
-                self.report(Invariant::Lazy, vcpu, Some(pcpu), Some("MDCR_EL2".into()), None, Some(live.mdcr_el2), msg);
+                self.report(
+                    Invariant::Lazy,
+                    vcpu,
+                    Some(pcpu),
+                    Some("MDCR_EL2".into()),
+                    None,
+                    Some(live.mdcr_el2),
+                    msg,
+                );
             }
         }
         // MDSCR_EL1 the guest runs with.
         let use_hw = s.control.contains(GuestDebugControl::USE_HW);
         if !user_on && !s.oslk && live.mdscr_el1 != s.mdscr {
-            let msg = format!("MDSCR_EL1 held {:#x} while the guest ran; the guest wrote {:#x}", live.mdscr_el1, s.mdscr);
-            self.report(Invariant::GuestStateLoaded, vcpu, Some(pcpu), Some("MDSCR_EL1".into()), Some(s.mdscr), Some(live.mdscr_el1), msg);
+            let msg = format!(
+                "MDSCR_EL1 held {:#x} while the guest ran; the guest wrote {:#x}",
+                live.mdscr_el1, s.mdscr
+            );
+            self.report(
+                Invariant::GuestStateLoaded,
+                vcpu,
+                Some(pcpu),
+                Some("MDSCR_EL1".into()),
+                Some(s.mdscr),
+                Some(live.mdscr_el1),
+                msg,
+            );
         }
         if use_hw && live.mdscr_el1 & DBG_MDSCR_MDE == 0 {
-            let msg = format!("userspace set KVM_GUESTDBG_USE_HW but the guest ran with MDSCR_EL1 = {:#x} (MDE clear)", live.mdscr_el1);
-            self.report(Invariant::UserspaceDebug, vcpu, Some(pcpu), Some("MDSCR_EL1".into()), None, Some(live.mdscr_el1), msg);
+            let msg = format!(
+                "userspace set KVM_GUESTDBG_USE_HW but the guest ran with MDSCR_EL1 = {:#x} (MDE clear)",
+                live.mdscr_el1
+            );
+            self.report(
+                Invariant::UserspaceDebug,
+                vcpu,
+                Some(pcpu),
+                Some("MDSCR_EL1".into()),
+                None,
+                Some(live.mdscr_el1),
+                msg,
+            );
         }
         if s.control.contains(GuestDebugControl::SINGLESTEP) && live.mdscr_el1 & DBG_MDSCR_SS == 0 {
-            let msg = format!("userspace set KVM_GUESTDBG_SINGLESTEP but the guest ran with MDSCR_EL1 = {:#x} (SS clear)", live.mdscr_el1);
-            self.report(Invariant::UserspaceDebug, vcpu, Some(pcpu), Some("MDSCR_EL1".into()), None, Some(live.mdscr_el1), msg);
+            let msg = format!(
+                "userspace set KVM_GUESTDBG_SINGLESTEP but the guest ran with MDSCR_EL1 = {:#x} (SS clear)",
+                live.mdscr_el1
+            );
+            self.report(
+                Invariant::UserspaceDebug,
+                vcpu,
+                Some(pcpu),
+                Some("MDSCR_EL1".into()),
+                None,
+                Some(live.mdscr_el1),
+                msg,
+            );
         }
         if s.oslk && !use_hw && live.mdscr_el1 & DBG_MDSCR_MDE != 0 {
-            let msg = format!("the guest's OS lock is set but it ran with MDSCR_EL1 = {:#x} (MDE set)", live.mdscr_el1);
-            self.report(Invariant::EventDelivery, vcpu, Some(pcpu), Some("MDSCR_EL1".into()), None, Some(live.mdscr_el1), msg);
+            let msg = format!(
+                "the guest's OS lock is set but it ran with MDSCR_EL1 = {:#x} (MDE set)",
+                live.mdscr_el1
+            );
+            self.report(
+                Invariant::EventDelivery,
+                vcpu,
+                Some(pcpu),
+                Some("MDSCR_EL1".into()),
+                None,
+                Some(live.mdscr_el1),
+                msg,
+            );
         }
         if user_on && live.mdcr_el2 & MDCR_EL2_TDE == 0 {
-            let msg = format!("userspace debugs the guest but MDCR_EL2 = {:#x} has TDE clear: debug events stay in the guest", live.mdcr_el2);
-            self.report(Invariant::EventDelivery, vcpu, Some(pcpu), Some("MDCR_EL2".into()), None, Some(live.mdcr_el2), msg);
+            let msg = format!(
+                "userspace debugs the guest but MDCR_EL2 = {:#x} has TDE clear: debug events stay in the guest",
+                live.mdcr_el2
+            );
+            self.report(
+                Invariant::EventDelivery,
+                vcpu,
+                Some(pcpu),
+                Some("MDCR_EL2".into()),
+                None,
+                Some(live.mdcr_el2),
+                msg,
+            );
         }
         let _ = DBG_MDSCR_KDE;
         let s = self.shadow(vcpu);
@@ -517,14 +776,40 @@ impl Checker {
         s.dirty_write = false;
     }
 
-    fn on_exited(&mut self, vcpu: usize, pcpu: usize, reason: &ExitReason, instructions: u64, host: &HostSnapshot, accesses: &[AccessRecord]) {
+    fn on_exited(
+        &mut self,
+        vcpu: usize,
+        pcpu: usize,
+        reason: &ExitReason,
+        instructions: u64,
+        host: &HostSnapshot,
+        accesses: &[AccessRecord],
+    ) {
         self.check_accesses(vcpu, pcpu, accesses, "back to the host");
         let s = *self.shadow(vcpu);
         if !s.entry_in_use {
-            let moves = accesses.iter().filter(|a| matches!(a.reg, HypReg::Sys(SysReg::Dbg(..)) | HypReg::Sys(SysReg::MdccintEl1))).count();
+            let moves = accesses
+                .iter()
+                .filter(|a| {
+                    matches!(
+                        a.reg,
+                        HypReg::Sys(SysReg::Dbg(..)) | HypReg::Sys(SysReg::MdccintEl1)
+                    )
+                })
+                .count();
             if moves > 0 {
-                let msg = format!("the guest did not use its debug registers but the switch back to the host moved {moves} of them");
-                self.report(Invariant::Lazy, vcpu, Some(pcpu), None, Some(0), Some(moves as u64), msg);
+                let msg = format!(
+                    "the guest did not use its debug registers but the switch back to the host moved {moves} of them"
+                );
+                self.report(
+                    Invariant::Lazy,
+                    vcpu,
+                    Some(pcpu),
+                    None,
+                    Some(0),
+                    Some(moves as u64),
+                    msg,
+                );
             }
         }
         if let Some(before) = self.host_before.get(&pcpu).copied() {
@@ -541,48 +826,120 @@ impl Checker {
     fn on_debug_exit(&mut self, vcpu: usize, pcpu: usize, esr: Esr) {
         let s = *self.shadow(vcpu);
         if s.control.is_empty() {
-            let msg = format!("{} exited to userspace but nobody debugs the guest: it belongs to the guest", hypdbg_model::esr::ec_name(esr.ec()));
-            self.report(Invariant::EventDelivery, vcpu, Some(pcpu), None, None, Some(esr.bits()), msg);
+            let msg = format!(
+                "{} exited to userspace but nobody debugs the guest: it belongs to the guest",
+                hypdbg_model::esr::ec_name(esr.ec())
+            );
+            self.report(
+                Invariant::EventDelivery,
+                vcpu,
+                Some(pcpu),
+                None,
+                None,
+                Some(esr.bits()),
+                msg,
+            );
             return;
         }
-        if esr.ec() == ESR_ELX_EC_SOFTSTP_LOW {
-            if let Some(n) = s.step_count {
-                // One instruction per step; none only when an exception entry (an UNDEF or an
-                // injected or taken exception: the step of an excepting instruction) came
-                // between.
-                if n > 1 || (n == 0 && !s.exception_since_step) {
-                    let msg = format!("KVM_GUESTDBG_SINGLESTEP: the guest executed {n} instructions between two step exits; exactly one is allowed");
-                    self.report(Invariant::UserspaceDebug, vcpu, Some(pcpu), None, Some(1), Some(n), msg);
-                }
-                let s = self.shadow(vcpu);
-                s.step_count = Some(0);
-                s.exception_since_step = false;
+        if esr.ec() == ESR_ELX_EC_SOFTSTP_LOW
+            && let Some(n) = s.step_count
+        {
+            // One instruction per step; none only when an exception entry (an UNDEF or an
+            // injected or taken exception: the step of an excepting instruction) came
+            // between.
+            if n > 1 || (n == 0 && !s.exception_since_step) {
+                let msg = format!(
+                    "KVM_GUESTDBG_SINGLESTEP: the guest executed {n} instructions between two step exits; exactly one is allowed"
+                );
+                self.report(
+                    Invariant::UserspaceDebug,
+                    vcpu,
+                    Some(pcpu),
+                    None,
+                    Some(1),
+                    Some(n),
+                    msg,
+                );
             }
+            let s = self.shadow(vcpu);
+            s.step_count = Some(0);
+            s.exception_since_step = false;
         }
     }
 
-    fn compare_host(&mut self, vcpu: usize, pcpu: usize, before: &HostSnapshot, after: &HostSnapshot) {
+    fn compare_host(
+        &mut self,
+        vcpu: usize,
+        pcpu: usize,
+        before: &HostSnapshot,
+        after: &HostSnapshot,
+    ) {
         for bank in DbgBank::ALL {
             let (b, a) = (&before.banks[bank as usize], &after.banks[bank as usize]);
             if let Some(n) = (0..b.len()).find(|&n| b.get(n) != a.get(n)) {
                 let reg = SysReg::Dbg(bank, n as u8);
                 let (want, got) = (b[n], a.get(n).copied().unwrap_or(0));
-                let msg = format!("after the run the host's {reg} is {got:#x}; it was {want:#x} before the entry");
-                self.report(Invariant::HostRestored, vcpu, Some(pcpu), Some(reg.to_string()), Some(want), Some(got), msg);
+                let msg = format!(
+                    "after the run the host's {reg} is {got:#x}; it was {want:#x} before the entry"
+                );
+                self.report(
+                    Invariant::HostRestored,
+                    vcpu,
+                    Some(pcpu),
+                    Some(reg.to_string()),
+                    Some(want),
+                    Some(got),
+                    msg,
+                );
                 return;
             }
         }
         let pairs = [
-            ("MDSCR_EL1", before.mdscr_el1, after.mdscr_el1, Invariant::HostRestored),
-            ("CONTEXTIDR_EL1", before.contextidr_el1, after.contextidr_el1, Invariant::HostRestored),
-            ("OSLSR_EL1", before.oslsr_el1, after.oslsr_el1, Invariant::HostRestored),
-            ("MDCCINT_EL1", before.mdccint_el1, after.mdccint_el1, Invariant::MdccintMdcr),
-            ("MDCR_EL2", before.mdcr_el2, after.mdcr_el2, Invariant::MdccintMdcr),
+            (
+                "MDSCR_EL1",
+                before.mdscr_el1,
+                after.mdscr_el1,
+                Invariant::HostRestored,
+            ),
+            (
+                "CONTEXTIDR_EL1",
+                before.contextidr_el1,
+                after.contextidr_el1,
+                Invariant::HostRestored,
+            ),
+            (
+                "OSLSR_EL1",
+                before.oslsr_el1,
+                after.oslsr_el1,
+                Invariant::HostRestored,
+            ),
+            (
+                "MDCCINT_EL1",
+                before.mdccint_el1,
+                after.mdccint_el1,
+                Invariant::MdccintMdcr,
+            ),
+            (
+                "MDCR_EL2",
+                before.mdcr_el2,
+                after.mdcr_el2,
+                Invariant::MdccintMdcr,
+            ),
         ];
         for (name, want, got, inv) in pairs {
             if want != got {
-                let msg = format!("after the run the host's {name} is {got:#x}; it was {want:#x} before the entry");
-                self.report(inv, vcpu, Some(pcpu), Some(name.into()), Some(want), Some(got), msg);
+                let msg = format!(
+                    "after the run the host's {name} is {got:#x}; it was {want:#x} before the entry"
+                );
+                self.report(
+                    inv,
+                    vcpu,
+                    Some(pcpu),
+                    Some(name.into()),
+                    Some(want),
+                    Some(got),
+                    msg,
+                );
             }
         }
     }

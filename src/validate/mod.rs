@@ -2,8 +2,8 @@
 //! every scenario of the sweep, check the nine invariants, and report a verdict with a
 //! minimal counterexample in the kernel's words.
 
-pub mod invariants;
 pub mod check;
+pub mod invariants;
 pub mod random;
 pub mod report;
 pub mod sweep;

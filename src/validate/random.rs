@@ -3,14 +3,14 @@
 //! debug changes, migrations and host-interrupt changes.
 
 use hypdbg_hyp::variants::Variant;
-use hypdbg_model::ctrl::{DBG_MDSCR_KDE, DBG_MDSCR_MDE, DBG_MDSCR_SS};
 use hypdbg_model::DebugFeatures;
+use hypdbg_model::ctrl::{DBG_MDSCR_KDE, DBG_MDSCR_MDE, DBG_MDSCR_SS};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 
 use super::invariants::{Checker, Violation};
-use super::sweep::{controls, sibling, CleanAccess, Migration, Params, Session};
-use crate::scenario::{run_scenario, Op, Scenario, Value};
+use super::sweep::{CleanAccess, Migration, Params, Session, controls, sibling};
+use crate::scenario::{Op, Scenario, Value, run_scenario};
 
 /// One random userspace step.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,12 +44,38 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    let mdscr = proptest::sample::select(vec![0, DBG_MDSCR_MDE, DBG_MDSCR_KDE, DBG_MDSCR_KDE | DBG_MDSCR_MDE, DBG_MDSCR_KDE | DBG_MDSCR_SS]);
-    let clean = proptest::sample::select(vec![CleanAccess::None, CleanAccess::Read, CleanAccess::Write]);
-    (mdscr, any::<bool>(), any::<bool>(), clean, proptest::collection::vec(step(), 1..12)).prop_map(|(mdscr, d_clear, os_lock, clean, steps)| Case {
-        guest: Params { mdscr, d_clear, os_lock, clean, control: 0, session: Session::Whole, migration: Migration::None, irq: false },
-        steps,
-    })
+    let mdscr = proptest::sample::select(vec![
+        0,
+        DBG_MDSCR_MDE,
+        DBG_MDSCR_KDE,
+        DBG_MDSCR_KDE | DBG_MDSCR_MDE,
+        DBG_MDSCR_KDE | DBG_MDSCR_SS,
+    ]);
+    let clean = proptest::sample::select(vec![
+        CleanAccess::None,
+        CleanAccess::Read,
+        CleanAccess::Write,
+    ]);
+    (
+        mdscr,
+        any::<bool>(),
+        any::<bool>(),
+        clean,
+        proptest::collection::vec(step(), 1..12),
+    )
+        .prop_map(|(mdscr, d_clear, os_lock, clean, steps)| Case {
+            guest: Params {
+                mdscr,
+                d_clear,
+                os_lock,
+                clean,
+                control: 0,
+                session: Session::Whole,
+                migration: Migration::None,
+                irq: false,
+            },
+            steps,
+        })
 }
 
 impl Case {
@@ -75,11 +101,17 @@ impl Case {
             ops.push(match s {
                 Step::Run => {
                     imm += 1;
-                    Op::RunUntilHvc { vcpu: 0, imm: imm - 1 }
+                    Op::RunUntilHvc {
+                        vcpu: 0,
+                        imm: imm - 1,
+                    }
                 }
                 Step::Debug(c) => set(*c),
                 Step::Migrate(cpu) => Op::Migrate { vcpu: 0, cpu: *cpu },
-                Step::Irq(every) => Op::Irq { vcpu: 0, every: *every },
+                Step::Irq(every) => Op::Irq {
+                    vcpu: 0,
+                    every: *every,
+                },
             });
         }
         let mut words = vec![format!("guest set-up: {}", self.guest.describe())];
@@ -98,8 +130,19 @@ impl Case {
 
 /// Search `cases` random sequences on `cpu` for `variant`; on a violation, shrink and return
 /// the minimal scenario with its first violation.
-pub fn search(variant: &Variant, cpu: &str, f: &DebugFeatures, cases: u32, seed: u64) -> Option<(Scenario, Violation)> {
-    let config = Config { cases, failure_persistence: None, max_shrink_iters: 512, ..Config::default() };
+pub fn search(
+    variant: &Variant,
+    cpu: &str,
+    f: &DebugFeatures,
+    cases: u32,
+    seed: u64,
+) -> Option<(Scenario, Violation)> {
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        max_shrink_iters: 512,
+        ..Config::default()
+    };
     let mut seed_bytes = [0u8; 32];
     seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes);

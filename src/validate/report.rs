@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use hypdbg_hyp::variants::VariantKind;
 
-use super::check::{Verdict, VariantReport};
+use super::check::{VariantReport, Verdict};
 
 fn kind(k: VariantKind) -> &'static str {
     match k {
@@ -27,9 +27,15 @@ fn verdict(v: Verdict) -> &'static str {
 /// The human-readable report.
 pub fn table(reports: &[VariantReport], elapsed_s: f64, scenarios: u64) -> String {
     let mut s = String::new();
-    let bad_refs: Vec<&VariantReport> = reports.iter().filter(|r| r.kind == VariantKind::Reference && r.verdict != Verdict::Ok).collect();
+    let bad_refs: Vec<&VariantReport> = reports
+        .iter()
+        .filter(|r| r.kind == VariantKind::Reference && r.verdict != Verdict::Ok)
+        .collect();
     if !bad_refs.is_empty() {
-        let _ = writeln!(s, "!!! TOOL FAILURE: a reference flow violates an invariant; every other verdict is suspect !!!");
+        let _ = writeln!(
+            s,
+            "!!! TOOL FAILURE: a reference flow violates an invariant; every other verdict is suspect !!!"
+        );
         for r in &bad_refs {
             if let Some(c) = &r.counterexample {
                 let _ = writeln!(s, "!!! {}: {}", r.variant, c.text());
@@ -37,8 +43,17 @@ pub fn table(reports: &[VariantReport], elapsed_s: f64, scenarios: u64) -> Strin
         }
         s.push('\n');
     }
-    let w = reports.iter().map(|r| r.variant.len()).max().unwrap_or(8).max(7);
-    let _ = writeln!(s, "{:<w$}  {:<4}  {:<10}  {:<8}  INVARIANTS BROKEN", "VARIANT", "FLOW", "KIND", "VERDICT");
+    let w = reports
+        .iter()
+        .map(|r| r.variant.len())
+        .max()
+        .unwrap_or(8)
+        .max(7);
+    let _ = writeln!(
+        s,
+        "{:<w$}  {:<4}  {:<10}  {:<8}  INVARIANTS BROKEN",
+        "VARIANT", "FLOW", "KIND", "VERDICT"
+    );
     for r in reports {
         let invs: Vec<String> = r.invariants.iter().map(|i| i.label()).collect();
         let _ = writeln!(
@@ -48,16 +63,32 @@ pub fn table(reports: &[VariantReport], elapsed_s: f64, scenarios: u64) -> Strin
             r.era,
             kind(r.kind),
             verdict(r.verdict),
-            if invs.is_empty() { "-".into() } else { invs.join(", ") }
+            if invs.is_empty() {
+                "-".into()
+            } else {
+                invs.join(", ")
+            }
         );
         if let Some(c) = &r.counterexample {
             let _ = writeln!(s, "{:w$}    counterexample: {}", "", c.text());
         }
     }
-    let refs_ok = reports.iter().filter(|r| r.kind == VariantKind::Reference && r.verdict == Verdict::Ok).count();
-    let refs = reports.iter().filter(|r| r.kind == VariantKind::Reference).count();
-    let caught = reports.iter().filter(|r| r.verdict == Verdict::Caught).count();
-    let mutants = reports.iter().filter(|r| matches!(r.kind, VariantKind::Historical | VariantKind::Generic)).count();
+    let refs_ok = reports
+        .iter()
+        .filter(|r| r.kind == VariantKind::Reference && r.verdict == Verdict::Ok)
+        .count();
+    let refs = reports
+        .iter()
+        .filter(|r| r.kind == VariantKind::Reference)
+        .count();
+    let caught = reports
+        .iter()
+        .filter(|r| r.verdict == Verdict::Caught)
+        .count();
+    let mutants = reports
+        .iter()
+        .filter(|r| matches!(r.kind, VariantKind::Historical | VariantKind::Generic))
+        .count();
     let _ = writeln!(
         s,
         "\n{refs_ok}/{refs} references clean, {caught}/{mutants} mutants caught; {scenarios} scenario runs in {elapsed_s:.1} s"

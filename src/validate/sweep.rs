@@ -6,9 +6,9 @@
 
 use std::fmt::Write as _;
 
+use hypdbg_model::DebugFeatures;
 use hypdbg_model::ctrl::{DBG_MDSCR_KDE, DBG_MDSCR_MDE, DBG_MDSCR_SS};
 use hypdbg_model::uapi::GuestDebugControl;
-use hypdbg_model::DebugFeatures;
 
 use crate::scenario::{Op, Scenario, Value};
 
@@ -77,25 +77,48 @@ pub fn sibling(f: &DebugFeatures) -> DebugFeatures {
 
 fn mdscr_words(m: u64) -> String {
     let mut parts = Vec::new();
-    for (bit, name) in [(DBG_MDSCR_KDE, "KDE"), (DBG_MDSCR_MDE, "MDE"), (DBG_MDSCR_SS, "SS")] {
+    for (bit, name) in [
+        (DBG_MDSCR_KDE, "KDE"),
+        (DBG_MDSCR_MDE, "MDE"),
+        (DBG_MDSCR_SS, "SS"),
+    ] {
         if m & bit != 0 {
             parts.push(name);
         }
     }
-    if parts.is_empty() { "0".into() } else { parts.join("|") }
+    if parts.is_empty() {
+        "0".into()
+    } else {
+        parts.join("|")
+    }
 }
 
 /// KVM_GUESTDBG_* in words.
 pub fn control_words(c: u32) -> String {
-    let names: Vec<&str> = GuestDebugControl::from_bits_truncate(c).iter_names().map(|(n, _)| n).collect();
-    if names.is_empty() { "none".into() } else { names.iter().map(|n| format!("KVM_GUESTDBG_{n}")).collect::<Vec<_>>().join("|") }
+    let names: Vec<&str> = GuestDebugControl::from_bits_truncate(c)
+        .iter_names()
+        .map(|(n, _)| n)
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names
+            .iter()
+            .map(|n| format!("KVM_GUESTDBG_{n}"))
+            .collect::<Vec<_>>()
+            .join("|")
+    }
 }
 
 impl Params {
     /// The scenario in words, as a counterexample reads.
     pub fn describe(&self) -> String {
         let mut s = format!("guest writes MDSCR_EL1 = {}", mdscr_words(self.mdscr));
-        s += if self.d_clear { ", PSTATE.D clear" } else { ", PSTATE.D masked" };
+        s += if self.d_clear {
+            ", PSTATE.D clear"
+        } else {
+            ", PSTATE.D masked"
+        };
         if self.os_lock {
             s += ", OS lock set";
         }
@@ -119,7 +142,9 @@ impl Params {
         match self.migration {
             Migration::None => {}
             Migration::Same => s += "; migrated to another CPU before the last run",
-            Migration::Other => s += "; migrated to a CPU of another profile (same counts) before the last run",
+            Migration::Other => {
+                s += "; migrated to a CPU of another profile (same counts) before the last run"
+            }
         }
         s
     }
@@ -156,16 +181,31 @@ impl Params {
                 let _ = writeln!(c, "mrs x10, dbgbcr{bt}_el1");
             }
             CleanAccess::Write => {
-                let _ = writeln!(c, "mov x0, #0x1e3\nmsr dbgbcr0_el1, x0\nadr x1, gbp\nmsr dbgbvr0_el1, x1");
-                let _ = writeln!(c, "mov x0, #0x1e5\nmsr dbgbcr{bt}_el1, x0\nmov x1, #0x70000000\nmsr dbgbvr{bt}_el1, x1");
-                let _ = writeln!(c, "mov x0, #0x1ff5\nmsr dbgwcr0_el1, x0\nmov x1, #0x71000000\nmsr dbgwvr0_el1, x1");
-                let _ = writeln!(c, "msr dbgwcr{wt}_el1, x0\nmovk x1, #0x40\nmsr dbgwvr{wt}_el1, x1");
+                let _ = writeln!(
+                    c,
+                    "mov x0, #0x1e3\nmsr dbgbcr0_el1, x0\nadr x1, gbp\nmsr dbgbvr0_el1, x1"
+                );
+                let _ = writeln!(
+                    c,
+                    "mov x0, #0x1e5\nmsr dbgbcr{bt}_el1, x0\nmov x1, #0x70000000\nmsr dbgbvr{bt}_el1, x1"
+                );
+                let _ = writeln!(
+                    c,
+                    "mov x0, #0x1ff5\nmsr dbgwcr0_el1, x0\nmov x1, #0x71000000\nmsr dbgwvr0_el1, x1"
+                );
+                let _ = writeln!(
+                    c,
+                    "msr dbgwcr{wt}_el1, x0\nmovk x1, #0x40\nmsr dbgwvr{wt}_el1, x1"
+                );
                 let _ = writeln!(c, "mov x0, #0x40000000\nmsr mdccint_el1, x0");
             }
         }
         let _ = writeln!(c, "mov x0, #{:#x}\nmsr mdscr_el1, x0", self.mdscr);
         if self.os_lock {
-            let _ = writeln!(c, "mov x0, #1\nmsr oslar_el1, x0\nmrs x11, oslsr_el1\nmsr oslsr_el1, xzr");
+            let _ = writeln!(
+                c,
+                "mov x0, #1\nmsr oslar_el1, x0\nmrs x11, oslsr_el1\nmsr oslsr_el1, xzr"
+            );
         }
         if self.d_clear {
             c += "msr daifclr, #8\n";
@@ -186,14 +226,20 @@ impl Params {
             vcpu: 0,
             control,
             bcr: vec![(0, Value::Num(0x1e7)), (bt, Value::Num(0x1e7))],
-            bvr: vec![(0, Value::Label("ubp".into())), (bt, Value::Num(0x7200_0000))],
+            bvr: vec![
+                (0, Value::Label("ubp".into())),
+                (bt, Value::Num(0x7200_0000)),
+            ],
             wcr: vec![(0, Value::Num(0x1ff7)), (wt, Value::Num(0x1ff7))],
             wvr: vec![(0, Value::Num(0x8_0000)), (wt, Value::Num(0x7300_0000))],
         };
         let run = |imm| Op::RunUntilHvc { vcpu: 0, imm };
         let mut ops = Vec::new();
         if self.irq {
-            ops.push(Op::Irq { vcpu: 0, every: Some(3) });
+            ops.push(Op::Irq {
+                vcpu: 0,
+                every: Some(3),
+            });
         }
         let debug = self.control != 0;
         if debug && self.session != Session::StartMidway {
@@ -223,12 +269,26 @@ impl Params {
             ops.push(Op::Migrate { vcpu: 0, cpu: 1 });
         }
         ops.push(run(2));
-        Scenario { name: name.to_string(), description: self.describe(), flow: None, cpus, vcpus: 1, code: c, ops }
+        Scenario {
+            name: name.to_string(),
+            description: self.describe(),
+            flow: None,
+            cpus,
+            vcpus: 1,
+            code: c,
+            ops,
+        }
     }
 }
 
 /// The guest MDSCR_EL1 values swept.
-pub const MDSCR_VALUES: [u64; 5] = [0, DBG_MDSCR_MDE, DBG_MDSCR_KDE, DBG_MDSCR_KDE | DBG_MDSCR_MDE, DBG_MDSCR_KDE | DBG_MDSCR_SS];
+pub const MDSCR_VALUES: [u64; 5] = [
+    0,
+    DBG_MDSCR_MDE,
+    DBG_MDSCR_KDE,
+    DBG_MDSCR_KDE | DBG_MDSCR_MDE,
+    DBG_MDSCR_KDE | DBG_MDSCR_SS,
+];
 
 /// The userspace control values swept.
 pub fn controls() -> [u32; 6] {
@@ -256,7 +316,12 @@ pub fn points() -> Vec<Params> {
             let sessions: &[Session] = if control == 0 {
                 &[Session::Whole]
             } else if control & GuestDebugControl::SINGLESTEP.bits() != 0 {
-                &[Session::Whole, Session::StartMidway, Session::StopMidway, Session::StepPauses]
+                &[
+                    Session::Whole,
+                    Session::StartMidway,
+                    Session::StopMidway,
+                    Session::StepPauses,
+                ]
             } else {
                 &[Session::Whole, Session::StartMidway, Session::StopMidway]
             };
@@ -265,13 +330,14 @@ pub fn points() -> Vec<Params> {
                     k += 1;
                     v.push(Params {
                         mdscr,
-                        d_clear: (k + variant) % 2 == 0,
+                        d_clear: (k + variant).is_multiple_of(2),
                         os_lock: k % 7 == 3,
                         clean: cleans[(k + variant) % 3],
                         control,
                         session,
                         migration: migrations[(k / 2 + variant) % 3],
-                        irq: control & GuestDebugControl::SINGLESTEP.bits() != 0 && (k + variant) % 2 == 1,
+                        irq: control & GuestDebugControl::SINGLESTEP.bits() != 0
+                            && (k + variant) % 2 == 1,
                     });
                 }
             }
@@ -281,7 +347,16 @@ pub fn points() -> Vec<Params> {
         for os_lock in [false, true] {
             for d_clear in [false, true] {
                 for &clean in &cleans {
-                    v.push(Params { mdscr, d_clear, os_lock, clean, control: 0, session: Session::Whole, migration: Migration::None, irq: false });
+                    v.push(Params {
+                        mdscr,
+                        d_clear,
+                        os_lock,
+                        clean,
+                        control: 0,
+                        session: Session::Whole,
+                        migration: Migration::None,
+                        irq: false,
+                    });
                 }
             }
         }
@@ -304,7 +379,12 @@ pub fn count_points() -> [Params; 2] {
         migration: Migration::None,
         irq: false,
     };
-    let user = Params { mdscr: 0, clean: CleanAccess::None, control: (GuestDebugControl::ENABLE | GuestDebugControl::USE_HW).bits(), ..base };
+    let user = Params {
+        mdscr: 0,
+        clean: CleanAccess::None,
+        control: (GuestDebugControl::ENABLE | GuestDebugControl::USE_HW).bits(),
+        ..base
+    };
     [base, user]
 }
 

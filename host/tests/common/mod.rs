@@ -1,5 +1,5 @@
 //! Shared helpers of the integration tests: simulator VMs, programs, probes.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use hypdbg_host::{DebugVcpu, RunExit, VmVcpu};
 use hypdbg_hyp::guest::Program;

@@ -1,7 +1,7 @@
 //! What every era shares.
 
-use hypdbg_model::dfr0::IdAa64dfr0El1;
 use hypdbg_model::ctrl::{DBG_SPSR_SS, OSLAR_EL1_OSLK, OSLSR_EL1_OSLK};
+use hypdbg_model::dfr0::IdAa64dfr0El1;
 use hypdbg_model::uapi::KvmGuestDebugArch;
 use hypdbg_model::{DbgBank, SysReg};
 use serde::Serialize;
@@ -47,16 +47,31 @@ pub trait Common: Send + Sync + 'static {
     /// decoded by `arm-sysregs`.
     fn read_debug_counts(&self, id_aa64dfr0: u64) -> DebugCounts {
         let r = IdAa64dfr0El1::from_bits_retain(id_aa64dfr0);
-        DebugCounts { brps: r.brps(), wrps: r.wrps() }
+        DebugCounts {
+            brps: r.brps(),
+            wrps: r.wrps(),
+        }
     }
 
     /// `save_debug(ptr, reg, nr)`.
-    fn save_debug<A: RegAccess>(&self, a: &mut A, ptr: &mut [u64; 16], reg: DbgBank, nr: u8) -> Result<(), HypFault> {
+    fn save_debug<A: RegAccess>(
+        &self,
+        a: &mut A,
+        ptr: &mut [u64; 16],
+        reg: DbgBank,
+        nr: u8,
+    ) -> Result<(), HypFault> {
         debug_sr::save_debug(a, ptr, reg, nr)
     }
 
     /// `restore_debug(ptr, reg, nr)`.
-    fn restore_debug<A: RegAccess>(&self, a: &mut A, ptr: &[u64; 16], reg: DbgBank, nr: u8) -> Result<(), HypFault> {
+    fn restore_debug<A: RegAccess>(
+        &self,
+        a: &mut A,
+        ptr: &[u64; 16],
+        reg: DbgBank,
+        nr: u8,
+    ) -> Result<(), HypFault> {
         debug_sr::restore_debug(a, ptr, reg, nr)
     }
 
@@ -94,7 +109,12 @@ pub trait Common: Send + Sync + 'static {
 
     /// `__activate_traps_common`: keep the host's MDCR_EL2 (all 64 bits, v5.15+) and load the
     /// vcpu's.
-    fn __activate_traps_common<A: RegAccess>(&self, a: &mut A, host_mdcr: &mut u64, vcpu_mdcr: u64) {
+    fn __activate_traps_common<A: RegAccess>(
+        &self,
+        a: &mut A,
+        host_mdcr: &mut u64,
+        vcpu_mdcr: u64,
+    ) {
         *host_mdcr = a.read_mdcr_el2();
         a.write_mdcr_el2(vcpu_mdcr);
     }
@@ -142,4 +162,3 @@ pub trait Common: Send + Sync + 'static {
         *vcpu.cpsr_mut() &= !DBG_SPSR_SS;
     }
 }
-

@@ -6,11 +6,11 @@ use hypdbg_model::esr::Esr;
 use hypdbg_model::uapi::{KvmDebugExitArch, KvmGuestDebug};
 use hypdbg_model::{DebugFeatures, SysReg};
 
+use super::Era;
 use super::common::{Common, SysRegParams, TrapOutcome};
 use super::era1::Era1;
 use super::era2::Era2;
 use super::era3::Era3;
-use super::Era;
 use crate::access::{CheckingAccess, PlainAccess, RegAccess, Scope};
 use crate::context::{DebugOwner, KvmHostData, KvmVcpu};
 use crate::fault::{HypFault, KvmError};
@@ -41,9 +41,19 @@ pub trait EraEngine: Send + Sync + 'static {
     /// `kvm_arm_clear_debug`, after every exit (eras 1 and 2).
     fn clear_debug(&self, _vcpu: &mut KvmVcpu) {}
     /// The hyp's debug switch on entry.
-    fn switch_to_guest<A: RegAccess>(&self, a: &mut A, vcpu: &mut KvmVcpu, host: &mut KvmHostData) -> Result<(), HypFault>;
+    fn switch_to_guest<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault>;
     /// The hyp's debug switch on exit.
-    fn switch_to_host<A: RegAccess>(&self, a: &mut A, vcpu: &mut KvmVcpu, host: &mut KvmHostData) -> Result<(), HypFault>;
+    fn switch_to_host<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault>;
     /// Where the host's MDCR_EL2 is kept during a run.
     fn host_mdcr_slot<'a>(&self, vcpu: &'a mut KvmVcpu, host: &'a mut KvmHostData) -> &'a mut u64 {
         let _ = host;
@@ -61,7 +71,8 @@ pub trait EraEngine: Send + Sync + 'static {
         false
     }
     /// `kvm_handle_guest_debug`.
-    fn handle_guest_debug(&self, vcpu: &mut KvmVcpu, esr: Esr, far: u64) -> (KvmDebugExitArch, u32);
+    fn handle_guest_debug(&self, vcpu: &mut KvmVcpu, esr: Esr, far: u64)
+    -> (KvmDebugExitArch, u32);
     /// pKVM `flush_debug_state`.
     fn flush_debug_state(&self, _hyp: &mut KvmVcpu, _host: &KvmVcpu) {}
     /// pKVM `sync_debug_state`.
@@ -75,7 +86,12 @@ pub trait EraEngine: Send + Sync + 'static {
         self.flow().__activate_traps_common(a, slot, vcpu_mdcr);
     }
     /// `__deactivate_traps_common`.
-    fn deactivate_traps<A: RegAccess>(&self, a: &mut A, vcpu: &mut KvmVcpu, host: &mut KvmHostData) {
+    fn deactivate_traps<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) {
         a.scope(Scope::Traps);
         let saved = *self.host_mdcr_slot(vcpu, host);
         self.flow().__deactivate_traps_common(a, saved);
@@ -83,11 +99,21 @@ pub trait EraEngine: Send + Sync + 'static {
 
     /// `emulate_sys_reg` and the debug handlers of sys_regs.c: emulate a trapped MSR/MRS
     /// against the vcpu's state. An index above the guest's implemented count is UNDEFINED.
-    fn emulate_sys_reg(&self, vcpu: &mut KvmVcpu, guest: &DebugFeatures, host_mdcr_el2: u64, p: &mut SysRegParams) -> TrapOutcome {
+    fn emulate_sys_reg(
+        &self,
+        vcpu: &mut KvmVcpu,
+        guest: &DebugFeatures,
+        host_mdcr_el2: u64,
+        p: &mut SysRegParams,
+    ) -> TrapOutcome {
         let flow = self.flow();
         let outcome = match p.reg {
             SysReg::Dbg(bank, n) => {
-                let implemented = if bank.is_breakpoint() { guest.num_brps() } else { guest.num_wrps() };
+                let implemented = if bank.is_breakpoint() {
+                    guest.num_brps()
+                } else {
+                    guest.num_wrps()
+                };
                 if usize::from(n) >= implemented {
                     return TrapOutcome::Undef;
                 }
@@ -139,11 +165,16 @@ pub trait EraEngine: Send + Sync + 'static {
 
     /// KVM_GET_ONE_REG of a breakpoint/watchpoint register (`get_dbg_wb_reg`).
     fn get_dbg_reg(&self, vcpu: &mut KvmVcpu, reg: SysReg) -> Option<u64> {
-        self.flow().demux_wb_reg(&mut vcpu.arch.vcpu_debug_state, reg).map(|v| *v)
+        self.flow()
+            .demux_wb_reg(&mut vcpu.arch.vcpu_debug_state, reg)
+            .map(|v| *v)
     }
     /// KVM_SET_ONE_REG of a breakpoint/watchpoint register (`set_dbg_wb_reg`).
     fn set_dbg_reg(&self, vcpu: &mut KvmVcpu, reg: SysReg, value: u64) -> bool {
-        match self.flow().demux_wb_reg(&mut vcpu.arch.vcpu_debug_state, reg) {
+        match self
+            .flow()
+            .demux_wb_reg(&mut vcpu.arch.vcpu_debug_state, reg)
+        {
             Some(slot) => {
                 *slot = value;
                 true
@@ -180,20 +211,37 @@ impl<T: Era1> EraEngine for Era1Engine<T> {
     fn clear_debug(&self, vcpu: &mut KvmVcpu) {
         self.0.kvm_arm_clear_debug(vcpu);
     }
-    fn switch_to_guest<A: RegAccess>(&self, a: &mut A, vcpu: &mut KvmVcpu, host: &mut KvmHostData) -> Result<(), HypFault> {
-        self.0.__debug_cond_save_host_state(a, vcpu, &mut host.host_ctxt)?;
+    fn switch_to_guest<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault> {
+        self.0
+            .__debug_cond_save_host_state(a, vcpu, &mut host.host_ctxt)?;
         a.scope(Scope::RestoreGuest);
         self.0.__debug_restore_state_if_dirty(a, vcpu, None)
     }
-    fn switch_to_host<A: RegAccess>(&self, a: &mut A, vcpu: &mut KvmVcpu, host: &mut KvmHostData) -> Result<(), HypFault> {
+    fn switch_to_host<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault> {
         a.scope(Scope::SaveGuest);
         self.0.__debug_save_state_if_dirty(a, vcpu, None)?;
-        self.0.__debug_cond_restore_host_state(a, vcpu, &host.host_ctxt)
+        self.0
+            .__debug_cond_restore_host_state(a, vcpu, &host.host_ctxt)
     }
     fn after_debug_trap(&self, vcpu: &mut KvmVcpu, is_write: bool, _host_mdcr_el2: u64) {
         self.0.trap_debug_access(vcpu, is_write);
     }
-    fn handle_guest_debug(&self, vcpu: &mut KvmVcpu, esr: Esr, far: u64) -> (KvmDebugExitArch, u32) {
+    fn handle_guest_debug(
+        &self,
+        vcpu: &mut KvmVcpu,
+        esr: Esr,
+        far: u64,
+    ) -> (KvmDebugExitArch, u32) {
         // v4.x reported hsr only: no hsr_high, no KVM_DEBUG_ARCH_HSR_HIGH_VALID.
         let (mut exit, _) = self.0.kvm_handle_guest_debug(vcpu, esr, far);
         exit.hsr_high = 0;
@@ -218,16 +266,33 @@ impl<T: Era2> EraEngine for Era2Engine<T> {
     fn clear_debug(&self, vcpu: &mut KvmVcpu) {
         self.0.kvm_arm_clear_debug(vcpu);
     }
-    fn switch_to_guest<A: RegAccess>(&self, a: &mut A, vcpu: &mut KvmVcpu, host: &mut KvmHostData) -> Result<(), HypFault> {
-        self.0.__debug_switch_to_guest_common(a, vcpu, &mut host.host_ctxt)
+    fn switch_to_guest<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault> {
+        self.0
+            .__debug_switch_to_guest_common(a, vcpu, &mut host.host_ctxt)
     }
-    fn switch_to_host<A: RegAccess>(&self, a: &mut A, vcpu: &mut KvmVcpu, host: &mut KvmHostData) -> Result<(), HypFault> {
-        self.0.__debug_switch_to_host_common(a, vcpu, &host.host_ctxt)
+    fn switch_to_host<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault> {
+        self.0
+            .__debug_switch_to_host_common(a, vcpu, &host.host_ctxt)
     }
     fn after_debug_trap(&self, vcpu: &mut KvmVcpu, is_write: bool, _host_mdcr_el2: u64) {
         self.0.trap_debug_access(vcpu, is_write);
     }
-    fn handle_guest_debug(&self, vcpu: &mut KvmVcpu, esr: Esr, far: u64) -> (KvmDebugExitArch, u32) {
+    fn handle_guest_debug(
+        &self,
+        vcpu: &mut KvmVcpu,
+        esr: Esr,
+        far: u64,
+    ) -> (KvmDebugExitArch, u32) {
         self.0.kvm_handle_guest_debug(vcpu, esr, far)
     }
 }
@@ -255,10 +320,20 @@ impl<T: Era3> EraEngine for Era3Engine<T> {
     fn vcpu_put(&self, vcpu: &mut KvmVcpu) {
         self.0.kvm_vcpu_put_debug(vcpu);
     }
-    fn switch_to_guest<A: RegAccess>(&self, a: &mut A, vcpu: &mut KvmVcpu, host: &mut KvmHostData) -> Result<(), HypFault> {
+    fn switch_to_guest<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault> {
         self.0.__debug_switch_to_guest_common(a, vcpu, host)
     }
-    fn switch_to_host<A: RegAccess>(&self, a: &mut A, vcpu: &mut KvmVcpu, host: &mut KvmHostData) -> Result<(), HypFault> {
+    fn switch_to_host<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault> {
         self.0.__debug_switch_to_host_common(a, vcpu, host)
     }
     fn host_mdcr_slot<'a>(&self, _vcpu: &'a mut KvmVcpu, host: &'a mut KvmHostData) -> &'a mut u64 {
@@ -278,7 +353,12 @@ impl<T: Era3> EraEngine for Era3Engine<T> {
     fn oslar_reloads(&self) -> bool {
         true
     }
-    fn handle_guest_debug(&self, vcpu: &mut KvmVcpu, esr: Esr, far: u64) -> (KvmDebugExitArch, u32) {
+    fn handle_guest_debug(
+        &self,
+        vcpu: &mut KvmVcpu,
+        esr: Esr,
+        far: u64,
+    ) -> (KvmDebugExitArch, u32) {
         self.0.kvm_handle_guest_debug(vcpu, esr, far)
     }
     fn flush_debug_state(&self, hyp: &mut KvmVcpu, host: &KvmVcpu) {
@@ -325,9 +405,19 @@ pub trait DynFlow: Send + Sync {
     /// kvm_arm_clear_debug.
     fn clear_debug(&self, vcpu: &mut KvmVcpu);
     /// Debug switch on entry.
-    fn switch_to_guest(&self, a: &mut AnyAccess<'_>, vcpu: &mut KvmVcpu, host: &mut KvmHostData) -> Result<(), HypFault>;
+    fn switch_to_guest(
+        &self,
+        a: &mut AnyAccess<'_>,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault>;
     /// Debug switch on exit.
-    fn switch_to_host(&self, a: &mut AnyAccess<'_>, vcpu: &mut KvmVcpu, host: &mut KvmHostData) -> Result<(), HypFault>;
+    fn switch_to_host(
+        &self,
+        a: &mut AnyAccess<'_>,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault>;
     /// `__activate_traps_common`.
     fn activate_traps(&self, a: &mut AnyAccess<'_>, vcpu: &mut KvmVcpu, host: &mut KvmHostData);
     /// `__deactivate_traps_common`.
@@ -335,11 +425,18 @@ pub trait DynFlow: Send + Sync {
     /// `ctxt_mdscr_el1`.
     fn guest_mdscr<'a>(&self, vcpu: &'a mut KvmVcpu) -> &'a mut u64;
     /// Emulate a trapped access.
-    fn emulate_sys_reg(&self, vcpu: &mut KvmVcpu, guest: &DebugFeatures, host_mdcr_el2: u64, p: &mut SysRegParams) -> TrapOutcome;
+    fn emulate_sys_reg(
+        &self,
+        vcpu: &mut KvmVcpu,
+        guest: &DebugFeatures,
+        host_mdcr_el2: u64,
+        p: &mut SysRegParams,
+    ) -> TrapOutcome;
     /// `kvm_skip_instr`.
     fn skip_instr(&self, vcpu: &mut KvmVcpu);
     /// `kvm_handle_guest_debug`.
-    fn handle_guest_debug(&self, vcpu: &mut KvmVcpu, esr: Esr, far: u64) -> (KvmDebugExitArch, u32);
+    fn handle_guest_debug(&self, vcpu: &mut KvmVcpu, esr: Esr, far: u64)
+    -> (KvmDebugExitArch, u32);
     /// pKVM flush.
     fn flush_debug_state(&self, hyp: &mut KvmVcpu, host: &KvmVcpu);
     /// pKVM sync.
@@ -375,10 +472,20 @@ impl<E: EraEngine> DynFlow for E {
     fn clear_debug(&self, vcpu: &mut KvmVcpu) {
         EraEngine::clear_debug(self, vcpu);
     }
-    fn switch_to_guest(&self, a: &mut AnyAccess<'_>, vcpu: &mut KvmVcpu, host: &mut KvmHostData) -> Result<(), HypFault> {
+    fn switch_to_guest(
+        &self,
+        a: &mut AnyAccess<'_>,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault> {
         with_access!(a, |x| EraEngine::switch_to_guest(self, x, vcpu, host))
     }
-    fn switch_to_host(&self, a: &mut AnyAccess<'_>, vcpu: &mut KvmVcpu, host: &mut KvmHostData) -> Result<(), HypFault> {
+    fn switch_to_host(
+        &self,
+        a: &mut AnyAccess<'_>,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault> {
         with_access!(a, |x| EraEngine::switch_to_host(self, x, vcpu, host))
     }
     fn activate_traps(&self, a: &mut AnyAccess<'_>, vcpu: &mut KvmVcpu, host: &mut KvmHostData) {
@@ -390,13 +497,24 @@ impl<E: EraEngine> DynFlow for E {
     fn guest_mdscr<'a>(&self, vcpu: &'a mut KvmVcpu) -> &'a mut u64 {
         EraEngine::guest_mdscr(self, vcpu)
     }
-    fn emulate_sys_reg(&self, vcpu: &mut KvmVcpu, guest: &DebugFeatures, host_mdcr_el2: u64, p: &mut SysRegParams) -> TrapOutcome {
+    fn emulate_sys_reg(
+        &self,
+        vcpu: &mut KvmVcpu,
+        guest: &DebugFeatures,
+        host_mdcr_el2: u64,
+        p: &mut SysRegParams,
+    ) -> TrapOutcome {
         EraEngine::emulate_sys_reg(self, vcpu, guest, host_mdcr_el2, p)
     }
     fn skip_instr(&self, vcpu: &mut KvmVcpu) {
         EraEngine::skip_instr(self, vcpu);
     }
-    fn handle_guest_debug(&self, vcpu: &mut KvmVcpu, esr: Esr, far: u64) -> (KvmDebugExitArch, u32) {
+    fn handle_guest_debug(
+        &self,
+        vcpu: &mut KvmVcpu,
+        esr: Esr,
+        far: u64,
+    ) -> (KvmDebugExitArch, u32) {
         EraEngine::handle_guest_debug(self, vcpu, esr, far)
     }
     fn flush_debug_state(&self, hyp: &mut KvmVcpu, host: &KvmVcpu) {
@@ -412,4 +530,3 @@ impl<E: EraEngine> DynFlow for E {
         EraEngine::set_dbg_reg(self, vcpu, reg, value)
     }
 }
-

@@ -8,11 +8,13 @@
 //! indexing), so that it is a clean reference and each historical defect is a mutant of it.
 
 use hypdbg_model::ctrl::{
-    mdscr_uses_debug, DBG_MDSCR_MDE, DBG_MDSCR_SS, DBG_SPSR_SS, MDCR_EL2_HPMN_MASK, MDCR_EL2_TDA,
-    MDCR_EL2_TDE, MDCR_EL2_TDOSA, MDCR_EL2_TDRA, MDCR_EL2_TPM, MDCR_EL2_TPMCR,
+    DBG_MDSCR_MDE, DBG_MDSCR_SS, DBG_SPSR_SS, MDCR_EL2_HPMN_MASK, MDCR_EL2_TDA, MDCR_EL2_TDE,
+    MDCR_EL2_TDOSA, MDCR_EL2_TDRA, MDCR_EL2_TPM, MDCR_EL2_TPMCR, mdscr_uses_debug,
 };
-use hypdbg_model::esr::{Esr, ESR_ELX_EC_SOFTSTP_LOW, ESR_ELX_EC_WATCHPT_LOW};
-use hypdbg_model::uapi::{GuestDebugControl, KvmDebugExitArch, KvmGuestDebug, KVM_DEBUG_ARCH_HSR_HIGH_VALID};
+use hypdbg_model::esr::{ESR_ELX_EC_SOFTSTP_LOW, ESR_ELX_EC_WATCHPT_LOW, Esr};
+use hypdbg_model::uapi::{
+    GuestDebugControl, KVM_DEBUG_ARCH_HSR_HIGH_VALID, KvmDebugExitArch, KvmGuestDebug,
+};
 
 use super::common::{Common, DebugCounts};
 use crate::access::{RegAccess, Scope};
@@ -20,7 +22,12 @@ use crate::context::{DebugFlags, DebugPtr, KvmCpuContext, KvmVcpu};
 use crate::fault::{HypFault, KvmError};
 
 /// Split `vcpu->arch` into the block `debug_ptr` points at and the guest context.
-pub fn debug_ptr_and_ctxt(vcpu: &mut KvmVcpu) -> (&mut hypdbg_model::uapi::KvmGuestDebugArch, &mut KvmCpuContext) {
+pub fn debug_ptr_and_ctxt(
+    vcpu: &mut KvmVcpu,
+) -> (
+    &mut hypdbg_model::uapi::KvmGuestDebugArch,
+    &mut KvmCpuContext,
+) {
     let arch = &mut vcpu.arch;
     let dbg = match arch.debug_ptr {
         DebugPtr::VcpuDebugState => &mut arch.vcpu_debug_state,
@@ -85,7 +92,9 @@ pub trait DebugDirty: Common {
         if vcpu.guest_debug.is_empty() && !vcpu.os_lock_enabled() {
             return;
         }
-        if vcpu.guest_debug.contains(GuestDebugControl::SINGLESTEP) && vcpu.cpsr() & DBG_SPSR_SS == 0 {
+        if vcpu.guest_debug.contains(GuestDebugControl::SINGLESTEP)
+            && vcpu.cpsr() & DBG_SPSR_SS == 0
+        {
             vcpu.set_flag(DebugFlags::DBG_SS_ACTIVE_PENDING, true);
         }
         self.restore_guest_debug_regs(vcpu);
@@ -104,7 +113,11 @@ pub trait DebugDirty: Common {
 
     /// `kvm_arch_vcpu_ioctl_set_guest_debug`: validate control, copy `dbg->arch` verbatim
     /// into `external_debug_state` with USE_HW.
-    fn kvm_arch_vcpu_ioctl_set_guest_debug(&self, vcpu: &mut KvmVcpu, dbg: &KvmGuestDebug) -> Result<(), KvmError> {
+    fn kvm_arch_vcpu_ioctl_set_guest_debug(
+        &self,
+        vcpu: &mut KvmVcpu,
+        dbg: &KvmGuestDebug,
+    ) -> Result<(), KvmError> {
         let Some(control) = GuestDebugControl::from_bits(dbg.control) else {
             return Err(KvmError::Inval(format!(
                 "control {:#x} has bits outside KVM_GUESTDBG_VALID_MASK {:#x}",
@@ -131,8 +144,17 @@ pub trait DebugDirty: Common {
 
     /// `kvm_handle_guest_debug`: fill `run->debug.arch`; a completed step clears the
     /// active-pending flag. Returns the exit and `run->flags`.
-    fn kvm_handle_guest_debug(&self, vcpu: &mut KvmVcpu, esr: Esr, far: u64) -> (KvmDebugExitArch, u32) {
-        let mut exit = KvmDebugExitArch { hsr: esr.bits() as u32, hsr_high: (esr.bits() >> 32) as u32, far: 0 };
+    fn kvm_handle_guest_debug(
+        &self,
+        vcpu: &mut KvmVcpu,
+        esr: Esr,
+        far: u64,
+    ) -> (KvmDebugExitArch, u32) {
+        let mut exit = KvmDebugExitArch {
+            hsr: esr.bits() as u32,
+            hsr_high: (esr.bits() >> 32) as u32,
+            far: 0,
+        };
         match esr.ec() {
             ESR_ELX_EC_WATCHPT_LOW => exit.far = far,
             ESR_ELX_EC_SOFTSTP_LOW => vcpu.set_flag(DebugFlags::DBG_SS_ACTIVE_PENDING, false),
@@ -177,7 +199,9 @@ pub trait Era1: DebugDirty {
         }
         let c = self.read_debug_counts(a.read_id_aa64dfr0());
         match host {
-            Some(host_ctxt) => self.__debug_save_state(a, &mut vcpu.arch.host_debug_state, host_ctxt, c),
+            Some(host_ctxt) => {
+                self.__debug_save_state(a, &mut vcpu.arch.host_debug_state, host_ctxt, c)
+            }
             None => {
                 let (dbg, ctxt) = debug_ptr_and_ctxt(vcpu);
                 self.__debug_save_state(a, dbg, ctxt, c)
@@ -197,7 +221,9 @@ pub trait Era1: DebugDirty {
         }
         let c: DebugCounts = self.read_debug_counts(a.read_id_aa64dfr0());
         match host {
-            Some(host_ctxt) => self.__debug_restore_state(a, &vcpu.arch.host_debug_state, host_ctxt, c),
+            Some(host_ctxt) => {
+                self.__debug_restore_state(a, &vcpu.arch.host_debug_state, host_ctxt, c)
+            }
             None => {
                 let (dbg, ctxt) = debug_ptr_and_ctxt(vcpu);
                 self.__debug_restore_state(a, dbg, ctxt, c)
@@ -241,4 +267,3 @@ pub struct Era1Reference;
 impl Common for Era1Reference {}
 impl DebugDirty for Era1Reference {}
 impl Era1 for Era1Reference {}
-

@@ -2,13 +2,13 @@
 //! `__debug_switch_to_guest`/`__debug_switch_to_host` act only when it is set.
 
 use hypdbg_model::ctrl::{
-    mdscr_uses_debug, MDCR_EL2_HPMN_MASK, MDCR_EL2_TDA, MDCR_EL2_TDE, MDCR_EL2_TDOSA, MDCR_EL2_TDRA,
-    MDCR_EL2_TPM, MDCR_EL2_TPMCR, MDCR_EL2_TPMS, MDCR_EL2_TTRF,
+    MDCR_EL2_HPMN_MASK, MDCR_EL2_TDA, MDCR_EL2_TDE, MDCR_EL2_TDOSA, MDCR_EL2_TDRA, MDCR_EL2_TPM,
+    MDCR_EL2_TPMCR, MDCR_EL2_TPMS, MDCR_EL2_TTRF, mdscr_uses_debug,
 };
 use hypdbg_model::uapi::GuestDebugControl;
 
 use super::common::Common;
-use super::era1::{debug_ptr_and_ctxt, DebugDirty};
+use super::era1::{DebugDirty, debug_ptr_and_ctxt};
 use crate::access::{RegAccess, Scope};
 use crate::context::{DebugFlags, KvmCpuContext, KvmVcpu};
 use crate::fault::HypFault;
@@ -19,7 +19,12 @@ pub trait Era2: DebugDirty {
     /// guest's state is not dirty, or the guest's OS lock is set; TDE for guest_debug.
     fn kvm_arm_setup_mdcr_el2(&self, vcpu: &mut KvmVcpu, host_mdcr_el2: u64) {
         let mut mdcr = host_mdcr_el2 & MDCR_EL2_HPMN_MASK;
-        mdcr |= MDCR_EL2_TPM | MDCR_EL2_TPMS | MDCR_EL2_TTRF | MDCR_EL2_TPMCR | MDCR_EL2_TDRA | MDCR_EL2_TDOSA;
+        mdcr |= MDCR_EL2_TPM
+            | MDCR_EL2_TPMS
+            | MDCR_EL2_TTRF
+            | MDCR_EL2_TPMCR
+            | MDCR_EL2_TDRA
+            | MDCR_EL2_TDOSA;
         if !vcpu.guest_debug.is_empty() {
             mdcr |= MDCR_EL2_TDE;
         }

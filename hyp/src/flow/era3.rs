@@ -3,13 +3,14 @@
 //! hijacked (`external_mdscr_el1`), single-step state is swapped at load/put.
 
 use hypdbg_model::ctrl::{
-    mdscr_uses_debug, DBG_MDSCR_KDE, DBG_MDSCR_MDE, DBG_MDSCR_SS, DBG_SPSR_SS, MDCR_EL2_HPMN_MASK,
-    MDCR_EL2_TDA, MDCR_EL2_TDE, MDCR_EL2_TDOSA, MDCR_EL2_TDRA, MDCR_EL2_TPM, MDCR_EL2_TPMCR,
-    MDCR_EL2_TPMS, MDCR_EL2_TTRF,
+    DBG_MDSCR_KDE, DBG_MDSCR_MDE, DBG_MDSCR_SS, DBG_SPSR_SS, MDCR_EL2_HPMN_MASK, MDCR_EL2_TDA,
+    MDCR_EL2_TDE, MDCR_EL2_TDOSA, MDCR_EL2_TDRA, MDCR_EL2_TPM, MDCR_EL2_TPMCR, MDCR_EL2_TPMS,
+    MDCR_EL2_TTRF, mdscr_uses_debug,
 };
-use hypdbg_model::esr::{Esr, ESR_ELX_EC_SOFTSTP_LOW, ESR_ELX_EC_WATCHPT_LOW};
+use hypdbg_model::esr::{ESR_ELX_EC_SOFTSTP_LOW, ESR_ELX_EC_WATCHPT_LOW, Esr};
 use hypdbg_model::uapi::{
-    GuestDebugControl, KvmDebugExitArch, KvmGuestDebug, KvmGuestDebugArch, KVM_DEBUG_ARCH_HSR_HIGH_VALID,
+    GuestDebugControl, KVM_DEBUG_ARCH_HSR_HIGH_VALID, KvmDebugExitArch, KvmGuestDebug,
+    KvmGuestDebugArch,
 };
 
 use super::common::{Common, DebugCounts};
@@ -18,7 +19,10 @@ use crate::context::{DebugFlags, DebugOwner, DebugPtr, KvmCpuContext, KvmHostDat
 use crate::fault::{HypFault, KvmError};
 
 /// The block `which` names and the guest context.
-pub fn debug_block_and_ctxt(vcpu: &mut KvmVcpu, which: DebugPtr) -> (&mut KvmGuestDebugArch, &mut KvmCpuContext) {
+pub fn debug_block_and_ctxt(
+    vcpu: &mut KvmVcpu,
+    which: DebugPtr,
+) -> (&mut KvmGuestDebugArch, &mut KvmCpuContext) {
     let arch = &mut vcpu.arch;
     let dbg = match which {
         DebugPtr::ExternalDebugState => &mut arch.external_debug_state,
@@ -54,7 +58,12 @@ pub trait Era3: Common {
     /// guest_debug.
     fn kvm_arm_setup_mdcr_el2(&self, vcpu: &mut KvmVcpu, host_mdcr_el2: u64) {
         let mut mdcr = host_mdcr_el2 & MDCR_EL2_HPMN_MASK;
-        mdcr |= MDCR_EL2_TPM | MDCR_EL2_TPMS | MDCR_EL2_TTRF | MDCR_EL2_TPMCR | MDCR_EL2_TDRA | MDCR_EL2_TDOSA;
+        mdcr |= MDCR_EL2_TPM
+            | MDCR_EL2_TPMS
+            | MDCR_EL2_TTRF
+            | MDCR_EL2_TPMCR
+            | MDCR_EL2_TDRA
+            | MDCR_EL2_TDOSA;
         if !vcpu.guest_debug.is_empty() {
             mdcr |= MDCR_EL2_TDE;
         }
@@ -126,7 +135,11 @@ pub trait Era3: Common {
     }
 
     /// `kvm_arch_vcpu_ioctl_set_guest_debug` (6.14 "Clean up KVM_SET_GUEST_DEBUG").
-    fn kvm_arch_vcpu_ioctl_set_guest_debug(&self, vcpu: &mut KvmVcpu, dbg: &KvmGuestDebug) -> Result<(), KvmError> {
+    fn kvm_arch_vcpu_ioctl_set_guest_debug(
+        &self,
+        vcpu: &mut KvmVcpu,
+        dbg: &KvmGuestDebug,
+    ) -> Result<(), KvmError> {
         let Some(control) = GuestDebugControl::from_bits(dbg.control) else {
             return Err(KvmError::Inval(format!(
                 "control {:#x} has bits outside KVM_GUESTDBG_VALID_MASK {:#x}",
@@ -151,8 +164,17 @@ pub trait Era3: Common {
     }
 
     /// `kvm_handle_guest_debug`: fill `run->debug.arch`; a completed step re-arms SPSR.SS.
-    fn kvm_handle_guest_debug(&self, vcpu: &mut KvmVcpu, esr: Esr, far: u64) -> (KvmDebugExitArch, u32) {
-        let mut exit = KvmDebugExitArch { hsr: esr.bits() as u32, hsr_high: (esr.bits() >> 32) as u32, far: 0 };
+    fn kvm_handle_guest_debug(
+        &self,
+        vcpu: &mut KvmVcpu,
+        esr: Esr,
+        far: u64,
+    ) -> (KvmDebugExitArch, u32) {
+        let mut exit = KvmDebugExitArch {
+            hsr: esr.bits() as u32,
+            hsr_high: (esr.bits() >> 32) as u32,
+            far: 0,
+        };
         match esr.ec() {
             ESR_ELX_EC_WATCHPT_LOW => exit.far = far,
             ESR_ELX_EC_SOFTSTP_LOW => *vcpu.cpsr_mut() |= DBG_SPSR_SS,
@@ -164,7 +186,10 @@ pub trait Era3: Common {
     /// The counts the switch uses: `host_data->debug_brps/wrps` (8c02c2bb, "Avoid reading
     /// ID_AA64DFR0 for save/restore").
     fn host_debug_counts<A: RegAccess>(&self, _a: &mut A, host: &KvmHostData) -> DebugCounts {
-        DebugCounts { brps: host.debug_brps, wrps: host.debug_wrps }
+        DebugCounts {
+            brps: host.debug_brps,
+            wrps: host.debug_wrps,
+        }
     }
 
     /// `__debug_switch_to_guest_common`: unless FREE, save the host's registers into this
@@ -213,7 +238,9 @@ pub trait Era3: Common {
         hyp_vcpu.arch.debug_owner = host_vcpu.arch.debug_owner;
         hyp_vcpu.arch.external_mdscr_el1 = host_vcpu.arch.external_mdscr_el1;
         match hyp_vcpu.arch.debug_owner {
-            DebugOwner::VcpuDebugGuestOwned => hyp_vcpu.arch.vcpu_debug_state = host_vcpu.arch.vcpu_debug_state,
+            DebugOwner::VcpuDebugGuestOwned => {
+                hyp_vcpu.arch.vcpu_debug_state = host_vcpu.arch.vcpu_debug_state
+            }
             DebugOwner::VcpuDebugHostOwned => {
                 hyp_vcpu.arch.external_debug_state = host_vcpu.arch.external_debug_state;
             }
@@ -224,7 +251,9 @@ pub trait Era3: Common {
     /// `sync_debug_state` (pKVM): copy the owned block back to the host's vcpu.
     fn sync_debug_state(&self, host_vcpu: &mut KvmVcpu, hyp_vcpu: &KvmVcpu) {
         match hyp_vcpu.arch.debug_owner {
-            DebugOwner::VcpuDebugGuestOwned => host_vcpu.arch.vcpu_debug_state = hyp_vcpu.arch.vcpu_debug_state,
+            DebugOwner::VcpuDebugGuestOwned => {
+                host_vcpu.arch.vcpu_debug_state = hyp_vcpu.arch.vcpu_debug_state
+            }
             DebugOwner::VcpuDebugHostOwned => {
                 host_vcpu.arch.external_debug_state = hyp_vcpu.arch.external_debug_state;
             }

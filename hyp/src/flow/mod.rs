@@ -20,12 +20,14 @@ pub use common::{Common, DebugCounts, SysRegParams, TrapOutcome};
 pub use engine::{AnyAccess, DynFlow, Era1Engine, Era2Engine, Era3Engine, EraEngine};
 pub use era1::{DebugDirty, Era1, Era1Reference};
 pub use era2::{Era2, Era2Reference};
-pub use era3::{Era3, Era3Reference, Era3Protected};
+pub use era3::{Era3, Era3Protected, Era3Reference};
 
 use serde::Serialize;
 
 /// The three eras of the kernel's logic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 pub enum Era {
     /// v4.5..v4.16: DEBUG_DIRTY decided in the world switch (the seed patch).
     #[serde(rename = "era1")]

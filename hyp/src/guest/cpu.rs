@@ -8,12 +8,16 @@
 //! step: set SPSR.SS; SVC: record; UNDEFINED: record and skip. The handler counts as one
 //! instruction.
 
-use hypdbg_model::ctrl::{spsr_el, DBG_MDSCR_SS, DBG_SPSR_SS, OSLSR_EL1_OSLK, PSR_D_BIT, PSR_MODE_EL0T, PSR_MODE_EL1H, PSR_MODE_MASK};
-use hypdbg_model::esr::{
-    Esr, SysRegIss, ESR_ELX_EC_BREAKPT_CUR, ESR_ELX_EC_BREAKPT_LOW, ESR_ELX_EC_BRK64, ESR_ELX_EC_SOFTSTP_CUR,
-    ESR_ELX_EC_SOFTSTP_LOW, ESR_ELX_EC_SVC64, ESR_ELX_EC_UNKNOWN, ESR_ELX_EC_WATCHPT_CUR, ESR_ELX_EC_WATCHPT_LOW,
+use hypdbg_model::ctrl::{
+    DBG_MDSCR_SS, DBG_SPSR_SS, OSLSR_EL1_OSLK, PSR_D_BIT, PSR_MODE_EL0T, PSR_MODE_EL1H,
+    PSR_MODE_MASK, spsr_el,
 };
-use hypdbg_model::gating::{access_traps, DebugContext, DebugEvent};
+use hypdbg_model::esr::{
+    ESR_ELX_EC_BREAKPT_CUR, ESR_ELX_EC_BREAKPT_LOW, ESR_ELX_EC_BRK64, ESR_ELX_EC_SOFTSTP_CUR,
+    ESR_ELX_EC_SOFTSTP_LOW, ESR_ELX_EC_SVC64, ESR_ELX_EC_UNKNOWN, ESR_ELX_EC_WATCHPT_CUR,
+    ESR_ELX_EC_WATCHPT_LOW, Esr, SysRegIss,
+};
+use hypdbg_model::gating::{DebugContext, DebugEvent, access_traps};
 use hypdbg_model::matching::{DataAccess, MatchResult};
 use hypdbg_model::{El, SysReg};
 
@@ -87,7 +91,11 @@ impl GuestRun<'_> {
     }
 
     fn x(&self, r: u8) -> u64 {
-        if r >= 31 { 0 } else { self.vcpu.arch.ctxt.regs.regs[usize::from(r)] }
+        if r >= 31 {
+            0
+        } else {
+            self.vcpu.arch.ctxt.regs.regs[usize::from(r)]
+        }
     }
 
     fn set_x(&mut self, r: u8, v: u64) {
@@ -98,7 +106,11 @@ impl GuestRun<'_> {
 
     /// Xn|SP as a base register.
     fn xsp(&self, r: u8) -> u64 {
-        if r == 31 { self.vcpu.arch.ctxt.regs.sp } else { self.x(r) }
+        if r == 31 {
+            self.vcpu.arch.ctxt.regs.sp
+        } else {
+            self.x(r)
+        }
     }
 
     fn set_xsp(&mut self, r: u8, v: u64) {
@@ -126,7 +138,13 @@ impl GuestRun<'_> {
             // CheckSoftwareStep: an active-pending step is taken before the next instruction.
             if gate.step_active() && !self.vcpu.pstate_ss() {
                 let pc = self.vcpu.arch.ctxt.regs.pc;
-                match self.debug_exception(DebugEvent::SoftwareStep { stepped: stepped_here }, pc, 0) {
+                match self.debug_exception(
+                    DebugEvent::SoftwareStep {
+                        stepped: stepped_here,
+                    },
+                    pc,
+                    0,
+                ) {
                     Step::Exit(r) => return r,
                     _ => self.completed += 1,
                 }
@@ -168,9 +186,14 @@ impl GuestRun<'_> {
         // AArch64.CheckBreakpoint, before the instruction executes.
         if gate.breakpoints_enabled() {
             match self.regs.file.match_env().check_breakpoint(pc, gate.el).0 {
-                MatchResult::Hit { .. } => return self.debug_exception(DebugEvent::Breakpoint, pc, 0),
+                MatchResult::Hit { .. } => {
+                    return self.debug_exception(DebugEvent::Breakpoint, pc, 0);
+                }
                 MatchResult::Unpredictable { rule } => {
-                    self.record(GuestEvent::Unpredictable { pc, rule: rule.to_string() });
+                    self.record(GuestEvent::Unpredictable {
+                        pc,
+                        rule: rule.to_string(),
+                    });
                 }
                 MatchResult::Miss => {}
             }
@@ -179,10 +202,13 @@ impl GuestRun<'_> {
             return self.take_el1_exception(Esr::unknown(), None, pc);
         };
         let step = self.execute(insn, gate, pc);
-        if matches!(step, Step::Continue) {
-            if let Some((log, true)) = self.events.as_mut() {
-                log.push(GuestEvent::Executed { pc, insn: insn.to_string() });
-            }
+        if matches!(step, Step::Continue)
+            && let Some((log, true)) = self.events.as_mut()
+        {
+            log.push(GuestEvent::Executed {
+                pc,
+                insn: insn.to_string(),
+            });
         }
         step
     }
@@ -193,7 +219,13 @@ impl GuestRun<'_> {
     }
 
     fn branch(&mut self, offset: i32) -> Step {
-        self.vcpu.arch.ctxt.regs.pc = self.vcpu.arch.ctxt.regs.pc.wrapping_add(offset as i64 as u64);
+        self.vcpu.arch.ctxt.regs.pc = self
+            .vcpu
+            .arch
+            .ctxt
+            .regs
+            .pc
+            .wrapping_add(offset as i64 as u64);
         Step::Continue
     }
 
@@ -239,8 +271,20 @@ impl GuestRun<'_> {
                 self.advance()
             }
             Insn::B { offset } => self.branch(offset),
-            Insn::Cbz { rt, offset } => if self.x(rt) == 0 { self.branch(offset) } else { self.advance() },
-            Insn::Cbnz { rt, offset } => if self.x(rt) != 0 { self.branch(offset) } else { self.advance() },
+            Insn::Cbz { rt, offset } => {
+                if self.x(rt) == 0 {
+                    self.branch(offset)
+                } else {
+                    self.advance()
+                }
+            }
+            Insn::Cbnz { rt, offset } => {
+                if self.x(rt) != 0 {
+                    self.branch(offset)
+                } else {
+                    self.advance()
+                }
+            }
             Insn::DaifSet(imm) | Insn::DaifClr(imm) => {
                 // Only D (bit 3 of the immediate) matters to this model.
                 if imm & 8 != 0 {
@@ -259,7 +303,11 @@ impl GuestRun<'_> {
                 }
                 let v = self.mem.read_uint(addr, usize::from(size));
                 self.set_x(rt, v);
-                self.record(GuestEvent::Access { address: addr, size, is_store: false });
+                self.record(GuestEvent::Access {
+                    address: addr,
+                    size,
+                    is_store: false,
+                });
                 self.advance()
             }
             Insn::Str { size, rt, rn, imm } => {
@@ -269,7 +317,11 @@ impl GuestRun<'_> {
                 }
                 let v = self.x(rt);
                 self.mem.write_uint(addr, usize::from(size), v);
-                self.record(GuestEvent::Access { address: addr, size, is_store: true });
+                self.record(GuestEvent::Access {
+                    address: addr,
+                    size,
+                    is_store: true,
+                });
                 self.advance()
             }
             Insn::Ldp { rt, rt2, rn, imm } | Insn::Stp { rt, rt2, rn, imm } => {
@@ -288,7 +340,11 @@ impl GuestRun<'_> {
                     self.set_x(rt, a);
                     self.set_x(rt2, b);
                 }
-                self.record(GuestEvent::Access { address: addr, size: 16, is_store });
+                self.record(GuestEvent::Access {
+                    address: addr,
+                    size: 16,
+                    is_store,
+                });
                 self.advance()
             }
             Insn::DcZva { rt } => {
@@ -297,7 +353,11 @@ impl GuestRun<'_> {
                     return s;
                 }
                 self.mem.write(addr, &[0u8; 64]);
-                self.record(GuestEvent::Access { address: addr, size: 64, is_store: true });
+                self.record(GuestEvent::Access {
+                    address: addr,
+                    size: 64,
+                    is_store: true,
+                });
                 self.advance()
             }
             Insn::Brk(imm) => self.debug_exception(DebugEvent::Brk(imm), pc, 0),
@@ -329,15 +389,32 @@ impl GuestRun<'_> {
     }
 
     /// AArch64.CheckWatchpoint for a data access, before it is performed.
-    fn watch(&mut self, gate: &DebugContext, address: u64, size: u8, is_store: bool, pc: u64) -> Option<Step> {
+    fn watch(
+        &mut self,
+        gate: &DebugContext,
+        address: u64,
+        size: u8,
+        is_store: bool,
+        pc: u64,
+    ) -> Option<Step> {
         if !gate.breakpoints_enabled() {
             return None;
         }
-        let access = DataAccess { address, size, is_store, el: gate.el };
+        let access = DataAccess {
+            address,
+            size,
+            is_store,
+            el: gate.el,
+        };
         match self.regs.file.match_env().check_watchpoint(&access).0 {
-            MatchResult::Hit { address: far } => Some(self.debug_exception(DebugEvent::Watchpoint { wnr: is_store }, pc, far)),
+            MatchResult::Hit { address: far } => {
+                Some(self.debug_exception(DebugEvent::Watchpoint { wnr: is_store }, pc, far))
+            }
             MatchResult::Unpredictable { rule } => {
-                self.record(GuestEvent::Unpredictable { pc, rule: rule.to_string() });
+                self.record(GuestEvent::Unpredictable {
+                    pc,
+                    rule: rule.to_string(),
+                });
                 None
             }
             MatchResult::Miss => None,
@@ -345,7 +422,13 @@ impl GuestRun<'_> {
     }
 
     /// MSR/MRS: trapped to EL2 per MDCR_EL2, else performed on the live register.
-    fn sysreg(&mut self, enc: hypdbg_model::sysreg::Encoding, rt: u8, is_write: bool, pc: u64) -> Step {
+    fn sysreg(
+        &mut self,
+        enc: hypdbg_model::sysreg::Encoding,
+        rt: u8,
+        is_write: bool,
+        pc: u64,
+    ) -> Step {
         let Some(reg) = SysReg::from_encoding(enc) else {
             return self.take_el1_exception(Esr::unknown(), None, pc);
         };
@@ -353,16 +436,30 @@ impl GuestRun<'_> {
             return self.take_el1_exception(Esr::unknown(), None, pc);
         }
         if access_traps(reg, self.regs.mdcr_el2) {
-            let iss = SysRegIss { encoding: enc, rt, is_read: !is_write };
-            return Step::Exit(ExitReason::SysRegTrap { esr: Esr::sys64(iss) });
+            let iss = SysRegIss {
+                encoding: enc,
+                rt,
+                is_read: !is_write,
+            };
+            return Step::Exit(ExitReason::SysRegTrap {
+                esr: Esr::sys64(iss),
+            });
         }
-        let undefined = if is_write { !reg.is_writable() } else { !reg.is_readable() };
+        let undefined = if is_write {
+            !reg.is_writable()
+        } else {
+            !reg.is_readable()
+        };
         if undefined {
             return self.take_el1_exception(Esr::unknown(), None, pc);
         }
         let live = matches!(
             reg,
-            SysReg::Dbg(..) | SysReg::MdscrEl1 | SysReg::MdccintEl1 | SysReg::ContextidrEl1 | SysReg::OsdlrEl1
+            SysReg::Dbg(..)
+                | SysReg::MdscrEl1
+                | SysReg::MdccintEl1
+                | SysReg::ContextidrEl1
+                | SysReg::OsdlrEl1
         );
         if is_write {
             let v = self.x(rt);
@@ -376,7 +473,11 @@ impl GuestRun<'_> {
             } else {
                 self.vcpu.arch.ctxt.sys_regs.set(reg, v);
             }
-            self.record(GuestEvent::SysRegWrite { reg, value: v, trapped: false });
+            self.record(GuestEvent::SysRegWrite {
+                reg,
+                value: v,
+                trapped: false,
+            });
         } else {
             let v = if live || reg == SysReg::OslsrEl1 {
                 match self.regs.file.read(reg) {
@@ -389,7 +490,11 @@ impl GuestRun<'_> {
                 self.vcpu.arch.ctxt.sys_regs.get(reg).unwrap_or(0)
             };
             self.set_x(rt, v);
-            self.record(GuestEvent::SysRegRead { reg, value: v, trapped: false });
+            self.record(GuestEvent::SysRegRead {
+                reg,
+                value: v,
+                trapped: false,
+            });
         }
         self.advance()
     }
@@ -423,7 +528,11 @@ impl GuestRun<'_> {
         let spsr = self.vcpu.arch.ctxt.sys_regs.spsr_el1;
         let dest = spsr_el(spsr);
         let ss = gate.exception_return_ss(spsr, dest);
-        let mode = if dest == El::El0 { PSR_MODE_EL0T } else { PSR_MODE_EL1H };
+        let mode = if dest == El::El0 {
+            PSR_MODE_EL0T
+        } else {
+            PSR_MODE_EL1H
+        };
         let mut pstate = (spsr & !(PSR_MODE_MASK | DBG_SPSR_SS)) | mode;
         if ss {
             pstate |= DBG_SPSR_SS;
@@ -437,19 +546,33 @@ impl GuestRun<'_> {
         let sys = self.vcpu.arch.ctxt.sys_regs;
         let esr = Esr::from_bits(sys.esr_el1);
         let from = spsr_el(sys.spsr_el1);
-        let far = matches!(esr.ec(), ESR_ELX_EC_WATCHPT_CUR | ESR_ELX_EC_WATCHPT_LOW).then_some(sys.far_el1);
-        let ev = GuestEvent::Exception { esr, elr: sys.elr_el1, far, from };
+        let far = matches!(esr.ec(), ESR_ELX_EC_WATCHPT_CUR | ESR_ELX_EC_WATCHPT_LOW)
+            .then_some(sys.far_el1);
+        let ev = GuestEvent::Exception {
+            esr,
+            elr: sys.elr_el1,
+            far,
+            from,
+        };
         self.exceptions.push(ev.clone());
         self.record(ev);
         let s = &mut self.vcpu.arch.ctxt.sys_regs;
         match esr.ec() {
             ESR_ELX_EC_BRK64 | ESR_ELX_EC_UNKNOWN => s.elr_el1 = s.elr_el1.wrapping_add(4),
-            ESR_ELX_EC_BREAKPT_CUR | ESR_ELX_EC_BREAKPT_LOW | ESR_ELX_EC_WATCHPT_CUR | ESR_ELX_EC_WATCHPT_LOW => {
+            ESR_ELX_EC_BREAKPT_CUR
+            | ESR_ELX_EC_BREAKPT_LOW
+            | ESR_ELX_EC_WATCHPT_CUR
+            | ESR_ELX_EC_WATCHPT_LOW => {
                 s.spsr_el1 |= PSR_D_BIT;
             }
             ESR_ELX_EC_SOFTSTP_CUR | ESR_ELX_EC_SOFTSTP_LOW => s.spsr_el1 |= DBG_SPSR_SS,
             ESR_ELX_EC_SVC64 => {}
-            _ => return Step::Exit(ExitReason::GuestAbort { esr, elr: s.elr_el1 }),
+            _ => {
+                return Step::Exit(ExitReason::GuestAbort {
+                    esr,
+                    elr: s.elr_el1,
+                });
+            }
         }
         let gate = self.gate();
         self.eret(&gate);
@@ -470,5 +593,9 @@ pub fn take_el1_exception(vcpu: &mut KvmVcpu, esr: Esr, far: Option<u64>, prefer
     }
     let regs = &mut vcpu.arch.ctxt.regs;
     regs.pstate = (pstate & !(PSR_MODE_MASK | DBG_SPSR_SS)) | PSR_MODE_EL1H | PSR_D_BIT;
-    regs.pc = if from == El::El0 { VECTOR_LOWER_SYNC } else { VECTOR_CURRENT_SYNC };
+    regs.pc = if from == El::El0 {
+        VECTOR_LOWER_SYNC
+    } else {
+        VECTOR_CURRENT_SYNC
+    };
 }

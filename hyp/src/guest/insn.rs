@@ -4,8 +4,8 @@
 
 use std::fmt;
 
-use hypdbg_model::sysreg::Encoding;
 use hypdbg_model::SysReg;
+use hypdbg_model::sysreg::Encoding;
 
 /// One A64 instruction of the modelled subset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -206,28 +206,46 @@ impl Insn {
             Insn::Mrs { rt, enc } => 0xd530_0000 | sysreg_bits(enc) | r(rt),
             Insn::DaifSet(i) => 0xd503_40df | u32::from(i & 0xf) << 8,
             Insn::DaifClr(i) => 0xd503_40ff | u32::from(i & 0xf) << 8,
-            Insn::Movz { rd, imm16, shift } => 0xd280_0000 | u32::from(shift / 16 & 3) << 21 | u32::from(imm16) << 5 | r(rd),
-            Insn::Movk { rd, imm16, shift } => 0xf280_0000 | u32::from(shift / 16 & 3) << 21 | u32::from(imm16) << 5 | r(rd),
+            Insn::Movz { rd, imm16, shift } => {
+                0xd280_0000 | u32::from((shift / 16) & 3) << 21 | u32::from(imm16) << 5 | r(rd)
+            }
+            Insn::Movk { rd, imm16, shift } => {
+                0xf280_0000 | u32::from((shift / 16) & 3) << 21 | u32::from(imm16) << 5 | r(rd)
+            }
             Insn::Adr { rd, offset } => {
                 let o = offset as u32;
                 0x1000_0000 | (o & 3) << 29 | ((o >> 2) & 0x7_ffff) << 5 | r(rd)
             }
             Insn::AddReg { rd, rn, rm } => 0x8b00_0000 | r(rm) << 16 | r(rn) << 5 | r(rd),
             Insn::SubReg { rd, rn, rm } => 0xcb00_0000 | r(rm) << 16 | r(rn) << 5 | r(rd),
-            Insn::AddImm { rd, rn, imm12 } => 0x9100_0000 | u32::from(imm12 & 0xfff) << 10 | r(rn) << 5 | r(rd),
-            Insn::SubImm { rd, rn, imm12 } => 0xd100_0000 | u32::from(imm12 & 0xfff) << 10 | r(rn) << 5 | r(rd),
+            Insn::AddImm { rd, rn, imm12 } => {
+                0x9100_0000 | u32::from(imm12 & 0xfff) << 10 | r(rn) << 5 | r(rd)
+            }
+            Insn::SubImm { rd, rn, imm12 } => {
+                0xd100_0000 | u32::from(imm12 & 0xfff) << 10 | r(rn) << 5 | r(rd)
+            }
             Insn::LslImm { rd, rn, shift } => {
                 let s = u32::from(shift & 63);
                 0xd340_0000 | ((64 - s) % 64) << 16 | (63 - s) << 10 | r(rn) << 5 | r(rd)
             }
-            Insn::Ldr { size, rt, rn, imm } => ldst_base(size) | 0x0040_0000 | ldst_imm(size, imm) | r(rn) << 5 | r(rt),
-            Insn::Str { size, rt, rn, imm } => ldst_base(size) | ldst_imm(size, imm) | r(rn) << 5 | r(rt),
-            Insn::Ldp { rt, rt2, rn, imm } => 0xa940_0000 | ((imm / 8) as u32 & 0x7f) << 15 | r(rt2) << 10 | r(rn) << 5 | r(rt),
-            Insn::Stp { rt, rt2, rn, imm } => 0xa900_0000 | ((imm / 8) as u32 & 0x7f) << 15 | r(rt2) << 10 | r(rn) << 5 | r(rt),
+            Insn::Ldr { size, rt, rn, imm } => {
+                ldst_base(size) | 0x0040_0000 | ldst_imm(size, imm) | r(rn) << 5 | r(rt)
+            }
+            Insn::Str { size, rt, rn, imm } => {
+                ldst_base(size) | ldst_imm(size, imm) | r(rn) << 5 | r(rt)
+            }
+            Insn::Ldp { rt, rt2, rn, imm } => {
+                0xa940_0000 | ((imm / 8) as u32 & 0x7f) << 15 | r(rt2) << 10 | r(rn) << 5 | r(rt)
+            }
+            Insn::Stp { rt, rt2, rn, imm } => {
+                0xa900_0000 | ((imm / 8) as u32 & 0x7f) << 15 | r(rt2) << 10 | r(rn) << 5 | r(rt)
+            }
             Insn::DcZva { rt } => 0xd50b_7420 | r(rt),
             Insn::B { offset } => 0x1400_0000 | ((offset / 4) as u32 & 0x03ff_ffff),
             Insn::Cbz { rt, offset } => 0xb400_0000 | ((offset / 4) as u32 & 0x7_ffff) << 5 | r(rt),
-            Insn::Cbnz { rt, offset } => 0xb500_0000 | ((offset / 4) as u32 & 0x7_ffff) << 5 | r(rt),
+            Insn::Cbnz { rt, offset } => {
+                0xb500_0000 | ((offset / 4) as u32 & 0x7_ffff) << 5 | r(rt)
+            }
         }
     }
 
@@ -245,28 +263,59 @@ impl Insn {
             _ if w & 0xffff_f0ff == 0xd503_40df => Insn::DaifSet(bits(w, 8, 4) as u8),
             _ if w & 0xffff_f0ff == 0xd503_40ff => Insn::DaifClr(bits(w, 8, 4) as u8),
             _ if w & 0xffff_ffe0 == 0xd50b_7420 => Insn::DcZva { rt },
-            _ if w & 0xfff0_0000 == 0xd510_0000 => Insn::Msr { enc: sysreg_enc(w), rt },
-            _ if w & 0xfff0_0000 == 0xd530_0000 => Insn::Mrs { rt, enc: sysreg_enc(w) },
-            _ if w & 0xff80_0000 == 0xd280_0000 => {
-                Insn::Movz { rd: rt, imm16: bits(w, 5, 16) as u16, shift: (bits(w, 21, 2) * 16) as u8 }
-            }
-            _ if w & 0xff80_0000 == 0xf280_0000 => {
-                Insn::Movk { rd: rt, imm16: bits(w, 5, 16) as u16, shift: (bits(w, 21, 2) * 16) as u8 }
-            }
-            _ if w & 0x9f00_0000 == 0x1000_0000 => {
-                Insn::Adr { rd: rt, offset: sext(bits(w, 5, 19) << 2 | bits(w, 29, 2), 21) }
-            }
-            _ if w & 0xffe0_fc00 == 0x8b00_0000 => Insn::AddReg { rd: rt, rn, rm: bits(w, 16, 5) as u8 },
-            _ if w & 0xffe0_fc00 == 0xcb00_0000 => Insn::SubReg { rd: rt, rn, rm: bits(w, 16, 5) as u8 },
-            _ if w & 0xffc0_0000 == 0x9100_0000 => Insn::AddImm { rd: rt, rn, imm12: bits(w, 10, 12) as u16 },
-            _ if w & 0xffc0_0000 == 0xd100_0000 => Insn::SubImm { rd: rt, rn, imm12: bits(w, 10, 12) as u16 },
+            _ if w & 0xfff0_0000 == 0xd510_0000 => Insn::Msr {
+                enc: sysreg_enc(w),
+                rt,
+            },
+            _ if w & 0xfff0_0000 == 0xd530_0000 => Insn::Mrs {
+                rt,
+                enc: sysreg_enc(w),
+            },
+            _ if w & 0xff80_0000 == 0xd280_0000 => Insn::Movz {
+                rd: rt,
+                imm16: bits(w, 5, 16) as u16,
+                shift: (bits(w, 21, 2) * 16) as u8,
+            },
+            _ if w & 0xff80_0000 == 0xf280_0000 => Insn::Movk {
+                rd: rt,
+                imm16: bits(w, 5, 16) as u16,
+                shift: (bits(w, 21, 2) * 16) as u8,
+            },
+            _ if w & 0x9f00_0000 == 0x1000_0000 => Insn::Adr {
+                rd: rt,
+                offset: sext(bits(w, 5, 19) << 2 | bits(w, 29, 2), 21),
+            },
+            _ if w & 0xffe0_fc00 == 0x8b00_0000 => Insn::AddReg {
+                rd: rt,
+                rn,
+                rm: bits(w, 16, 5) as u8,
+            },
+            _ if w & 0xffe0_fc00 == 0xcb00_0000 => Insn::SubReg {
+                rd: rt,
+                rn,
+                rm: bits(w, 16, 5) as u8,
+            },
+            _ if w & 0xffc0_0000 == 0x9100_0000 => Insn::AddImm {
+                rd: rt,
+                rn,
+                imm12: bits(w, 10, 12) as u16,
+            },
+            _ if w & 0xffc0_0000 == 0xd100_0000 => Insn::SubImm {
+                rd: rt,
+                rn,
+                imm12: bits(w, 10, 12) as u16,
+            },
             _ if w & 0xffc0_0000 == 0xd340_0000 => {
                 let (immr, imms) = (bits(w, 16, 6), bits(w, 10, 6));
                 let shift = 63 - imms;
                 if (imms + 1) % 64 != immr {
                     return None;
                 }
-                Insn::LslImm { rd: rt, rn, shift: shift as u8 }
+                Insn::LslImm {
+                    rd: rt,
+                    rn,
+                    shift: shift as u8,
+                }
             }
             _ if w & 0x3fc0_0000 == 0x3940_0000 || w & 0x3fc0_0000 == 0x3900_0000 => {
                 let size = 1u8 << bits(w, 30, 2);
@@ -286,9 +335,17 @@ impl Insn {
                     Insn::Stp { rt, rt2, rn, imm }
                 }
             }
-            _ if w & 0xfc00_0000 == 0x1400_0000 => Insn::B { offset: sext(bits(w, 0, 26), 26) * 4 },
-            _ if w & 0xff00_0000 == 0xb400_0000 => Insn::Cbz { rt, offset: sext(bits(w, 5, 19), 19) * 4 },
-            _ if w & 0xff00_0000 == 0xb500_0000 => Insn::Cbnz { rt, offset: sext(bits(w, 5, 19), 19) * 4 },
+            _ if w & 0xfc00_0000 == 0x1400_0000 => Insn::B {
+                offset: sext(bits(w, 0, 26), 26) * 4,
+            },
+            _ if w & 0xff00_0000 == 0xb400_0000 => Insn::Cbz {
+                rt,
+                offset: sext(bits(w, 5, 19), 19) * 4,
+            },
+            _ if w & 0xff00_0000 == 0xb500_0000 => Insn::Cbnz {
+                rt,
+                offset: sext(bits(w, 5, 19), 19) * 4,
+            },
             _ => return None,
         })
     }
@@ -362,7 +419,9 @@ impl fmt::Display for Insn {
                     write!(f, "movz {}, #{imm16:#x}, lsl #{shift}", x(rd))
                 }
             }
-            Insn::Movk { rd, imm16, shift } => write!(f, "movk {}, #{imm16:#x}, lsl #{shift}", x(rd)),
+            Insn::Movk { rd, imm16, shift } => {
+                write!(f, "movk {}, #{imm16:#x}, lsl #{shift}", x(rd))
+            }
             Insn::Adr { rd, offset } => write!(f, "adr {}, .{offset:+}", x(rd)),
             Insn::AddReg { rd, rn, rm } => write!(f, "add {}, {}, {}", x(rd), x(rn), x(rm)),
             Insn::SubReg { rd, rn, rm } => write!(f, "sub {}, {}, {}", x(rd), x(rn), x(rm)),
@@ -370,7 +429,11 @@ impl fmt::Display for Insn {
             Insn::SubImm { rd, rn, imm12 } => write!(f, "sub {}, {}, #{imm12:#x}", xs(rd), xs(rn)),
             Insn::LslImm { rd, rn, shift } => write!(f, "lsl {}, {}, #{shift}", x(rd), x(rn)),
             Insn::Ldr { size, rt, rn, imm } | Insn::Str { size, rt, rn, imm } => {
-                let op = if matches!(self, Insn::Ldr { .. }) { "ldr" } else { "str" };
+                let op = if matches!(self, Insn::Ldr { .. }) {
+                    "ldr"
+                } else {
+                    "str"
+                };
                 let (sfx, reg) = match size {
                     1 => ("b", format!("w{rt}")),
                     2 => ("h", format!("w{rt}")),
@@ -379,8 +442,12 @@ impl fmt::Display for Insn {
                 };
                 write!(f, "{op}{sfx} {reg}, [{}, #{imm:#x}]", xs(rn))
             }
-            Insn::Ldp { rt, rt2, rn, imm } => write!(f, "ldp {}, {}, [{}, #{imm}]", x(rt), x(rt2), xs(rn)),
-            Insn::Stp { rt, rt2, rn, imm } => write!(f, "stp {}, {}, [{}, #{imm}]", x(rt), x(rt2), xs(rn)),
+            Insn::Ldp { rt, rt2, rn, imm } => {
+                write!(f, "ldp {}, {}, [{}, #{imm}]", x(rt), x(rt2), xs(rn))
+            }
+            Insn::Stp { rt, rt2, rn, imm } => {
+                write!(f, "stp {}, {}, [{}, #{imm}]", x(rt), x(rt2), xs(rn))
+            }
             Insn::DcZva { rt } => write!(f, "dc zva, {}", x(rt)),
             Insn::B { offset } => write!(f, "b .{offset:+}"),
             Insn::Cbz { rt, offset } => write!(f, "cbz {}, .{offset:+}", x(rt)),
@@ -400,7 +467,10 @@ pub struct AsmError {
 }
 
 fn err<T>(text: &str, why: impl Into<String>) -> Result<T, AsmError> {
-    Err(AsmError { text: text.to_string(), why: why.into() })
+    Err(AsmError {
+        text: text.to_string(),
+        why: why.into(),
+    })
 }
 
 fn parse_reg(s: &str, line: &str, allow_sp: bool) -> Result<(u8, bool), AsmError> {
@@ -416,11 +486,17 @@ fn parse_reg(s: &str, line: &str, allow_sp: bool) -> Result<(u8, bool), AsmError
     } else if let Some(n) = s.strip_prefix('w') {
         (false, n)
     } else {
-        return err(line, format!("'{s}' is not a register (x0..x30, w0..w30, xzr, sp)"));
+        return err(
+            line,
+            format!("'{s}' is not a register (x0..x30, w0..w30, xzr, sp)"),
+        );
     };
     match num.parse::<u8>() {
         Ok(n) if n <= 30 => Ok((n, !wide)),
-        _ => err(line, format!("'{s}' is not a register (x0..x30, w0..w30, xzr, sp)")),
+        _ => err(
+            line,
+            format!("'{s}' is not a register (x0..x30, w0..w30, xzr, sp)"),
+        ),
     }
 }
 
@@ -446,16 +522,31 @@ fn parse_sysreg(s: &str, line: &str) -> Result<Encoding, AsmError> {
         let parts: Vec<&str> = rest.split('_').collect();
         if parts.len() == 5 && parts[2].starts_with('c') && parts[3].starts_with('c') {
             let n = |p: &str| p.trim_start_matches('c').parse::<u8>().ok();
-            if let (Some(op0), Some(op1), Some(crn), Some(crm), Some(op2)) =
-                (n(parts[0]), n(parts[1]), n(parts[2]), n(parts[3]), n(parts[4]))
+            if let (Some(op0), Some(op1), Some(crn), Some(crm), Some(op2)) = (
+                n(parts[0]),
+                n(parts[1]),
+                n(parts[2]),
+                n(parts[3]),
+                n(parts[4]),
+            ) && (2..=3).contains(&op0)
+                && op1 < 8
+                && crn < 16
+                && crm < 16
+                && op2 < 8
             {
-                if (2..=3).contains(&op0) && op1 < 8 && crn < 16 && crm < 16 && op2 < 8 {
-                    return Ok(Encoding { op0, op1, crn, crm, op2 });
-                }
+                return Ok(Encoding {
+                    op0,
+                    op1,
+                    crn,
+                    crm,
+                    op2,
+                });
             }
         }
     }
-    t.parse::<SysReg>().map(|r| r.encoding()).or_else(|e| err(line, e.to_string()))
+    t.parse::<SysReg>()
+        .map(|r| r.encoding())
+        .or_else(|e| err(line, e.to_string()))
 }
 
 /// Split "op a, b, [c, #d]" into the mnemonic and operands (brackets kept together).
@@ -492,7 +583,13 @@ fn split_operands(line: &str) -> (String, Vec<String>) {
 pub fn assemble(line: &str, pc: u64, label: &dyn Fn(&str) -> Option<u64>) -> Result<u32, AsmError> {
     let (mn, ops) = split_operands(line);
     let n = ops.len();
-    let want = |k: usize| if n == k { Ok(()) } else { err(line, format!("'{mn}' takes {k} operand(s), found {n}")) };
+    let want = |k: usize| {
+        if n == k {
+            Ok(())
+        } else {
+            err(line, format!("'{mn}' takes {k} operand(s), found {n}"))
+        }
+    };
     let target = |s: &str| -> Result<i32, AsmError> {
         let addr = match label(s.trim()) {
             Some(a) => a,
@@ -509,7 +606,9 @@ pub fn assemble(line: &str, pc: u64, label: &dyn Fn(&str) -> Option<u64>) -> Res
     };
     let mem = |s: &str| -> Result<(u8, i64), AsmError> {
         let inner = s.trim().strip_prefix('[').and_then(|x| x.strip_suffix(']'));
-        let Some(inner) = inner else { return err(line, format!("'{s}' is not [Xn, #imm]")) };
+        let Some(inner) = inner else {
+            return err(line, format!("'{s}' is not [Xn, #imm]"));
+        };
         let mut parts = inner.split(',');
         let base = parse_reg(parts.next().unwrap_or(""), line, true)?.0;
         let off = match parts.next() {
@@ -538,14 +637,24 @@ pub fn assemble(line: &str, pc: u64, label: &dyn Fn(&str) -> Option<u64>) -> Res
         "msr" => {
             want(2)?;
             match ops[0].to_ascii_lowercase().as_str() {
-                "daifset" => Insn::DaifSet(fit::<u8>(parse_imm(&ops[1], line)?, line, "DAIF immediate")?.min(15)),
-                "daifclr" => Insn::DaifClr(fit::<u8>(parse_imm(&ops[1], line)?, line, "DAIF immediate")?.min(15)),
-                r => Insn::Msr { enc: parse_sysreg(r, line)?, rt: parse_reg(&ops[1], line, false)?.0 },
+                "daifset" => Insn::DaifSet(
+                    fit::<u8>(parse_imm(&ops[1], line)?, line, "DAIF immediate")?.min(15),
+                ),
+                "daifclr" => Insn::DaifClr(
+                    fit::<u8>(parse_imm(&ops[1], line)?, line, "DAIF immediate")?.min(15),
+                ),
+                r => Insn::Msr {
+                    enc: parse_sysreg(r, line)?,
+                    rt: parse_reg(&ops[1], line, false)?.0,
+                },
             }
         }
         "mrs" => {
             want(2)?;
-            Insn::Mrs { rt: parse_reg(&ops[0], line, false)?.0, enc: parse_sysreg(&ops[1], line)? }
+            Insn::Mrs {
+                rt: parse_reg(&ops[0], line, false)?.0,
+                enc: parse_sysreg(&ops[1], line)?,
+            }
         }
         "mov" | "movz" => {
             if n != 2 && n != 3 {
@@ -558,12 +667,22 @@ pub fn assemble(line: &str, pc: u64, label: &dyn Fn(&str) -> Option<u64>) -> Res
                 let s = s.trim_start_matches("lsl").trim();
                 fit::<u8>(parse_imm(s, line)?, line, "shift")?
             } else {
-                (0..4).map(|h| h * 16).find(|&s| v >> s << s == v && v >> s <= 0xffff).unwrap_or(64)
+                (0..4)
+                    .map(|h| h * 16)
+                    .find(|&s| v >> s << s == v && v >> s <= 0xffff)
+                    .unwrap_or(64)
             };
             if shift > 48 || shift % 16 != 0 || (v >> shift) > 0xffff && n == 2 {
-                return err(line, format!("{v:#x} is not a 16-bit value at a halfword position"));
+                return err(
+                    line,
+                    format!("{v:#x} is not a 16-bit value at a halfword position"),
+                );
             }
-            let imm16 = if n == 3 { fit::<u16>(v as i64, line, "immediate")? } else { (v >> shift) as u16 };
+            let imm16 = if n == 3 {
+                fit::<u16>(v as i64, line, "immediate")?
+            } else {
+                (v >> shift) as u16
+            };
             Insn::Movz { rd, imm16, shift }
         }
         "movk" => {
@@ -574,7 +693,11 @@ pub fn assemble(line: &str, pc: u64, label: &dyn Fn(&str) -> Option<u64>) -> Res
             let imm16 = fit::<u16>(parse_imm(&ops[1], line)?, line, "immediate")?;
             let shift = if n == 3 {
                 let s = ops[2].to_ascii_lowercase();
-                fit::<u8>(parse_imm(s.trim_start_matches("lsl").trim(), line)?, line, "shift")?
+                fit::<u8>(
+                    parse_imm(s.trim_start_matches("lsl").trim(), line)?,
+                    line,
+                    "shift",
+                )?
             } else {
                 0
             };
@@ -600,7 +723,11 @@ pub fn assemble(line: &str, pc: u64, label: &dyn Fn(&str) -> Option<u64>) -> Res
             let rd = parse_reg(&ops[0], line, false)?.0;
             let rn = parse_reg(&ops[1], line, false)?.0;
             let rm = parse_reg(&ops[2], line, false)?.0;
-            if mn == "add" { Insn::AddReg { rd, rn, rm } } else { Insn::SubReg { rd, rn, rm } }
+            if mn == "add" {
+                Insn::AddReg { rd, rn, rm }
+            } else {
+                Insn::SubReg { rd, rn, rm }
+            }
         }
         "add" | "sub" => {
             want(3)?;
@@ -610,7 +737,11 @@ pub fn assemble(line: &str, pc: u64, label: &dyn Fn(&str) -> Option<u64>) -> Res
             if imm12 > 0xfff {
                 return err(line, "immediate must fit 12 bits");
             }
-            if mn == "add" { Insn::AddImm { rd, rn, imm12 } } else { Insn::SubImm { rd, rn, imm12 } }
+            if mn == "add" {
+                Insn::AddImm { rd, rn, imm12 }
+            } else {
+                Insn::SubImm { rd, rn, imm12 }
+            }
         }
         "lsl" => {
             want(3)?;
@@ -618,7 +749,11 @@ pub fn assemble(line: &str, pc: u64, label: &dyn Fn(&str) -> Option<u64>) -> Res
             if shift > 63 {
                 return err(line, "shift must be 0..63");
             }
-            Insn::LslImm { rd: parse_reg(&ops[0], line, false)?.0, rn: parse_reg(&ops[1], line, false)?.0, shift }
+            Insn::LslImm {
+                rd: parse_reg(&ops[0], line, false)?.0,
+                rn: parse_reg(&ops[1], line, false)?.0,
+                shift,
+            }
         }
         "ldr" | "str" | "ldrb" | "strb" | "ldrh" | "strh" => {
             want(2)?;
@@ -631,10 +766,20 @@ pub fn assemble(line: &str, pc: u64, label: &dyn Fn(&str) -> Option<u64>) -> Res
             };
             let (rn, off) = mem(&ops[1])?;
             if off < 0 || off % i64::from(size) != 0 || off / i64::from(size) > 0xfff {
-                return err(line, format!("offset {off} must be a non-negative multiple of {size} below {:#x}", 0x1000 * u32::from(size)));
+                return err(
+                    line,
+                    format!(
+                        "offset {off} must be a non-negative multiple of {size} below {:#x}",
+                        0x1000 * u32::from(size)
+                    ),
+                );
             }
             let imm = off as u16;
-            if mn.starts_with("ldr") { Insn::Ldr { size, rt, rn, imm } } else { Insn::Str { size, rt, rn, imm } }
+            if mn.starts_with("ldr") {
+                Insn::Ldr { size, rt, rn, imm }
+            } else {
+                Insn::Str { size, rt, rn, imm }
+            }
         }
         "ldp" | "stp" => {
             want(3)?;
@@ -645,24 +790,36 @@ pub fn assemble(line: &str, pc: u64, label: &dyn Fn(&str) -> Option<u64>) -> Res
                 return err(line, "pair offset must be a multiple of 8 in -512..=504");
             }
             let imm = off as i16;
-            if mn == "ldp" { Insn::Ldp { rt, rt2, rn, imm } } else { Insn::Stp { rt, rt2, rn, imm } }
+            if mn == "ldp" {
+                Insn::Ldp { rt, rt2, rn, imm }
+            } else {
+                Insn::Stp { rt, rt2, rn, imm }
+            }
         }
         "dc" => {
             want(2)?;
             if !ops[0].eq_ignore_ascii_case("zva") {
                 return err(line, "only dc zva is modelled");
             }
-            Insn::DcZva { rt: parse_reg(&ops[1], line, false)?.0 }
+            Insn::DcZva {
+                rt: parse_reg(&ops[1], line, false)?.0,
+            }
         }
         "b" => {
             want(1)?;
-            Insn::B { offset: target(&ops[0])? }
+            Insn::B {
+                offset: target(&ops[0])?,
+            }
         }
         "cbz" | "cbnz" => {
             want(2)?;
             let rt = parse_reg(&ops[0], line, false)?.0;
             let offset = target(&ops[1])?;
-            if mn == "cbz" { Insn::Cbz { rt, offset } } else { Insn::Cbnz { rt, offset } }
+            if mn == "cbz" {
+                Insn::Cbz { rt, offset }
+            } else {
+                Insn::Cbnz { rt, offset }
+            }
         }
         _ => return err(line, format!("unknown or unmodelled instruction '{mn}'")),
     };
@@ -714,27 +871,94 @@ mod tests {
             Insn::Brk(0x1234),
             Insn::Svc(7),
             Insn::Hvc(0xffff),
-            Insn::Msr { enc: SysReg::Dbg(DbgBank::Wcr, 15).encoding(), rt: 3 },
-            Insn::Mrs { rt: 30, enc: SysReg::OslsrEl1.encoding() },
+            Insn::Msr {
+                enc: SysReg::Dbg(DbgBank::Wcr, 15).encoding(),
+                rt: 3,
+            },
+            Insn::Mrs {
+                rt: 30,
+                enc: SysReg::OslsrEl1.encoding(),
+            },
             Insn::DaifSet(8),
             Insn::DaifClr(15),
-            Insn::Movz { rd: 2, imm16: 0xbeef, shift: 32 },
-            Insn::AddImm { rd: 31, rn: 31, imm12: 0xfff },
-            Insn::Movk { rd: 3, imm16: 0xab, shift: 16 },
-            Insn::AddReg { rd: 1, rn: 2, rm: 3 },
-            Insn::SubReg { rd: 23, rn: 21, rm: 20 },
-            Insn::Adr { rd: 4, offset: -0x1234 },
-            Insn::Adr { rd: 4, offset: 0xf_fffc },
-            Insn::SubImm { rd: 19, rn: 19, imm12: 1 },
-            Insn::LslImm { rd: 1, rn: 2, shift: 0 },
-            Insn::LslImm { rd: 1, rn: 2, shift: 63 },
-            Insn::Ldr { size: 2, rt: 4, rn: 5, imm: 0x1ffe },
-            Insn::Str { size: 8, rt: 4, rn: 31, imm: 0x7ff8 },
-            Insn::Ldp { rt: 0, rt2: 1, rn: 2, imm: -512 },
-            Insn::Stp { rt: 0, rt2: 1, rn: 2, imm: 504 },
+            Insn::Movz {
+                rd: 2,
+                imm16: 0xbeef,
+                shift: 32,
+            },
+            Insn::AddImm {
+                rd: 31,
+                rn: 31,
+                imm12: 0xfff,
+            },
+            Insn::Movk {
+                rd: 3,
+                imm16: 0xab,
+                shift: 16,
+            },
+            Insn::AddReg {
+                rd: 1,
+                rn: 2,
+                rm: 3,
+            },
+            Insn::SubReg {
+                rd: 23,
+                rn: 21,
+                rm: 20,
+            },
+            Insn::Adr {
+                rd: 4,
+                offset: -0x1234,
+            },
+            Insn::Adr {
+                rd: 4,
+                offset: 0xf_fffc,
+            },
+            Insn::SubImm {
+                rd: 19,
+                rn: 19,
+                imm12: 1,
+            },
+            Insn::LslImm {
+                rd: 1,
+                rn: 2,
+                shift: 0,
+            },
+            Insn::LslImm {
+                rd: 1,
+                rn: 2,
+                shift: 63,
+            },
+            Insn::Ldr {
+                size: 2,
+                rt: 4,
+                rn: 5,
+                imm: 0x1ffe,
+            },
+            Insn::Str {
+                size: 8,
+                rt: 4,
+                rn: 31,
+                imm: 0x7ff8,
+            },
+            Insn::Ldp {
+                rt: 0,
+                rt2: 1,
+                rn: 2,
+                imm: -512,
+            },
+            Insn::Stp {
+                rt: 0,
+                rt2: 1,
+                rn: 2,
+                imm: 504,
+            },
             Insn::DcZva { rt: 9 },
             Insn::B { offset: -4 },
-            Insn::Cbz { rt: 0, offset: 1024 },
+            Insn::Cbz {
+                rt: 0,
+                offset: 1024,
+            },
             Insn::Cbnz { rt: 0, offset: -8 },
         ];
         for i in samples {
@@ -759,6 +983,9 @@ mod tests {
         assert!(e("str x0, [x1, #3]").contains("multiple of 8"));
         assert!(e("mov x0, #0x12345").contains("16-bit"));
         assert!(e("ldr x40, [x1]").contains("not a register"));
-        assert_eq!(assemble("msr s2_0_c0_c0_3, x0", 0, &|_| None).unwrap(), 0xd510_0060);
+        assert_eq!(
+            assemble("msr s2_0_c0_c0_3, x0", 0, &|_| None).unwrap(),
+            0xd510_0060
+        );
     }
 }

@@ -19,14 +19,19 @@ impl GuestMemory {
     }
 
     fn page_mut(&mut self, addr: u64) -> &mut [u8; PAGE as usize] {
-        self.pages.entry(addr / PAGE).or_insert_with(|| Box::new([0; PAGE as usize]))
+        self.pages
+            .entry(addr / PAGE)
+            .or_insert_with(|| Box::new([0; PAGE as usize]))
     }
 
     /// Read `buf.len()` bytes (unmapped bytes read as zero).
     pub fn read(&self, addr: u64, buf: &mut [u8]) {
         for (i, b) in buf.iter_mut().enumerate() {
             let a = addr.wrapping_add(i as u64);
-            *b = self.pages.get(&(a / PAGE)).map_or(0, |p| p[(a % PAGE) as usize]);
+            *b = self
+                .pages
+                .get(&(a / PAGE))
+                .map_or(0, |p| p[(a % PAGE) as usize]);
         }
     }
 
@@ -61,7 +66,7 @@ impl GuestMemory {
 
     /// Fetch the instruction at `pc`, if `pc` is on a code page.
     pub fn fetch(&self, pc: u64) -> Option<u32> {
-        if pc % 4 != 0 || !self.code_pages.contains(&(pc / PAGE)) {
+        if !pc.is_multiple_of(4) || !self.code_pages.contains(&(pc / PAGE)) {
             return None;
         }
         Some(self.read_uint(pc, 4) as u32)

@@ -7,7 +7,7 @@ pub mod insn;
 pub mod memory;
 pub mod program;
 
-pub use cpu::{GuestRun, GUEST_VBAR};
+pub use cpu::{GUEST_VBAR, GuestRun};
 pub use insn::Insn;
 pub use memory::GuestMemory;
 pub use program::Program;

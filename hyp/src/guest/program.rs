@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::insn::{assemble, AsmError};
+use super::insn::{AsmError, assemble};
 
 /// An assembled guest program.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -48,13 +48,20 @@ impl Program {
             let mut l = strip_comment(raw);
             while let Some((name, rest)) = l.split_once(':') {
                 let name = name.trim();
-                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+                {
                     break;
                 }
                 if labels.insert(name.to_string(), pc).is_some() {
                     return Err(ProgramError {
                         line: i + 1,
-                        error: AsmError { text: raw.trim().to_string(), why: format!("label '{name}' defined twice") },
+                        error: AsmError {
+                            text: raw.trim().to_string(),
+                            why: format!("label '{name}' defined twice"),
+                        },
                     });
                 }
                 l = rest.trim();
@@ -66,10 +73,15 @@ impl Program {
         }
         let mut words = Vec::with_capacity(lines.len());
         for (line, text, pc) in lines {
-            let w = assemble(&text, pc, &|l| labels.get(l).copied()).map_err(|error| ProgramError { line, error })?;
+            let w = assemble(&text, pc, &|l| labels.get(l).copied())
+                .map_err(|error| ProgramError { line, error })?;
             words.push(w);
         }
-        Ok(Program { base, words, labels })
+        Ok(Program {
+            base,
+            words,
+            labels,
+        })
     }
 
     /// A label's address.
@@ -89,8 +101,12 @@ mod tests {
 
     #[test]
     fn labels_and_errors() {
-        let p = Program::assemble(0x2000, "a: b: nop\nloop: sub x0, x0, #1\n cbnz x0, loop\n").unwrap();
-        assert_eq!((p.label("a"), p.label("b"), p.label("loop")), (Some(0x2000), Some(0x2000), Some(0x2004)));
+        let p =
+            Program::assemble(0x2000, "a: b: nop\nloop: sub x0, x0, #1\n cbnz x0, loop\n").unwrap();
+        assert_eq!(
+            (p.label("a"), p.label("b"), p.label("loop")),
+            (Some(0x2000), Some(0x2000), Some(0x2004))
+        );
         assert_eq!(p.words[2], 0xb5ff_ffe0);
         assert_eq!(p.end(), 0x200c);
         let e = Program::assemble(0, "nop\n nop\n frob\n").unwrap_err();

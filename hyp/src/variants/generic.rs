@@ -1,7 +1,10 @@
 //! The obvious slips every validator should kill (../shared/design/bug-catalog.md, "Generic
 //! mutants"), each the one kernel function it changes.
 
-use hypdbg_model::ctrl::{MDCR_EL2_HPMN_MASK, MDCR_EL2_TDA, MDCR_EL2_TDOSA, MDCR_EL2_TDRA, MDCR_EL2_TPM, MDCR_EL2_TPMCR, MDCR_EL2_TPMS, MDCR_EL2_TTRF};
+use hypdbg_model::ctrl::{
+    MDCR_EL2_HPMN_MASK, MDCR_EL2_TDA, MDCR_EL2_TDOSA, MDCR_EL2_TDRA, MDCR_EL2_TPM, MDCR_EL2_TPMCR,
+    MDCR_EL2_TPMS, MDCR_EL2_TTRF,
+};
 use hypdbg_model::uapi::KvmGuestDebugArch;
 use hypdbg_model::{DbgBank, SysReg};
 
@@ -12,12 +15,17 @@ use crate::debug_sr;
 use crate::fault::HypFault;
 use crate::flow::era1::debug_ptr_and_ctxt;
 use crate::flow::era3::debug_block_and_ctxt;
-use crate::flow::{Common, DebugCounts, DebugDirty, Era, Era1, Era1Engine, Era2, Era2Engine, Era3, Era3Engine};
-use crate::sync::{lock, Mutex};
+use crate::flow::{
+    Common, DebugCounts, DebugDirty, Era, Era1, Era1Engine, Era2, Era2Engine, Era3, Era3Engine,
+};
+use crate::sync::{Mutex, lock};
 
 /// The fields as the kernel reads them, for the count mutants.
 fn fields(id_aa64dfr0: u64) -> (u8, u8) {
-    (((id_aa64dfr0 >> 12) & 0xf) as u8, ((id_aa64dfr0 >> 20) & 0xf) as u8)
+    (
+        ((id_aa64dfr0 >> 12) & 0xf) as u8,
+        ((id_aa64dfr0 >> 20) & 0xf) as u8,
+    )
 }
 
 /// count-plus-one: `nr` treated as a count and incremented (moves nr + 2 registers).
@@ -26,7 +34,10 @@ pub struct CountPlusOne;
 impl Common for CountPlusOne {
     fn read_debug_counts(&self, id_aa64dfr0: u64) -> DebugCounts {
         let (b, w) = fields(id_aa64dfr0);
-        DebugCounts { brps: b + 1, wrps: w + 1 }
+        DebugCounts {
+            brps: b + 1,
+            wrps: w + 1,
+        }
     }
 }
 impl Era3 for CountPlusOne {}
@@ -37,7 +48,10 @@ pub struct CountMinusOne;
 impl Common for CountMinusOne {
     fn read_debug_counts(&self, id_aa64dfr0: u64) -> DebugCounts {
         let (b, w) = fields(id_aa64dfr0);
-        DebugCounts { brps: b.saturating_sub(1), wrps: w.saturating_sub(1) }
+        DebugCounts {
+            brps: b.saturating_sub(1),
+            wrps: w.saturating_sub(1),
+        }
     }
 }
 impl Era3 for CountMinusOne {}
@@ -59,7 +73,10 @@ impl Era1 for ShiftsSwapped {}
 pub struct CountMask7;
 impl Common for CountMask7 {
     fn read_debug_counts(&self, id_aa64dfr0: u64) -> DebugCounts {
-        DebugCounts { brps: ((id_aa64dfr0 >> 12) & 0x7) as u8, wrps: ((id_aa64dfr0 >> 20) & 0x7) as u8 }
+        DebugCounts {
+            brps: ((id_aa64dfr0 >> 12) & 0x7) as u8,
+            wrps: ((id_aa64dfr0 >> 20) & 0x7) as u8,
+        }
     }
 }
 impl DebugDirty for CountMask7 {}
@@ -69,7 +86,13 @@ impl Era2 for CountMask7 {}
 #[derive(Default)]
 pub struct WcrWithBrps;
 impl Common for WcrWithBrps {
-    fn __debug_save_state<A: RegAccess>(&self, a: &mut A, dbg: &mut KvmGuestDebugArch, ctxt: &mut KvmCpuContext, c: DebugCounts) -> Result<(), HypFault> {
+    fn __debug_save_state<A: RegAccess>(
+        &self,
+        a: &mut A,
+        dbg: &mut KvmGuestDebugArch,
+        ctxt: &mut KvmCpuContext,
+        c: DebugCounts,
+    ) -> Result<(), HypFault> {
         self.save_debug(a, &mut dbg.dbg_bcr, DbgBank::Bcr, c.brps)?;
         self.save_debug(a, &mut dbg.dbg_bvr, DbgBank::Bvr, c.brps)?;
         self.save_debug(a, &mut dbg.dbg_wcr, DbgBank::Wcr, c.brps)?;
@@ -77,7 +100,13 @@ impl Common for WcrWithBrps {
         ctxt.sys_regs.mdccint_el1 = a.read_sys(SysReg::MdccintEl1)?;
         Ok(())
     }
-    fn __debug_restore_state<A: RegAccess>(&self, a: &mut A, dbg: &KvmGuestDebugArch, ctxt: &KvmCpuContext, c: DebugCounts) -> Result<(), HypFault> {
+    fn __debug_restore_state<A: RegAccess>(
+        &self,
+        a: &mut A,
+        dbg: &KvmGuestDebugArch,
+        ctxt: &KvmCpuContext,
+        c: DebugCounts,
+    ) -> Result<(), HypFault> {
         self.restore_debug(a, &dbg.dbg_bcr, DbgBank::Bcr, c.brps)?;
         self.restore_debug(a, &dbg.dbg_bvr, DbgBank::Bvr, c.brps)?;
         self.restore_debug(a, &dbg.dbg_wcr, DbgBank::Wcr, c.brps)?;
@@ -91,13 +120,25 @@ impl Era3 for WcrWithBrps {}
 #[derive(Default)]
 pub struct MdccintNotMoved;
 impl Common for MdccintNotMoved {
-    fn __debug_save_state<A: RegAccess>(&self, a: &mut A, dbg: &mut KvmGuestDebugArch, _ctxt: &mut KvmCpuContext, c: DebugCounts) -> Result<(), HypFault> {
+    fn __debug_save_state<A: RegAccess>(
+        &self,
+        a: &mut A,
+        dbg: &mut KvmGuestDebugArch,
+        _ctxt: &mut KvmCpuContext,
+        c: DebugCounts,
+    ) -> Result<(), HypFault> {
         self.save_debug(a, &mut dbg.dbg_bcr, DbgBank::Bcr, c.brps)?;
         self.save_debug(a, &mut dbg.dbg_bvr, DbgBank::Bvr, c.brps)?;
         self.save_debug(a, &mut dbg.dbg_wcr, DbgBank::Wcr, c.wrps)?;
         self.save_debug(a, &mut dbg.dbg_wvr, DbgBank::Wvr, c.wrps)
     }
-    fn __debug_restore_state<A: RegAccess>(&self, a: &mut A, dbg: &KvmGuestDebugArch, _ctxt: &KvmCpuContext, c: DebugCounts) -> Result<(), HypFault> {
+    fn __debug_restore_state<A: RegAccess>(
+        &self,
+        a: &mut A,
+        dbg: &KvmGuestDebugArch,
+        _ctxt: &KvmCpuContext,
+        c: DebugCounts,
+    ) -> Result<(), HypFault> {
         self.restore_debug(a, &dbg.dbg_bcr, DbgBank::Bcr, c.brps)?;
         self.restore_debug(a, &dbg.dbg_bvr, DbgBank::Bvr, c.brps)?;
         self.restore_debug(a, &dbg.dbg_wcr, DbgBank::Wcr, c.wrps)?;
@@ -110,7 +151,13 @@ impl Era3 for MdccintNotMoved {}
 #[derive(Default)]
 pub struct BcrBvrSwapped;
 impl Common for BcrBvrSwapped {
-    fn restore_debug<A: RegAccess>(&self, a: &mut A, ptr: &[u64; 16], reg: DbgBank, nr: u8) -> Result<(), HypFault> {
+    fn restore_debug<A: RegAccess>(
+        &self,
+        a: &mut A,
+        ptr: &[u64; 16],
+        reg: DbgBank,
+        nr: u8,
+    ) -> Result<(), HypFault> {
         let swapped = match reg {
             DbgBank::Bcr => DbgBank::Bvr,
             DbgBank::Bvr => DbgBank::Bcr,
@@ -127,7 +174,12 @@ impl Era3 for BcrBvrSwapped {}
 pub struct RestoreBeforeSave;
 impl Common for RestoreBeforeSave {}
 impl Era3 for RestoreBeforeSave {
-    fn __debug_switch_to_guest_common<A: RegAccess>(&self, a: &mut A, vcpu: &mut KvmVcpu, host: &mut KvmHostData) -> Result<(), HypFault> {
+    fn __debug_switch_to_guest_common<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault> {
         if vcpu.arch.debug_owner == DebugOwner::VcpuDebugFree {
             return Ok(());
         }
@@ -148,7 +200,12 @@ pub struct ClearDirtyFirst;
 impl Common for ClearDirtyFirst {}
 impl DebugDirty for ClearDirtyFirst {}
 impl Era1 for ClearDirtyFirst {
-    fn __debug_cond_restore_host_state<A: RegAccess>(&self, a: &mut A, vcpu: &mut KvmVcpu, host_ctxt: &KvmCpuContext) -> Result<(), HypFault> {
+    fn __debug_cond_restore_host_state<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host_ctxt: &KvmCpuContext,
+    ) -> Result<(), HypFault> {
         vcpu.set_flag(DebugFlags::DEBUG_DIRTY, false);
         a.scope(Scope::RestoreHost);
         self.__debug_restore_state_if_dirty(a, vcpu, Some(host_ctxt))
@@ -161,7 +218,12 @@ pub struct NeverClearDirty;
 impl Common for NeverClearDirty {}
 impl DebugDirty for NeverClearDirty {}
 impl Era2 for NeverClearDirty {
-    fn __debug_switch_to_host_common<A: RegAccess>(&self, a: &mut A, vcpu: &mut KvmVcpu, host_ctxt: &KvmCpuContext) -> Result<(), HypFault> {
+    fn __debug_switch_to_host_common<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host_ctxt: &KvmCpuContext,
+    ) -> Result<(), HypFault> {
         if !vcpu.flag(DebugFlags::DEBUG_DIRTY) {
             return Ok(());
         }
@@ -185,7 +247,10 @@ impl DebugDirty for DebugPtrIgnored {
         }
         self.save_guest_debug_regs(vcpu);
         self.kvm_arm_setup_singlestep(vcpu);
-        if vcpu.guest_debug.contains(hypdbg_model::uapi::GuestDebugControl::USE_HW) {
+        if vcpu
+            .guest_debug
+            .contains(hypdbg_model::uapi::GuestDebugControl::USE_HW)
+        {
             vcpu.arch.ctxt.sys_regs.mdscr_el1 |= hypdbg_model::ctrl::DBG_MDSCR_MDE;
             vcpu.set_flag(DebugFlags::DEBUG_DIRTY, true);
         } else if vcpu.os_lock_enabled() {
@@ -218,7 +283,12 @@ impl Era1 for DebugPtrNotReset {}
 /// The era-3 MDCR_EL2 computation, with the TDA and TDE decisions as parameters.
 fn era3_mdcr(vcpu: &KvmVcpu, host_mdcr_el2: u64, tda: bool, tde: bool) -> u64 {
     let mut mdcr = host_mdcr_el2 & MDCR_EL2_HPMN_MASK;
-    mdcr |= MDCR_EL2_TPM | MDCR_EL2_TPMS | MDCR_EL2_TTRF | MDCR_EL2_TPMCR | MDCR_EL2_TDRA | MDCR_EL2_TDOSA;
+    mdcr |= MDCR_EL2_TPM
+        | MDCR_EL2_TPMS
+        | MDCR_EL2_TTRF
+        | MDCR_EL2_TPMCR
+        | MDCR_EL2_TDRA
+        | MDCR_EL2_TDOSA;
     if tde && !vcpu.guest_debug.is_empty() {
         mdcr |= hypdbg_model::ctrl::MDCR_EL2_TDE;
     }
@@ -258,7 +328,12 @@ pub struct HostStateSharedSlot {
 }
 impl Common for HostStateSharedSlot {}
 impl Era3 for HostStateSharedSlot {
-    fn __debug_switch_to_guest_common<A: RegAccess>(&self, a: &mut A, vcpu: &mut KvmVcpu, host: &mut KvmHostData) -> Result<(), HypFault> {
+    fn __debug_switch_to_guest_common<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault> {
         if vcpu.arch.debug_owner == DebugOwner::VcpuDebugFree {
             return Ok(());
         }
@@ -270,7 +345,12 @@ impl Era3 for HostStateSharedSlot {
         let (dbg, ctxt) = debug_block_and_ctxt(vcpu, which);
         self.__debug_restore_state(a, dbg, ctxt, c)
     }
-    fn __debug_switch_to_host_common<A: RegAccess>(&self, a: &mut A, vcpu: &mut KvmVcpu, host: &mut KvmHostData) -> Result<(), HypFault> {
+    fn __debug_switch_to_host_common<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault> {
         if vcpu.arch.debug_owner == DebugOwner::VcpuDebugFree {
             return Ok(());
         }
@@ -287,23 +367,110 @@ impl Era3 for HostStateSharedSlot {
 
 /// The generic variants.
 pub fn variants() -> Vec<Variant> {
-    let g = |name, era, description, make| Variant { name, era, kind: VariantKind::Generic, description, fix: None, make };
+    let g = |name, era, description, make| Variant {
+        name,
+        era,
+        kind: VariantKind::Generic,
+        description,
+        fix: None,
+        make,
+    };
     vec![
-        g("count-plus-one", Era::Three, "kvm_init_host_debug_data stores BRPs + 1: the copy touches one unimplemented register per bank", || Box::new(Era3Engine(CountPlusOne::default()))),
-        g("count-minus-one", Era::Three, "kvm_init_host_debug_data stores BRPs - 1: the highest implemented register is never moved", || Box::new(Era3Engine(CountMinusOne::default()))),
-        g("brps-wrps-swapped", Era::One, "brps = (aa64dfr0 >> 20) & 0xf, wrps = (aa64dfr0 >> 12) & 0xf", || Box::new(Era1Engine(ShiftsSwapped::default()))),
-        g("count-mask-0x7", Era::Two, "brps = (aa64dfr0 >> 12) & 0x7: registers 8..15 are never moved", || Box::new(Era2Engine(CountMask7::default()))),
-        g("wcr-with-brps", Era::Three, "save_debug(dbg->dbg_wcr, dbgwcr, brps): the watchpoint controls are copied with the breakpoint count", || Box::new(Era3Engine(WcrWithBrps::default()))),
-        g("restore-guest-before-save-host", Era::Three, "__debug_switch_to_guest_common restores the guest's block before saving the host's", || Box::new(Era3Engine(RestoreBeforeSave::default()))),
-        g("clear-dirty-before-restore", Era::One, "__debug_cond_restore_host_state clears DEBUG_DIRTY before the DIRTY-gated host restore", || Box::new(Era1Engine(ClearDirtyFirst::default()))),
-        g("never-clear-dirty", Era::Two, "__debug_switch_to_host_common never clears DEBUG_DIRTY: the switch stays eager forever", || Box::new(Era2Engine(NeverClearDirty::default()))),
-        g("mdccint-not-moved", Era::Three, "__debug_save_state / __debug_restore_state do not move MDCCINT_EL1", || Box::new(Era3Engine(MdccintNotMoved::default()))),
-        g("bcr-bvr-swapped", Era::Three, "restore_debug writes dbg_bcr[] into DBGBVR<n>_EL1 and dbg_bvr[] into DBGBCR<n>_EL1", || Box::new(Era3Engine(BcrBvrSwapped::default()))),
-        g("debug-ptr-ignored", Era::Two, "USE_HW never points debug_ptr at external_debug_state: userspace's registers are never loaded", || Box::new(Era2Engine(DebugPtrIgnored::default()))),
-        g("owner-ignored", Era::Three, "__vcpu_debug_regs ignores debug_owner: HOST_OWNED loads the guest's block", || Box::new(Era3Engine(OwnerIgnored::default()))),
-        g("debug-ptr-not-reset", Era::One, "kvm_arm_reset_debug_ptr does nothing: debug_ptr stays on external_debug_state after USE_HW ends", || Box::new(Era1Engine(DebugPtrNotReset::default()))),
-        g("tda-inverted", Era::Three, "kvm_arm_setup_mdcr_el2 sets TDA when the guest owns the registers instead of when it does not", || Box::new(Era3Engine(TdaInverted::default()))),
-        g("tde-not-set", Era::Three, "kvm_arm_setup_mdcr_el2 forgets MDCR_EL2.TDE for guest_debug: debug events never reach userspace", || Box::new(Era3Engine(TdeNotSet::default()))),
-        g("host-state-shared-slot", Era::Three, "the host's registers are saved in one slot for all physical CPUs instead of per-CPU host_data", || Box::new(Era3Engine(HostStateSharedSlot::default()))),
+        g(
+            "count-plus-one",
+            Era::Three,
+            "kvm_init_host_debug_data stores BRPs + 1: the copy touches one unimplemented register per bank",
+            || Box::new(Era3Engine(CountPlusOne)),
+        ),
+        g(
+            "count-minus-one",
+            Era::Three,
+            "kvm_init_host_debug_data stores BRPs - 1: the highest implemented register is never moved",
+            || Box::new(Era3Engine(CountMinusOne)),
+        ),
+        g(
+            "brps-wrps-swapped",
+            Era::One,
+            "brps = (aa64dfr0 >> 20) & 0xf, wrps = (aa64dfr0 >> 12) & 0xf",
+            || Box::new(Era1Engine(ShiftsSwapped)),
+        ),
+        g(
+            "count-mask-0x7",
+            Era::Two,
+            "brps = (aa64dfr0 >> 12) & 0x7: registers 8..15 are never moved",
+            || Box::new(Era2Engine(CountMask7)),
+        ),
+        g(
+            "wcr-with-brps",
+            Era::Three,
+            "save_debug(dbg->dbg_wcr, dbgwcr, brps): the watchpoint controls are copied with the breakpoint count",
+            || Box::new(Era3Engine(WcrWithBrps)),
+        ),
+        g(
+            "restore-guest-before-save-host",
+            Era::Three,
+            "__debug_switch_to_guest_common restores the guest's block before saving the host's",
+            || Box::new(Era3Engine(RestoreBeforeSave)),
+        ),
+        g(
+            "clear-dirty-before-restore",
+            Era::One,
+            "__debug_cond_restore_host_state clears DEBUG_DIRTY before the DIRTY-gated host restore",
+            || Box::new(Era1Engine(ClearDirtyFirst)),
+        ),
+        g(
+            "never-clear-dirty",
+            Era::Two,
+            "__debug_switch_to_host_common never clears DEBUG_DIRTY: the switch stays eager forever",
+            || Box::new(Era2Engine(NeverClearDirty)),
+        ),
+        g(
+            "mdccint-not-moved",
+            Era::Three,
+            "__debug_save_state / __debug_restore_state do not move MDCCINT_EL1",
+            || Box::new(Era3Engine(MdccintNotMoved)),
+        ),
+        g(
+            "bcr-bvr-swapped",
+            Era::Three,
+            "restore_debug writes dbg_bcr[] into DBGBVR<n>_EL1 and dbg_bvr[] into DBGBCR<n>_EL1",
+            || Box::new(Era3Engine(BcrBvrSwapped)),
+        ),
+        g(
+            "debug-ptr-ignored",
+            Era::Two,
+            "USE_HW never points debug_ptr at external_debug_state: userspace's registers are never loaded",
+            || Box::new(Era2Engine(DebugPtrIgnored)),
+        ),
+        g(
+            "owner-ignored",
+            Era::Three,
+            "__vcpu_debug_regs ignores debug_owner: HOST_OWNED loads the guest's block",
+            || Box::new(Era3Engine(OwnerIgnored)),
+        ),
+        g(
+            "debug-ptr-not-reset",
+            Era::One,
+            "kvm_arm_reset_debug_ptr does nothing: debug_ptr stays on external_debug_state after USE_HW ends",
+            || Box::new(Era1Engine(DebugPtrNotReset)),
+        ),
+        g(
+            "tda-inverted",
+            Era::Three,
+            "kvm_arm_setup_mdcr_el2 sets TDA when the guest owns the registers instead of when it does not",
+            || Box::new(Era3Engine(TdaInverted)),
+        ),
+        g(
+            "tde-not-set",
+            Era::Three,
+            "kvm_arm_setup_mdcr_el2 forgets MDCR_EL2.TDE for guest_debug: debug events never reach userspace",
+            || Box::new(Era3Engine(TdeNotSet)),
+        ),
+        g(
+            "host-state-shared-slot",
+            Era::Three,
+            "the host's registers are saved in one slot for all physical CPUs instead of per-CPU host_data",
+            || Box::new(Era3Engine(HostStateSharedSlot::default())),
+        ),
     ]
 }

@@ -10,7 +10,10 @@ pub mod generic;
 pub mod historical;
 pub mod user;
 
-use crate::flow::{DynFlow, Era, Era1Engine, Era1Reference, Era2Engine, Era2Reference, Era3Engine, Era3Protected, Era3Reference};
+use crate::flow::{
+    DynFlow, Era, Era1Engine, Era1Reference, Era2Engine, Era2Reference, Era3Engine, Era3Protected,
+    Era3Reference,
+};
 
 /// What a variant is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -99,7 +102,9 @@ pub fn all() -> Vec<Variant> {
 
 /// A variant by name.
 pub fn by_name(name: &str) -> Option<Variant> {
-    all().into_iter().find(|v| v.name.eq_ignore_ascii_case(name))
+    all()
+        .into_iter()
+        .find(|v| v.name.eq_ignore_ascii_case(name))
 }
 
 /// The bug-catalog rows the modelled flows cannot express, and why.
@@ -127,7 +132,12 @@ mod tests {
         assert_eq!(names.len(), all.len());
         for v in &all {
             assert_eq!((v.make)().era(), v.era, "{}", v.name);
-            assert_eq!(v.fix.is_some(), v.kind == VariantKind::Historical, "{}", v.name);
+            assert_eq!(
+                v.fix.is_some(),
+                v.kind == VariantKind::Historical,
+                "{}",
+                v.name
+            );
         }
         assert!(by_name("SEED-V2").is_some());
         assert!(by_name("nope").is_none());

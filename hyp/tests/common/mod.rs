@@ -4,8 +4,8 @@
 use hypdbg_hyp::guest::Program;
 use hypdbg_hyp::variants;
 use hypdbg_hyp::vm::{AccessMode, Vm, VmConfig};
-use hypdbg_model::profiles::by_name;
 use hypdbg_model::DebugFeatures;
+use hypdbg_model::profiles::by_name;
 
 /// The references the scenarios run against.
 pub const REFERENCES: &[&str] = &["era1", "era2", "era3", "era3-pkvm"];
@@ -20,7 +20,13 @@ pub fn features(profile: &str) -> DebugFeatures {
 pub fn vm_with(variant: &str, profile: &str, pcpus: usize, mode: AccessMode) -> Vm {
     let v = variants::by_name(variant).unwrap_or_else(|| panic!("no variant {variant}"));
     let f = features(profile);
-    let config = VmConfig { pcpus: vec![f; pcpus], vcpus: 1, mode, trace_instructions: false, budget_per_run: 2_000_000 };
+    let config = VmConfig {
+        pcpus: vec![f; pcpus],
+        vcpus: 1,
+        mode,
+        trace_instructions: false,
+        budget_per_run: 2_000_000,
+    };
     Vm::new((v.make)(), config).unwrap()
 }
 
