@@ -161,12 +161,8 @@ fn host_registers_survive_every_run_bit_for_bit() {
         };
         vm.set_guest_debug(0, &dbg).unwrap();
         vm.run(0).unwrap();
-        for c in 0..2 {
-            assert_eq!(
-                vm.pcpu(c).unwrap().host_snapshot(),
-                before[c],
-                "{v} {p} cpu{c}"
-            );
+        for (c, b) in before.iter().enumerate() {
+            assert_eq!(&vm.pcpu(c).unwrap().host_snapshot(), b, "{v} {p} cpu{c}");
         }
         for e in vm.events() {
             if let Event::Exited { host, pcpu, .. } = e {
