@@ -152,10 +152,10 @@ pub(crate) const fn distance(addr: u64, low: u64, high: u64) -> u64 {
 /// One hardware breakpoint slot: `{"bcr":"0x1e7","bvr":"0x…"}`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BpSlot {
-    /// DBGBCR<n>_EL1.
+    /// `DBGBCR<n>_EL1`.
     #[serde(with = "crate::hex")]
     pub bcr: u64,
-    /// DBGBVR<n>_EL1.
+    /// `DBGBVR<n>_EL1`.
     #[serde(with = "crate::hex")]
     pub bvr: u64,
 }
@@ -170,10 +170,10 @@ impl BpSlot {
 /// One hardware watchpoint slot: `{"wcr":"0x…","wvr":"0x…"}`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct WpSlot {
-    /// DBGWCR<n>_EL1.
+    /// `DBGWCR<n>_EL1`.
     #[serde(with = "crate::hex")]
     pub wcr: u64,
-    /// DBGWVR<n>_EL1.
+    /// `DBGWVR<n>_EL1`.
     #[serde(with = "crate::hex")]
     pub wvr: u64,
 }
@@ -226,7 +226,7 @@ pub struct Slots<T> {
     pub slots: Vec<T>,
 }
 
-/// Check a breakpoint address: canonical (bits [63:48] a sign extension of bit 48, as
+/// Check a breakpoint address: canonical (bits \[63:48\] a sign extension of bit 48, as
 /// DBGBVR's RESS bits must be) and word aligned.
 pub fn check_breakpoint_addr(addr: u64) -> Result<(), HwDebugError> {
     if !is_sign_extended(addr) {

@@ -62,7 +62,7 @@ pub enum HwDebugError {
         /// The address given.
         addr: u64,
     },
-    /// An address whose bits [63:48] are not a sign extension of bit 48.
+    /// An address whose bits \[63:48\] are not a sign extension of bit 48.
     #[error(
         "address {addr:#x} is not a canonical virtual address: DBGBVR/DBGWVR bits [63:49] are RESS, a sign extension of bit 48, and the debugger must not mask them (EINVAL)"
     )]

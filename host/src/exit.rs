@@ -41,7 +41,7 @@ use crate::encode::WatchRequest;
 use crate::error::VcpuError;
 use crate::vcpu::DebugVcpu;
 
-/// The ESR_EL2 of a debug exit: `hsr`, plus `hsr_high` in bits [63:32] when `flags` has
+/// The ESR_EL2 of a debug exit: `hsr`, plus `hsr_high` in bits \[63:32\] when `flags` has
 /// KVM_DEBUG_ARCH_HSR_HIGH_VALID (kernels before v5.x report `hsr` only).
 pub fn exit_syndrome(arch: &KvmDebugExitArch, flags: u32) -> Esr {
     let high = if flags & KVM_DEBUG_ARCH_HSR_HIGH_VALID != 0 {

@@ -37,7 +37,7 @@ use crate::vcpu::{DebugVcpu, RunExit};
 pub struct MirroredSlot {
     /// The hardware slot it occupies.
     pub hw_slot: usize,
-    /// The guest's own index (DBGBCR<n> / DBGWCR<n>).
+    /// The guest's own index (`DBGBCR<n>` / `DBGWCR<n>`).
     pub guest_index: usize,
     /// DBGBCR / DBGWCR as the guest wrote it.
     #[serde(with = "crate::hex")]
@@ -97,7 +97,7 @@ pub struct Debugger {
     max_exits: usize,
 }
 
-/// The hardware's view of "breakpoint value matches the PC": VA bits [48:2].
+/// The hardware's view of "breakpoint value matches the PC": VA bits \[48:2\].
 fn bvr_matches(bvr: u64, pc: u64) -> bool {
     compare_bits(bvr, 2) == compare_bits(pc, 2)
 }

@@ -1,5 +1,5 @@
 //! The debug part of QEMU's `kvm_arch_get_registers` / `kvm_arch_put_registers`: a vcpu's
-//! debug state through KVM_{GET,SET}_ONE_REG — every implemented DBG{B,W}{C,V}R<n>_EL1,
+//! debug state through KVM_{GET,SET}_ONE_REG — every implemented `DBG{B,W}{C,V}R<n>_EL1`,
 //! MDSCR_EL1, MDCCINT_EL1 and OSLSR_EL1 — as a serialisable snapshot (migration, handoff to
 //! another vcpu or VM, whatever physical CPU it runs on).
 //!
@@ -18,16 +18,16 @@ use crate::vcpu::DebugVcpu;
 /// A vcpu's debug registers. JSON writes every value as a `"0x…"` string.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DebugSnapshot {
-    /// DBGBCR<n>_EL1 for every implemented breakpoint of the source.
+    /// `DBGBCR<n>_EL1` for every implemented breakpoint of the source.
     #[serde(with = "crate::hex::vec")]
     pub bcr: Vec<u64>,
-    /// DBGBVR<n>_EL1.
+    /// `DBGBVR<n>_EL1`.
     #[serde(with = "crate::hex::vec")]
     pub bvr: Vec<u64>,
-    /// DBGWCR<n>_EL1 for every implemented watchpoint of the source.
+    /// `DBGWCR<n>_EL1` for every implemented watchpoint of the source.
     #[serde(with = "crate::hex::vec")]
     pub wcr: Vec<u64>,
-    /// DBGWVR<n>_EL1.
+    /// `DBGWVR<n>_EL1`.
     #[serde(with = "crate::hex::vec")]
     pub wvr: Vec<u64>,
     /// MDSCR_EL1.

@@ -5,8 +5,7 @@
 #![cfg(loom)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use hypdbg_host::sync::atomic::{AtomicBool, Ordering};
-use hypdbg_host::sync::{Arc, thread};
+use hypdbg_host::sync::{Arc, AtomicBool, Ordering, thread};
 use hypdbg_host::{HwDebug, NaivePool, SharedHwDebug};
 use hypdbg_model::uapi::KvmGuestDebugArch;
 
