@@ -244,3 +244,37 @@ fn check_exit_status_for_a_single_variant() {
         "{out}"
     );
 }
+
+#[test]
+fn encode_prints_exact_slots_or_refuses() {
+    let (c, out, _) = hypdbg(&[
+        "encode", "watch", "--addr", "0x1006", "--len", "4", "--access", "write", "--json",
+    ]);
+    assert_eq!(c, 0);
+    assert_eq!(
+        json(&out),
+        serde_json::json!({"slots": [{"wcr": "0x1817", "wvr": "0x1000"}, {"wcr": "0x77", "wvr": "0x1008"}]})
+    );
+    let (c, out, _) = hypdbg(&["encode", "break", "--addr", "0xffff800000001000", "--json"]);
+    assert_eq!(
+        (c, json(&out)),
+        (
+            0,
+            serde_json::json!({"slots": [{"bcr": "0x1e7", "bvr": "0xffff800000001000"}]})
+        )
+    );
+    for args in [
+        vec!["encode", "break", "--addr", "0x1002"],
+        vec!["encode", "break", "--addr", "0x0001000000001000"],
+        vec![
+            "encode", "watch", "--addr", "0x1000", "--len", "0", "--access", "read",
+        ],
+        vec![
+            "encode", "watch", "--addr", "0x1000", "--len", "8", "--access", "exec",
+        ],
+    ] {
+        let (c, _, err) = hypdbg(&args);
+        assert_eq!(c, 2, "{args:?}");
+        assert!(err.starts_with("hypdbg: error:"), "{err}");
+    }
+}

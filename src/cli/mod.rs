@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod decode;
+pub mod encode;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,9 @@ pub enum Command {
     /// Evaluate a breakpoint or watchpoint match as the Arm ARM defines it.
     #[command(name = "match", subcommand)]
     Match(decode::MatchCommand),
+    /// The DBGBCR/DBGBVR or DBGWCR/DBGWVR slots a debugger programs for a request.
+    #[command(subcommand)]
+    Encode(encode::EncodeCommand),
 }
 
 /// Run the CLI; returns the exit status.
@@ -41,6 +45,7 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
         Some(Command::Check(a)) => check::run(&a),
         Some(Command::Decode(a)) => decode::decode(&a),
         Some(Command::Match(m)) => decode::run_match(&m),
+        Some(Command::Encode(e)) => encode::run(&e),
     }
 }
 
