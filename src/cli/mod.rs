@@ -1,8 +1,10 @@
 //! The `hypdbg` command line.
 
+pub mod bench;
 pub mod check;
 pub mod decode;
 pub mod encode;
+pub mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +30,10 @@ pub enum Command {
     /// The DBGBCR/DBGBVR or DBGWCR/DBGWVR slots a debugger programs for a request.
     #[command(subcommand)]
     Encode(encode::EncodeCommand),
+    /// Run a scenario file and check its expectations (`--trace` shows every register move).
+    Run(run::RunArgs),
+    /// What the debug world switch costs: a quick report of each flow and profile.
+    Bench(bench::BenchArgs),
 }
 
 /// Run the CLI; returns the exit status.
@@ -46,6 +52,8 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
         Some(Command::Decode(a)) => decode::decode(&a),
         Some(Command::Match(m)) => decode::run_match(&m),
         Some(Command::Encode(e)) => encode::run(&e),
+        Some(Command::Run(a)) => run::run(&a),
+        Some(Command::Bench(a)) => bench::run(&a),
     }
 }
 
