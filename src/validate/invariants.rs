@@ -496,35 +496,26 @@ impl Checker {
                     self.shadow(vcpu).injected -= 1;
                     return;
                 }
-                if !s.control.is_empty() {
-                    let msg = format!(
-                        "the guest's EL1 took {} at {elr:#x} while userspace debugs it: with MDCR_EL2.TDE it must exit to userspace",
-                        hypdbg_model::esr::ec_name(ec)
-                    );
-                    self.report(
-                        Invariant::EventDelivery,
-                        vcpu,
-                        None,
-                        None,
-                        None,
-                        Some(esr.bits()),
-                        msg,
-                    );
+                let why = if !s.control.is_empty() {
+                    "while userspace debugs it: with MDCR_EL2.TDE it must exit to userspace"
                 } else if s.oslk && ec != hypdbg_model::esr::ESR_ELX_EC_BRK64 {
-                    let msg = format!(
-                        "the guest's OS lock is set but it took {} at {elr:#x}: breakpoints, watchpoints and step must be suppressed",
-                        hypdbg_model::esr::ec_name(ec)
-                    );
-                    self.report(
-                        Invariant::EventDelivery,
-                        vcpu,
-                        None,
-                        None,
-                        None,
-                        Some(esr.bits()),
-                        msg,
-                    );
-                }
+                    "while its OS lock is set: breakpoints, watchpoints and step must be suppressed"
+                } else {
+                    return;
+                };
+                let msg = format!(
+                    "the guest's EL1 took {} at {elr:#x} {why}",
+                    hypdbg_model::esr::ec_name(ec)
+                );
+                self.report(
+                    Invariant::EventDelivery,
+                    vcpu,
+                    None,
+                    None,
+                    None,
+                    Some(esr.bits()),
+                    msg,
+                );
             }
             GuestEvent::Executed { .. }
             | GuestEvent::Access { .. }

@@ -2,14 +2,14 @@
 
 use hypdbg_model::ctrl::{DBG_SPSR_SS, OSLAR_EL1_OSLK, OSLSR_EL1_OSLK};
 use hypdbg_model::dfr0::IdAa64dfr0El1;
-use hypdbg_model::uapi::KvmGuestDebugArch;
+use hypdbg_model::uapi::{GuestDebugControl, KvmGuestDebugArch};
 use hypdbg_model::{DbgBank, SysReg};
 use serde::Serialize;
 
 use crate::access::RegAccess;
 use crate::context::{KvmCpuContext, KvmVcpu};
 use crate::debug_sr;
-use crate::fault::HypFault;
+use crate::fault::{HypFault, KvmError};
 
 /// The raw BRPs/WRPs fields the copy switches on (`nr`: count minus one).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
@@ -38,6 +38,33 @@ pub enum TrapOutcome {
     Handled,
     /// UNDEFINED for the guest: inject an undefined-instruction exception.
     Undef,
+}
+
+/// `kvm_arch_vcpu_ioctl_set_guest_debug`'s first check: any bit outside
+/// KVM_GUESTDBG_VALID_MASK is -EINVAL.
+pub fn valid_control(control: u32) -> Result<GuestDebugControl, KvmError> {
+    GuestDebugControl::from_bits(control).ok_or_else(|| {
+        KvmError::Inval(format!(
+            "control {control:#x} has bits outside KVM_GUESTDBG_VALID_MASK {:#x}",
+            GuestDebugControl::all().bits()
+        ))
+    })
+}
+
+/// The MDCR_EL2 bits every v5.x+ vcpu runs with: the host's HPMN, and TPM, TPMS, TTRF,
+/// TPMCR, TDRA, TDOSA (`kvm_arm_setup_mdcr_el2`'s first two lines); the flow adds TDE/TDA.
+pub fn mdcr_el2_base(host_mdcr_el2: u64) -> u64 {
+    use hypdbg_model::ctrl::{
+        MDCR_EL2_HPMN_MASK, MDCR_EL2_TDOSA, MDCR_EL2_TDRA, MDCR_EL2_TPM, MDCR_EL2_TPMCR,
+        MDCR_EL2_TPMS, MDCR_EL2_TTRF,
+    };
+    (host_mdcr_el2 & MDCR_EL2_HPMN_MASK)
+        | MDCR_EL2_TPM
+        | MDCR_EL2_TPMS
+        | MDCR_EL2_TTRF
+        | MDCR_EL2_TPMCR
+        | MDCR_EL2_TDRA
+        | MDCR_EL2_TDOSA
 }
 
 /// The functions every era shares. Default methods are the reference.

@@ -16,7 +16,7 @@ use hypdbg_model::uapi::{
     GuestDebugControl, KVM_DEBUG_ARCH_HSR_HIGH_VALID, KvmDebugExitArch, KvmGuestDebug,
 };
 
-use super::common::{Common, DebugCounts};
+use super::common::{Common, DebugCounts, valid_control};
 use crate::access::{RegAccess, Scope};
 use crate::context::{DebugFlags, DebugPtr, KvmCpuContext, KvmVcpu};
 use crate::fault::{HypFault, KvmError};
@@ -118,13 +118,7 @@ pub trait DebugDirty: Common {
         vcpu: &mut KvmVcpu,
         dbg: &KvmGuestDebug,
     ) -> Result<(), KvmError> {
-        let Some(control) = GuestDebugControl::from_bits(dbg.control) else {
-            return Err(KvmError::Inval(format!(
-                "control {:#x} has bits outside KVM_GUESTDBG_VALID_MASK {:#x}",
-                dbg.control,
-                GuestDebugControl::all().bits()
-            )));
-        };
+        let control = valid_control(dbg.control)?;
         if control.contains(GuestDebugControl::ENABLE) {
             vcpu.guest_debug = control;
             if control.contains(GuestDebugControl::USE_HW) {

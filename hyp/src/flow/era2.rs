@@ -1,13 +1,10 @@
 //! Era 2 (v4.17..v6.13): DEBUG_DIRTY decided in `kvm_arm_setup_debug`, the hyp's
 //! `__debug_switch_to_guest`/`__debug_switch_to_host` act only when it is set.
 
-use hypdbg_model::ctrl::{
-    MDCR_EL2_HPMN_MASK, MDCR_EL2_TDA, MDCR_EL2_TDE, MDCR_EL2_TDOSA, MDCR_EL2_TDRA, MDCR_EL2_TPM,
-    MDCR_EL2_TPMCR, MDCR_EL2_TPMS, MDCR_EL2_TTRF, mdscr_uses_debug,
-};
+use hypdbg_model::ctrl::{MDCR_EL2_TDA, MDCR_EL2_TDE, mdscr_uses_debug};
 use hypdbg_model::uapi::GuestDebugControl;
 
-use super::common::Common;
+use super::common::{Common, mdcr_el2_base};
 use super::era1::{DebugDirty, debug_ptr_and_ctxt};
 use crate::access::{RegAccess, Scope};
 use crate::context::{DebugFlags, KvmCpuContext, KvmVcpu};
@@ -18,13 +15,7 @@ pub trait Era2: DebugDirty {
     /// `kvm_arm_setup_mdcr_el2`: trap debug registers while userspace uses the hardware, the
     /// guest's state is not dirty, or the guest's OS lock is set; TDE for guest_debug.
     fn kvm_arm_setup_mdcr_el2(&self, vcpu: &mut KvmVcpu, host_mdcr_el2: u64) {
-        let mut mdcr = host_mdcr_el2 & MDCR_EL2_HPMN_MASK;
-        mdcr |= MDCR_EL2_TPM
-            | MDCR_EL2_TPMS
-            | MDCR_EL2_TTRF
-            | MDCR_EL2_TPMCR
-            | MDCR_EL2_TDRA
-            | MDCR_EL2_TDOSA;
+        let mut mdcr = mdcr_el2_base(host_mdcr_el2);
         if !vcpu.guest_debug.is_empty() {
             mdcr |= MDCR_EL2_TDE;
         }

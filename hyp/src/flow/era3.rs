@@ -3,9 +3,8 @@
 //! hijacked (`external_mdscr_el1`), single-step state is swapped at load/put.
 
 use hypdbg_model::ctrl::{
-    DBG_MDSCR_KDE, DBG_MDSCR_MDE, DBG_MDSCR_SS, DBG_SPSR_SS, MDCR_EL2_HPMN_MASK, MDCR_EL2_TDA,
-    MDCR_EL2_TDE, MDCR_EL2_TDOSA, MDCR_EL2_TDRA, MDCR_EL2_TPM, MDCR_EL2_TPMCR, MDCR_EL2_TPMS,
-    MDCR_EL2_TTRF, mdscr_uses_debug,
+    DBG_MDSCR_KDE, DBG_MDSCR_MDE, DBG_MDSCR_SS, DBG_SPSR_SS, MDCR_EL2_TDA, MDCR_EL2_TDE,
+    mdscr_uses_debug,
 };
 use hypdbg_model::esr::{ESR_ELX_EC_SOFTSTP_LOW, ESR_ELX_EC_WATCHPT_LOW, Esr};
 use hypdbg_model::uapi::{
@@ -13,7 +12,7 @@ use hypdbg_model::uapi::{
     KvmGuestDebugArch,
 };
 
-use super::common::{Common, DebugCounts};
+use super::common::{Common, DebugCounts, mdcr_el2_base, valid_control};
 use crate::access::{RegAccess, Scope};
 use crate::context::{DebugFlags, DebugOwner, DebugPtr, KvmCpuContext, KvmHostData, KvmVcpu};
 use crate::fault::{HypFault, KvmError};
@@ -57,13 +56,7 @@ pub trait Era3: Common {
     /// `kvm_arm_setup_mdcr_el2`: trap debug registers unless the guest owns them; TDE for
     /// guest_debug.
     fn kvm_arm_setup_mdcr_el2(&self, vcpu: &mut KvmVcpu, host_mdcr_el2: u64) {
-        let mut mdcr = host_mdcr_el2 & MDCR_EL2_HPMN_MASK;
-        mdcr |= MDCR_EL2_TPM
-            | MDCR_EL2_TPMS
-            | MDCR_EL2_TTRF
-            | MDCR_EL2_TPMCR
-            | MDCR_EL2_TDRA
-            | MDCR_EL2_TDOSA;
+        let mut mdcr = mdcr_el2_base(host_mdcr_el2);
         if !vcpu.guest_debug.is_empty() {
             mdcr |= MDCR_EL2_TDE;
         }
@@ -140,13 +133,7 @@ pub trait Era3: Common {
         vcpu: &mut KvmVcpu,
         dbg: &KvmGuestDebug,
     ) -> Result<(), KvmError> {
-        let Some(control) = GuestDebugControl::from_bits(dbg.control) else {
-            return Err(KvmError::Inval(format!(
-                "control {:#x} has bits outside KVM_GUESTDBG_VALID_MASK {:#x}",
-                dbg.control,
-                GuestDebugControl::all().bits()
-            )));
-        };
+        let control = valid_control(dbg.control)?;
         if !control.contains(GuestDebugControl::SINGLESTEP) {
             // Upstream clears it only when ENABLE goes (see `ss-pending-survives`): a step left
             // pending when stepping stops must not fire when stepping resumes.

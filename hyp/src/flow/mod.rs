@@ -10,13 +10,13 @@
 //! The simulator drives a flow through [`EraEngine`] (one adapter per era) and, behind a
 //! `dyn`, through [`DynFlow`].
 
-mod common;
+pub mod common;
 mod engine;
 pub mod era1;
 pub mod era2;
 pub mod era3;
 
-pub use common::{Common, DebugCounts, SysRegParams, TrapOutcome};
+pub use common::{Common, DebugCounts, SysRegParams, TrapOutcome, mdcr_el2_base, valid_control};
 pub use engine::{AnyAccess, DynFlow, Era1Engine, Era2Engine, Era3Engine, EraEngine};
 pub use era1::{DebugDirty, Era1, Era1Reference};
 pub use era2::{Era2, Era2Reference};

@@ -1,10 +1,7 @@
 //! The obvious slips every validator should kill (../shared/design/bug-catalog.md, "Generic
 //! mutants"), each the one kernel function it changes.
 
-use hypdbg_model::ctrl::{
-    MDCR_EL2_HPMN_MASK, MDCR_EL2_TDA, MDCR_EL2_TDOSA, MDCR_EL2_TDRA, MDCR_EL2_TPM, MDCR_EL2_TPMCR,
-    MDCR_EL2_TPMS, MDCR_EL2_TTRF,
-};
+use hypdbg_model::ctrl::MDCR_EL2_TDA;
 use hypdbg_model::uapi::KvmGuestDebugArch;
 use hypdbg_model::{DbgBank, SysReg};
 
@@ -15,6 +12,7 @@ use crate::debug_sr;
 use crate::fault::HypFault;
 use crate::flow::era1::debug_ptr_and_ctxt;
 use crate::flow::era3::debug_block_and_ctxt;
+use crate::flow::mdcr_el2_base;
 use crate::flow::{
     Common, DebugCounts, DebugDirty, Era, Era1, Era1Engine, Era2, Era2Engine, Era3, Era3Engine,
 };
@@ -282,13 +280,7 @@ impl Era1 for DebugPtrNotReset {}
 
 /// The era-3 MDCR_EL2 computation, with the TDA and TDE decisions as parameters.
 fn era3_mdcr(vcpu: &KvmVcpu, host_mdcr_el2: u64, tda: bool, tde: bool) -> u64 {
-    let mut mdcr = host_mdcr_el2 & MDCR_EL2_HPMN_MASK;
-    mdcr |= MDCR_EL2_TPM
-        | MDCR_EL2_TPMS
-        | MDCR_EL2_TTRF
-        | MDCR_EL2_TPMCR
-        | MDCR_EL2_TDRA
-        | MDCR_EL2_TDOSA;
+    let mut mdcr = mdcr_el2_base(host_mdcr_el2);
     if tde && !vcpu.guest_debug.is_empty() {
         mdcr |= hypdbg_model::ctrl::MDCR_EL2_TDE;
     }

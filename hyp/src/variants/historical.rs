@@ -176,12 +176,7 @@ impl Era3 for SsPendingSurvives {
         dbg: &hypdbg_model::uapi::KvmGuestDebug,
     ) -> Result<(), crate::fault::KvmError> {
         use hypdbg_model::uapi::GuestDebugControl;
-        let Some(control) = GuestDebugControl::from_bits(dbg.control) else {
-            return Err(crate::fault::KvmError::Inval(format!(
-                "control {:#x}",
-                dbg.control
-            )));
-        };
+        let control = crate::flow::common::valid_control(dbg.control)?;
         if !control.contains(GuestDebugControl::ENABLE) {
             vcpu.guest_debug = GuestDebugControl::empty();
             vcpu.set_flag(DebugFlags::HOST_SS_ACTIVE_PENDING, false);
