@@ -11,7 +11,9 @@
 //! - [`vm`]: a KVM-shaped API (`check_extension`, `set_guest_debug`, `run`, ONE_REG, load/put
 //!   on a chosen physical CPU) and the run loop;
 //! - [`events`]: what the simulator records (entries, exits, traps, guest events);
-//! - [`sync`]: std or loom synchronisation types, for model checking.
+//! - [`sync`]: std or loom synchronisation types, for model checking;
+//! - [`smp`]: era 3's per-CPU host save area and the vcpu mutex on state shared between
+//!   threads (physical CPUs as locks), for model checking the real switch.
 
 pub mod access;
 pub mod context;
@@ -21,6 +23,7 @@ pub mod fault;
 pub mod flow;
 pub mod guest;
 pub mod pcpu;
+pub mod smp;
 pub mod sync;
 pub mod variants;
 pub mod vm;
