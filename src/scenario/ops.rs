@@ -1,36 +1,368 @@
-//! What a scenario says: the VM, the guest, the userspace actions.
+//! What a scenario says: the VM, the guest, the userspace actions and what to expect of them.
+//!
+//! These are the types both a scenario file (`hypdbg run FILE`, see [`crate::scenario::source`])
+//! and the validator's generated scenarios ([`crate::validate::sweep`]) use. Every action is a
+//! TOML table with a `do` key naming it; every action but `repeat` may carry an `expect`
+//! table ([`Expect`]).
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
 
-/// A number, or a label of the guest program (`"label"` or `"label+8"`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
+use hypdbg_host::WatchAccess;
+use hypdbg_model::uapi::GuestDebugControl;
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// A number, or a label of the guest program (`"label"`, `"label+8"`, `"label-4"`) or a
+/// name of the scenario's `symbols` table.
+///
+/// TOML integers stop at `i64::MAX`: write larger values (kernel addresses) as strings,
+/// `"0xffff800010000000"`; a string that reads as a number is a number.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Value {
     /// A number.
     Num(u64),
-    /// A label, optionally `+offset`.
+    /// A label, optionally `+offset` or `-offset`.
     Label(String),
 }
 
-/// One userspace action.
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Num(n) if *n <= i64::MAX as u64 => s.serialize_u64(*n),
+            Value::Num(n) => s.collect_str(&format_args!("{n:#x}")),
+            Value::Label(l) => s.serialize_str(l),
+        }
+    }
+}
+
+struct ValueVisitor;
+
+impl Visitor<'_> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number or a label (\"name\", \"name+8\")")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Num(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        u64::try_from(v)
+            .map(Value::Num)
+            .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &"a non-negative number"))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        let t = v.trim();
+        if t.is_empty() {
+            return Err(E::invalid_value(de::Unexpected::Str(v), &self));
+        }
+        Ok(match hypdbg_model::parse_u64(t) {
+            Ok(n) => Value::Num(n),
+            Err(_) => Value::Label(t.to_string()),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValueVisitor)
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Num(n) => write!(f, "{n:#x}"),
+            Value::Label(l) => f.write_str(l),
+        }
+    }
+}
+
+impl From<u64> for Value {
+    fn from(n: u64) -> Self {
+        Value::Num(n)
+    }
+}
+
+/// The kernel's short names of the exception classes a scenario may name (`ESR_ELx_EC_*`).
+pub const EC_NAMES: &[(&str, u8)] = &[
+    ("UNKNOWN", 0x00),
+    ("SVC64", 0x15),
+    ("HVC64", 0x16),
+    ("SYS64", 0x18),
+    ("BREAKPT_LOW", 0x30),
+    ("BREAKPT_CUR", 0x31),
+    ("SOFTSTP_LOW", 0x32),
+    ("SOFTSTP_CUR", 0x33),
+    ("WATCHPT_LOW", 0x34),
+    ("WATCHPT_CUR", 0x35),
+    ("BKPT32", 0x38),
+    ("BRK64", 0x3c),
+];
+
+/// An exception class by number (0..=0x3f) or by the kernel's name (`"BREAKPT_CUR"`, also
+/// spelled `"ESR_ELx_EC_BREAKPT_CUR"`).
+pub fn parse_ec(s: &str) -> Option<u8> {
+    let up = s.trim().to_ascii_uppercase();
+    let stem = up.strip_prefix("ESR_ELX_EC_").unwrap_or(&up);
+    if let Some((_, ec)) = EC_NAMES.iter().find(|(n, _)| *n == stem) {
+        return Some(*ec);
+    }
+    match hypdbg_model::parse_u64(stem) {
+        Ok(n) if n <= 0x3f => Some(n as u8),
+        _ => None,
+    }
+}
+
+struct EcVisitor;
+
+impl Visitor<'_> for EcVisitor {
+    type Value = u8;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an exception class: 0..=0x3f or a name such as \"BREAKPT_CUR\"")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<u8, E> {
+        match u8::try_from(v) {
+            Ok(n) if n <= 0x3f => Ok(n),
+            _ => Err(E::invalid_value(de::Unexpected::Unsigned(v), &self)),
+        }
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<u8, E> {
+        match u64::try_from(v) {
+            Ok(u) => self.visit_u64(u),
+            Err(_) => Err(E::invalid_value(de::Unexpected::Signed(v), &self)),
+        }
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<u8, E> {
+        parse_ec(v).ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self))
+    }
+}
+
+/// `deserialize_with` for an exception class.
+fn de_ec<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    d.deserialize_any(EcVisitor)
+}
+
+/// `deserialize_with` for an optional exception class.
+fn de_opt_ec<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+    d.deserialize_any(EcVisitor).map(Some)
+}
+
+struct ControlVisitor;
+
+impl Visitor<'_> for ControlVisitor {
+    type Value = u32;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KVM_GUESTDBG_* bits: a number or names joined by '|' (\"ENABLE|SINGLESTEP\")")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<u32, E> {
+        u32::try_from(v).map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<u32, E> {
+        u32::try_from(v).map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<u32, E> {
+        parse_control(v).ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self))
+    }
+}
+
+/// KVM_GUESTDBG_* bits from `"ENABLE|USE_HW"` (with or without the `KVM_GUESTDBG_` prefix),
+/// or a number.
+pub fn parse_control(s: &str) -> Option<u32> {
+    if let Ok(n) = hypdbg_model::parse_u64(s) {
+        return u32::try_from(n).ok();
+    }
+    let mut bits = 0u32;
+    for part in s.split('|') {
+        let up = part.trim().to_ascii_uppercase();
+        let name = up.strip_prefix("KVM_GUESTDBG_").unwrap_or(&up);
+        let flag = GuestDebugControl::from_name(name)?;
+        bits |= flag.bits();
+    }
+    Some(bits)
+}
+
+fn de_control<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    d.deserialize_any(ControlVisitor)
+}
+
+/// What a KVM_RUN (or a debugger's continue or step) ended with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitKind {
+    /// The guest's `hvc #imm` (a hypercall for userspace).
+    Hvc,
+    /// The guest ran off its code.
+    ProgramEnd,
+    /// KVM_EXIT_INTR: the run's instruction budget ran out.
+    Intr,
+    /// The guest took an exception its handler does not handle.
+    GuestAbort,
+    /// Any KVM_EXIT_DEBUG (or debugger stop).
+    Debug,
+    /// A hardware breakpoint (EC 0x30, or the debugger's breakpoint stop).
+    Breakpoint,
+    /// A watchpoint (EC 0x34).
+    Watchpoint,
+    /// A software step (EC 0x32).
+    Step,
+    /// A BRK instruction (EC 0x3c, or the debugger's software-breakpoint stop).
+    #[serde(alias = "sw_breakpoint")]
+    Brk,
+}
+
+impl ExitKind {
+    /// The name used in scenario files.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ExitKind::Hvc => "hvc",
+            ExitKind::ProgramEnd => "program_end",
+            ExitKind::Intr => "intr",
+            ExitKind::GuestAbort => "guest_abort",
+            ExitKind::Debug => "debug",
+            ExitKind::Breakpoint => "breakpoint",
+            ExitKind::Watchpoint => "watchpoint",
+            ExitKind::Step => "step",
+            ExitKind::Brk => "brk",
+        }
+    }
+
+    /// Whether this kind is a debug exit (so `ec` and `far` apply).
+    pub const fn is_debug(self) -> bool {
+        matches!(
+            self,
+            ExitKind::Debug
+                | ExitKind::Breakpoint
+                | ExitKind::Watchpoint
+                | ExitKind::Step
+                | ExitKind::Brk
+        )
+    }
+
+    /// Whether an exit of kind `actual` satisfies an expectation of `self` (`debug` accepts
+    /// every debug kind).
+    pub fn accepts(self, actual: ExitKind) -> bool {
+        self == actual || (self == ExitKind::Debug && actual.is_debug())
+    }
+}
+
+impl fmt::Display for ExitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One exception the guest's EL1 handler took, as an expectation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExceptionExpect {
+    /// ESR_EL1.EC as the guest saw it (number or name: `"BREAKPT_CUR"`).
+    #[serde(deserialize_with = "de_ec")]
+    pub ec: u8,
+    /// ELR_EL1: where it was taken (the preferred return address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elr: Option<Value>,
+    /// FAR_EL1 (watchpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub far: Option<Value>,
+}
+
+/// Bytes of guest memory, as an expectation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryExpect {
+    /// The first byte.
+    pub addr: Value,
+    /// The bytes, in address order.
+    pub bytes: Vec<u8>,
+}
+
+/// What must hold after an action. Every field is optional; the first difference is
+/// reported. `exit`, `hvc`, `ec`, `far` and `stops` apply to the running actions (`run`,
+/// `kvm_run`, `step`, `run_until_hvc`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// How the last KVM_RUN (or debugger stop) ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitKind>,
+    /// The immediate of the `hvc` exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hvc: Option<u16>,
+    /// The exception class of the debug exit (`hsr >> 26`; number or name).
+    #[serde(
+        default,
+        deserialize_with = "de_opt_ec",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ec: Option<u8>,
+    /// FAR of the debug exit (watchpoints: the address accessed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub far: Option<Value>,
+    /// The vcpu's PC after the action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pc: Option<Value>,
+    /// Debug stops passed on the way (`run` with `until_hvc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stops: Option<u64>,
+    /// Registers after the action: `x0`..`x30`, `pc`, `sp`, `pstate`, or a ONE_REG system
+    /// register (`MDSCR_EL1`, `DBGBCR0_EL1`, ...), read with KVM_GET_ONE_REG.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub regs: BTreeMap<String, Value>,
+    /// Guest memory after the action.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory: Vec<MemoryExpect>,
+    /// The exceptions the guest's handler took during this action, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exceptions: Option<Vec<ExceptionExpect>>,
+    /// Every exception the guest's handler took since the scenario started, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_exceptions: Option<Vec<ExceptionExpect>>,
+    /// The action fails with an error whose message contains this text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+/// One userspace action. `vcpu` defaults to 0 everywhere.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "do", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Op {
     /// KVM_RUN until the guest executes `hvc #imm`; debug exits on the way are handled as a
-    /// debugger would (its own breakpoints stepped over, steps continued, others reinjected).
+    /// debugger would (its own breakpoints stepped over, steps continued, others reinjected),
+    /// from the raw control of the last `set_guest_debug`.
     RunUntilHvc {
         /// vcpu.
         #[serde(default)]
         vcpu: usize,
         /// The HVC immediate that ends this action.
         imm: u16,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
     },
     /// KVM_SET_GUEST_DEBUG with raw values (index, value) per bank.
     SetGuestDebug {
         /// vcpu.
         #[serde(default)]
         vcpu: usize,
-        /// KVM_GUESTDBG_* bits.
+        /// KVM_GUESTDBG_* bits (a number, or `"ENABLE|SINGLESTEP"`).
+        #[serde(deserialize_with = "de_control")]
         control: u32,
         /// DBGBCR<n> values.
         #[serde(default)]
@@ -44,6 +376,9 @@ pub enum Op {
         /// DBGWVR<n> values.
         #[serde(default)]
         wvr: Vec<(usize, Value)>,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
     },
     /// The vcpu runs on physical CPU `cpu` from its next KVM_RUN.
     Migrate {
@@ -52,6 +387,9 @@ pub enum Op {
         vcpu: usize,
         /// Physical CPU.
         cpu: usize,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
     },
     /// A host interrupt every `every` guest instructions (none: no interrupts).
     Irq {
@@ -60,12 +398,364 @@ pub enum Op {
         vcpu: usize,
         /// Period.
         every: Option<u64>,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
     },
     /// Each vcpu makes one KVM_RUN, all entering their guests before any exits (SMP).
     RunConcurrently {
         /// The vcpus, on distinct physical CPUs.
         vcpus: Vec<usize>,
+        /// Expectations (state only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
     },
+    /// KVM_RUN as a debugger's `continue`: through the vcpu's debugger once one is attached
+    /// (by `break`, `watch`, `sw_break`, `step`, `single_step`), else a plain KVM_RUN. Ends at
+    /// the first exit to userspace, or with `until_hvc` at that HVC (other HVCs, interrupts
+    /// and debug stops on the way are passed and counted).
+    Run {
+        /// vcpu.
+        #[serde(default)]
+        vcpu: usize,
+        /// Keep going until the guest's `hvc #until_hvc`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until_hvc: Option<u16>,
+        /// Do it this many times (the expectation applies to the last).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<u32>,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// Exactly one raw KVM_RUN, whatever is attached: the exit is what KVM returned.
+    KvmRun {
+        /// vcpu.
+        #[serde(default)]
+        vcpu: usize,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// The debugger's `stepi`: one guest instruction (`count` times), stepping over a
+    /// breakpoint of ours at the PC.
+    Step {
+        /// vcpu.
+        #[serde(default)]
+        vcpu: usize,
+        /// Steps.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<u32>,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// Single-step mode of the debugger: while on, `run` steps one instruction.
+    SingleStep {
+        /// vcpu.
+        #[serde(default)]
+        vcpu: usize,
+        /// On or off.
+        on: bool,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// Insert a hardware breakpoint through the debugger's pool.
+    Break {
+        /// vcpu.
+        #[serde(default)]
+        vcpu: usize,
+        /// The instruction's address.
+        addr: Value,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// Remove a hardware breakpoint.
+    DeleteBreak {
+        /// vcpu.
+        #[serde(default)]
+        vcpu: usize,
+        /// The instruction's address.
+        addr: Value,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// Watch exactly `len` bytes at `addr` (the fewest hardware watchpoints that do).
+    Watch {
+        /// vcpu.
+        #[serde(default)]
+        vcpu: usize,
+        /// The first byte.
+        addr: Value,
+        /// Bytes (default 1).
+        #[serde(default = "one_u64")]
+        len: u64,
+        /// `read`, `write` or `access` (default `write`).
+        #[serde(default = "write_access")]
+        access: WatchAccess,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// Remove a watch (the same addr, len and access it was inserted with).
+    DeleteWatch {
+        /// vcpu.
+        #[serde(default)]
+        vcpu: usize,
+        /// The first byte.
+        addr: Value,
+        /// Bytes (default 1).
+        #[serde(default = "one_u64")]
+        len: u64,
+        /// `read`, `write` or `access` (default `write`).
+        #[serde(default = "write_access")]
+        access: WatchAccess,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// Plant a software breakpoint (BRK #0 written into guest memory).
+    SwBreak {
+        /// vcpu.
+        #[serde(default)]
+        vcpu: usize,
+        /// The instruction's address.
+        addr: Value,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// Remove a software breakpoint (the original instruction is written back).
+    DeleteSwBreak {
+        /// vcpu.
+        #[serde(default)]
+        vcpu: usize,
+        /// The instruction's address.
+        addr: Value,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// Detach the debugger: remove everything, stop stepping, KVM_SET_GUEST_DEBUG(0).
+    Detach {
+        /// vcpu.
+        #[serde(default)]
+        vcpu: usize,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// Save the vcpu's debug registers through KVM_GET_ONE_REG (a `DebugSnapshot`).
+    Snapshot {
+        /// vcpu.
+        #[serde(default)]
+        vcpu: usize,
+        /// The snapshot's name.
+        name: String,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// Write a snapshot back through KVM_SET_ONE_REG (into any vcpu).
+    Restore {
+        /// vcpu.
+        #[serde(default)]
+        vcpu: usize,
+        /// The snapshot's name.
+        name: String,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// Live-migrate the VM: a fresh VM of the same flow (on `cpus`, default the same list)
+    /// receives the guest memory and every vcpu's registers through ONE_REG.
+    MigrateVm {
+        /// The destination's physical CPUs (same breakpoint/watchpoint counts).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cpus: Option<Vec<String>>,
+        /// Expectations (vcpu 0).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// KVM_SET_ONE_REG (`x0`..`x30`, `pc`, `sp`, `pstate`, or a debug system register).
+    SetOneReg {
+        /// vcpu.
+        #[serde(default)]
+        vcpu: usize,
+        /// The register.
+        reg: String,
+        /// The value.
+        value: Value,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// KVM_GET_ONE_REG, optionally expecting a value.
+    GetOneReg {
+        /// vcpu.
+        #[serde(default)]
+        vcpu: usize,
+        /// The register.
+        reg: String,
+        /// The value it must hold.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<Value>,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// Write bytes into guest memory.
+    WriteMemory {
+        /// The first byte.
+        addr: Value,
+        /// The bytes.
+        bytes: Vec<u8>,
+        /// Expectations (vcpu 0).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// Preempt the vcpu during its next KVM_RUN after `after` in-kernel exits and move it to
+    /// physical CPU `cpu` (vcpu_put, vcpu_load elsewhere).
+    Preempt {
+        /// vcpu.
+        #[serde(default)]
+        vcpu: usize,
+        /// In-kernel exits before the preemption.
+        after: u32,
+        /// The physical CPU it moves to.
+        cpu: usize,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// Check expectations only.
+    Check {
+        /// vcpu.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        vcpu: usize,
+        /// Expectations.
+        expect: Box<Expect>,
+    },
+    /// Do `ops` `times` times.
+    Repeat {
+        /// Iterations.
+        times: u32,
+        /// The actions.
+        ops: Vec<Op>,
+    },
+}
+
+fn one_u64() -> u64 {
+    1
+}
+
+fn write_access() -> WatchAccess {
+    WatchAccess::Write
+}
+
+impl Op {
+    /// The `do` name.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Op::RunUntilHvc { .. } => "run_until_hvc",
+            Op::SetGuestDebug { .. } => "set_guest_debug",
+            Op::Migrate { .. } => "migrate",
+            Op::Irq { .. } => "irq",
+            Op::RunConcurrently { .. } => "run_concurrently",
+            Op::Run { .. } => "run",
+            Op::KvmRun { .. } => "kvm_run",
+            Op::Step { .. } => "step",
+            Op::SingleStep { .. } => "single_step",
+            Op::Break { .. } => "break",
+            Op::DeleteBreak { .. } => "delete_break",
+            Op::Watch { .. } => "watch",
+            Op::DeleteWatch { .. } => "delete_watch",
+            Op::SwBreak { .. } => "sw_break",
+            Op::DeleteSwBreak { .. } => "delete_sw_break",
+            Op::Detach { .. } => "detach",
+            Op::Snapshot { .. } => "snapshot",
+            Op::Restore { .. } => "restore",
+            Op::MigrateVm { .. } => "migrate_vm",
+            Op::SetOneReg { .. } => "set_one_reg",
+            Op::GetOneReg { .. } => "get_one_reg",
+            Op::WriteMemory { .. } => "write_memory",
+            Op::Preempt { .. } => "preempt",
+            Op::Check { .. } => "check",
+            Op::Repeat { .. } => "repeat",
+        }
+    }
+
+    /// The vcpu the action is about (0 for VM-wide actions).
+    pub fn vcpu(&self) -> usize {
+        match self {
+            Op::RunUntilHvc { vcpu, .. }
+            | Op::SetGuestDebug { vcpu, .. }
+            | Op::Migrate { vcpu, .. }
+            | Op::Irq { vcpu, .. }
+            | Op::Run { vcpu, .. }
+            | Op::KvmRun { vcpu, .. }
+            | Op::Step { vcpu, .. }
+            | Op::SingleStep { vcpu, .. }
+            | Op::Break { vcpu, .. }
+            | Op::DeleteBreak { vcpu, .. }
+            | Op::Watch { vcpu, .. }
+            | Op::DeleteWatch { vcpu, .. }
+            | Op::SwBreak { vcpu, .. }
+            | Op::DeleteSwBreak { vcpu, .. }
+            | Op::Detach { vcpu, .. }
+            | Op::Snapshot { vcpu, .. }
+            | Op::Restore { vcpu, .. }
+            | Op::SetOneReg { vcpu, .. }
+            | Op::GetOneReg { vcpu, .. }
+            | Op::Preempt { vcpu, .. }
+            | Op::Check { vcpu, .. } => *vcpu,
+            Op::RunConcurrently { vcpus, .. } => vcpus.first().copied().unwrap_or(0),
+            Op::MigrateVm { .. } | Op::WriteMemory { .. } | Op::Repeat { .. } => 0,
+        }
+    }
+
+    /// The action's expectations.
+    pub fn expect(&self) -> Option<&Expect> {
+        match self {
+            Op::RunUntilHvc { expect, .. }
+            | Op::SetGuestDebug { expect, .. }
+            | Op::Migrate { expect, .. }
+            | Op::Irq { expect, .. }
+            | Op::RunConcurrently { expect, .. }
+            | Op::Run { expect, .. }
+            | Op::KvmRun { expect, .. }
+            | Op::Step { expect, .. }
+            | Op::SingleStep { expect, .. }
+            | Op::Break { expect, .. }
+            | Op::DeleteBreak { expect, .. }
+            | Op::Watch { expect, .. }
+            | Op::DeleteWatch { expect, .. }
+            | Op::SwBreak { expect, .. }
+            | Op::DeleteSwBreak { expect, .. }
+            | Op::Detach { expect, .. }
+            | Op::Snapshot { expect, .. }
+            | Op::Restore { expect, .. }
+            | Op::MigrateVm { expect, .. }
+            | Op::SetOneReg { expect, .. }
+            | Op::GetOneReg { expect, .. }
+            | Op::WriteMemory { expect, .. }
+            | Op::Preempt { expect, .. } => expect.as_deref(),
+            Op::Check { expect, .. } => Some(expect),
+            Op::Repeat { .. } => None,
+        }
+    }
+
+    /// Whether the action runs the guest and ends with one exit (so `exit`, `hvc`, `ec` and
+    /// `far` expectations apply).
+    pub const fn has_exit(&self) -> bool {
+        matches!(
+            self,
+            Op::RunUntilHvc { .. } | Op::Run { .. } | Op::KvmRun { .. } | Op::Step { .. }
+        )
+    }
 }
 
 /// A scenario.
@@ -78,20 +768,55 @@ pub struct Scenario {
     #[serde(default)]
     pub description: String,
     /// The variant (flow) to run, by name (`era1`, `era2`, `era3`, `seed-v2`, ...); the
-    /// command line may override it.
+    /// command line may override it; `era3` when neither says.
     #[serde(default)]
     pub flow: Option<String>,
     /// The physical CPUs: profile names or raw ID_AA64DFR0_EL1 values.
     pub cpus: Vec<String>,
-    /// Number of vcpus (vcpu i starts on CPU i modulo the number of CPUs).
+    /// Number of vcpus.
     #[serde(default = "one")]
     pub vcpus: usize,
+    /// The physical CPU each vcpu starts on (default: vcpu i on CPU i modulo the number of
+    /// CPUs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vcpu_cpus: Vec<usize>,
+    /// Guest instructions one KVM_RUN may execute before it returns KVM_EXIT_INTR (default
+    /// 20000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<u64>,
+    /// The invariants the run is expected to break (`"inv1"`, `"guest-state-loaded"`...),
+    /// for files that demonstrate a defective flow: with the file's own flow the run passes
+    /// when exactly these are broken; with `--flow` overriding it, it must be clean.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expect_violations: Vec<String>,
     /// The guest program (assembly; every vcpu starts at its first instruction).
     pub code: String,
+    /// Names for addresses the program does not label (data), usable wherever a label is.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub symbols: BTreeMap<String, Value>,
     /// What userspace does.
     pub ops: Vec<Op>,
 }
 
 fn one() -> usize {
     1
+}
+
+impl Scenario {
+    /// A scenario with defaults: one vcpu, no symbols, no expected violations.
+    pub fn new(name: impl Into<String>, cpus: Vec<String>, code: impl Into<String>) -> Self {
+        Scenario {
+            name: name.into(),
+            description: String::new(),
+            flow: None,
+            cpus,
+            vcpus: 1,
+            vcpu_cpus: Vec::new(),
+            budget: None,
+            expect_violations: Vec::new(),
+            code: code.into(),
+            symbols: BTreeMap::new(),
+            ops: Vec::new(),
+        }
+    }
 }

@@ -94,6 +94,7 @@ impl Case {
             bvr: vec![(0, Value::Label("ubp".into()))],
             wcr: vec![(0, Value::Num(0x1ff7))],
             wvr: vec![(0, Value::Num(0x8_0000))],
+            expect: None,
         };
         let mut ops = Vec::new();
         let mut imm = 0u16;
@@ -104,13 +105,19 @@ impl Case {
                     Op::RunUntilHvc {
                         vcpu: 0,
                         imm: imm - 1,
+                        expect: None,
                     }
                 }
                 Step::Debug(c) => set(*c),
-                Step::Migrate(cpu) => Op::Migrate { vcpu: 0, cpu: *cpu },
+                Step::Migrate(cpu) => Op::Migrate {
+                    vcpu: 0,
+                    cpu: *cpu,
+                    expect: None,
+                },
                 Step::Irq(every) => Op::Irq {
                     vcpu: 0,
                     every: *every,
+                    expect: None,
                 },
             });
         }

@@ -232,13 +232,19 @@ impl Params {
             ],
             wcr: vec![(0, Value::Num(0x1ff7)), (wt, Value::Num(0x1ff7))],
             wvr: vec![(0, Value::Num(0x8_0000)), (wt, Value::Num(0x7300_0000))],
+            expect: None,
         };
-        let run = |imm| Op::RunUntilHvc { vcpu: 0, imm };
+        let run = |imm| Op::RunUntilHvc {
+            vcpu: 0,
+            imm,
+            expect: None,
+        };
         let mut ops = Vec::new();
         if self.irq {
             ops.push(Op::Irq {
                 vcpu: 0,
                 every: Some(3),
+                expect: None,
             });
         }
         let debug = self.control != 0;
@@ -266,17 +272,17 @@ impl Params {
             Migration::Other => cpus.push(format!("{:#x}", sibling(f).raw())),
         }
         if self.migration != Migration::None {
-            ops.push(Op::Migrate { vcpu: 0, cpu: 1 });
+            ops.push(Op::Migrate {
+                vcpu: 0,
+                cpu: 1,
+                expect: None,
+            });
         }
         ops.push(run(2));
         Scenario {
-            name: name.to_string(),
             description: self.describe(),
-            flow: None,
-            cpus,
-            vcpus: 1,
-            code: c,
             ops,
+            ..Scenario::new(name, cpus, c)
         }
     }
 }
@@ -392,13 +398,14 @@ pub fn count_points() -> [Params; 2] {
 /// using their debug registers: per-CPU host state must stay per CPU.
 pub fn smp_scenario(cpu: &str) -> Scenario {
     let code = "mov x0, #0xa000\nmsr mdscr_el1, x0\nhvc #0\nnop\nhvc #1\nnop\nhvc #2\n".to_string();
+    let run = || Op::RunConcurrently {
+        vcpus: vec![0, 1],
+        expect: None,
+    };
     Scenario {
-        name: "smp".into(),
         description: "two vcpus with MDSCR_EL1 = KDE|MDE on two physical CPUs enter their guests at the same time".into(),
-        flow: None,
-        cpus: vec![cpu.to_string(), cpu.to_string()],
         vcpus: 2,
-        code,
-        ops: vec![Op::RunConcurrently { vcpus: vec![0, 1] }, Op::RunConcurrently { vcpus: vec![0, 1] }, Op::RunConcurrently { vcpus: vec![0, 1] }],
+        ops: vec![run(), run(), run()],
+        ..Scenario::new("smp", vec![cpu.to_string(), cpu.to_string()], code)
     }
 }

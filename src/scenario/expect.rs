@@ -1,0 +1,290 @@
+//! Evaluating an action's expectations against what happened: the first difference, and
+//! which field of the `expect` table it is about (for its line and column).
+
+use hypdbg_hyp::events::GuestEvent;
+use hypdbg_model::esr::ec_name;
+use hypdbg_model::uapi::core_reg;
+
+use super::ops::{ExceptionExpect, Expect, Value};
+use super::runner::{Engine, Fail, Outcome, RegName};
+use super::source::Seg;
+
+/// One expectation not met.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Difference {
+    /// The field of the `expect` table (`["pc"]`, `["regs", "x0"]`, `["exceptions", 2]`).
+    pub field: Vec<Seg>,
+    /// Expected and found, in words.
+    pub message: String,
+}
+
+fn diff(field: Vec<Seg>, message: String) -> Difference {
+    Difference { field, message }
+}
+
+fn key(k: &str) -> Vec<Seg> {
+    vec![Seg::Key(k.to_string())]
+}
+
+/// `0x10040 <hw_bp1>`.
+fn addr_words(engine: &Engine<'_>, a: u64) -> String {
+    match engine.resolver().symbolize(a) {
+        Some(s) => format!("{a:#x} <{s}>"),
+        None => format!("{a:#x}"),
+    }
+}
+
+/// `hw_bp1 (0x10040)` or `0x10040`.
+fn want_words(v: &Value, a: u64) -> String {
+    match v {
+        Value::Num(_) => format!("{a:#x}"),
+        Value::Label(l) => format!("{l} ({a:#x})"),
+    }
+}
+
+fn ec_words(ec: u8) -> String {
+    format!("{ec:#x} {}", ec_name(ec))
+}
+
+fn resolve(engine: &Engine<'_>, field: &[Seg], v: &Value) -> Result<u64, Difference> {
+    engine
+        .resolver()
+        .resolve(v)
+        .ok_or_else(|| diff(field.to_vec(), format!("'{v}' names no label or symbol")))
+}
+
+/// The guest's exceptions as (EC, ELR, FAR).
+pub fn exception_tuples(events: &[GuestEvent]) -> Vec<(u8, u64, Option<u64>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            GuestEvent::Exception { esr, elr, far, .. } => Some((esr.ec(), *elr, *far)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn compare_exceptions(
+    engine: &Engine<'_>,
+    field: &str,
+    want: &[ExceptionExpect],
+    got: &[(u8, u64, Option<u64>)],
+    what: &str,
+) -> Result<(), Difference> {
+    for (i, w) in want.iter().enumerate() {
+        let f = vec![Seg::Key(field.to_string()), Seg::Index(i)];
+        let Some(&(ec, elr, far)) = got.get(i) else {
+            return Err(diff(
+                f,
+                format!(
+                    "{what}: expected exception {i} (EC {}), but the guest took only {}",
+                    ec_words(w.ec),
+                    got.len()
+                ),
+            ));
+        };
+        if ec != w.ec {
+            return Err(diff(
+                f,
+                format!(
+                    "{what}: exception {i}: expected EC {}, got EC {} at {}",
+                    ec_words(w.ec),
+                    ec_words(ec),
+                    addr_words(engine, elr)
+                ),
+            ));
+        }
+        if let Some(v) = &w.elr {
+            let a = resolve(engine, &f, v)?;
+            if a != elr {
+                return Err(diff(
+                    f,
+                    format!(
+                        "{what}: exception {i} (EC {}): expected ELR {}, got {}",
+                        ec_words(ec),
+                        want_words(v, a),
+                        addr_words(engine, elr)
+                    ),
+                ));
+            }
+        }
+        if let Some(v) = &w.far {
+            let a = resolve(engine, &f, v)?;
+            if Some(a) != far {
+                return Err(diff(
+                    f,
+                    format!(
+                        "{what}: exception {i} (EC {}): expected FAR {}, got {}",
+                        ec_words(ec),
+                        want_words(v, a),
+                        far.map_or("none".to_string(), |x| addr_words(engine, x))
+                    ),
+                ));
+            }
+        }
+    }
+    if got.len() > want.len() {
+        let (ec, elr, _) = got[want.len()];
+        return Err(diff(
+            key(field),
+            format!(
+                "{what}: expected {} exception(s), the guest took {}; the first extra is EC {} at {}",
+                want.len(),
+                got.len(),
+                ec_words(ec),
+                addr_words(engine, elr)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Check `e` after an action on vcpu `v` that ended with `outcome`; `exceptions_before` is
+/// how many exceptions the guest had taken before the action.
+pub fn evaluate(
+    engine: &mut Engine<'_>,
+    v: usize,
+    e: &Expect,
+    outcome: &Result<Outcome, Fail>,
+    exceptions_before: usize,
+) -> Result<(), Difference> {
+    match (&e.error, outcome) {
+        (Some(want), Ok(o)) => {
+            return Err(diff(
+                key("error"),
+                format!(
+                    "expected the action to fail with \"{want}\", but it succeeded: {}",
+                    o.text
+                ),
+            ));
+        }
+        (Some(want), Err(f)) => {
+            let msg = f.to_string();
+            if !msg.contains(want.as_str()) {
+                return Err(diff(
+                    key("error"),
+                    format!("expected an error containing \"{want}\", got: {msg}"),
+                ));
+            }
+        }
+        (None, Err(f)) => {
+            return Err(diff(Vec::new(), format!("the action failed: {f}")));
+        }
+        (None, Ok(_)) => {}
+    }
+    let exit = outcome.as_ref().ok().and_then(|o| o.exit);
+    let exit_words = exit.map_or("no exit".to_string(), |x| x.to_string());
+    if let Some(k) = e.exit
+        && !exit.is_some_and(|x| k.accepts(x.kind))
+    {
+        return Err(diff(
+            key("exit"),
+            format!("expected exit {k}, got {exit_words}"),
+        ));
+    }
+    if let Some(h) = e.hvc
+        && exit.and_then(|x| x.imm) != Some(h)
+    {
+        return Err(diff(
+            key("hvc"),
+            format!("expected hvc #{h}, got {exit_words}"),
+        ));
+    }
+    if let Some(ec) = e.ec {
+        let got = exit.and_then(|x| x.esr).map(|s| s.ec());
+        if got != Some(ec) {
+            return Err(diff(
+                key("ec"),
+                format!(
+                    "expected EC {}, got {}",
+                    ec_words(ec),
+                    got.map_or(exit_words.clone(), ec_words)
+                ),
+            ));
+        }
+    }
+    if let Some(fv) = &e.far {
+        let want = resolve(engine, &key("far"), fv)?;
+        let got = exit.and_then(|x| x.far);
+        if got != Some(want) {
+            return Err(diff(
+                key("far"),
+                format!(
+                    "expected FAR {}, got {}",
+                    want_words(fv, want),
+                    got.map_or(format!("none ({exit_words})"), |a| addr_words(engine, a))
+                ),
+            ));
+        }
+    }
+    if let Some(n) = e.stops {
+        let got = outcome.as_ref().map_or(0, |o| o.stops);
+        if got != n {
+            return Err(diff(
+                key("stops"),
+                format!("expected {n} stop(s) on the way, got {got}"),
+            ));
+        }
+    }
+    if let Some(pv) = &e.pc {
+        let want = resolve(engine, &key("pc"), pv)?;
+        let got = engine
+            .vm_mut()
+            .get_one_reg(v, core_reg::PC)
+            .map_err(|err| diff(key("pc"), format!("KVM_GET_ONE_REG PC: {err}")))?;
+        if got != want {
+            return Err(diff(
+                key("pc"),
+                format!(
+                    "expected PC {}, got {}",
+                    want_words(pv, want),
+                    addr_words(engine, got)
+                ),
+            ));
+        }
+    }
+    for (name, rv) in &e.regs {
+        let f = vec![Seg::Key("regs".into()), Seg::Key(name.clone())];
+        let r = RegName::parse(name).map_err(|m| diff(f.clone(), m))?;
+        let want = resolve(engine, &f, rv)?;
+        let got = engine
+            .vm_mut()
+            .get_one_reg(v, r.id())
+            .map_err(|err| diff(f.clone(), format!("KVM_GET_ONE_REG {r}: {err}")))?;
+        if got != want {
+            return Err(diff(
+                f,
+                format!("expected {r} = {}, got {got:#x}", want_words(rv, want)),
+            ));
+        }
+    }
+    for (k, m) in e.memory.iter().enumerate() {
+        let f = vec![Seg::Key("memory".into()), Seg::Index(k)];
+        let a = resolve(engine, &f, &m.addr)?;
+        let mut got = vec![0u8; m.bytes.len()];
+        engine.vm().memory().read(a, &mut got);
+        if let Some(i) = (0..got.len()).find(|&i| got[i] != m.bytes[i]) {
+            return Err(diff(
+                f,
+                format!(
+                    "memory at {}: expected {:02x?}, got {:02x?} (first difference at byte {i}, {:#x})",
+                    want_words(&m.addr, a),
+                    m.bytes,
+                    got,
+                    a.wrapping_add(i as u64)
+                ),
+            ));
+        }
+    }
+    if e.exceptions.is_some() || e.all_exceptions.is_some() {
+        let all = exception_tuples(&engine.exceptions(v));
+        if let Some(want) = &e.exceptions {
+            let new = all.get(exceptions_before..).unwrap_or(&[]);
+            compare_exceptions(engine, "exceptions", want, new, "during this action")?;
+        }
+        if let Some(want) = &e.all_exceptions {
+            compare_exceptions(engine, "all_exceptions", want, &all, "since the start")?;
+        }
+    }
+    Ok(())
+}

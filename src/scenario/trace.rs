@@ -1,0 +1,732 @@
+//! The trace of a scenario run, ftrace-like: one [`Record`] per line, each either rendered as
+//! text ([`TextRenderer`]) or serialized as one JSON object (`--json`).
+//!
+//! Every simulator event becomes a record named after the kernel function it stands for
+//! (`kvm_arch_vcpu_load`, `kvm_arm_setup_debug`, `__kvm_vcpu_run`, `kvm_handle_sys_reg`,
+//! ...) with the flow's decisions spelled out (DEBUG_DIRTY and `debug_ptr`, or
+//! `debug_owner`; MDCR_EL2 with TDE and TDA). Every register access of the world switch is an
+//! [`Record::Access`] under the kernel function that made it (`__debug_save_state(host)`,
+//! ...), in the kernel's register names. Userspace actions, their outcomes, expectation
+//! verdicts and invariant violations are records too, in the order they happened.
+
+use std::fmt::Write as _;
+
+use hypdbg_hyp::access::{AccessRecord, HypReg};
+use hypdbg_hyp::context::DebugFlags;
+use hypdbg_hyp::events::{Event, ExitReason, FlowState, GuestEvent};
+use hypdbg_hyp::flow::Era;
+use hypdbg_hyp::pcpu::HostSnapshot;
+use hypdbg_model::ctrl::{
+    DBG_MDSCR_KDE, DBG_MDSCR_MDE, DBG_MDSCR_SS, DBG_SPSR_SS, MDCR_EL2_HPMFZS, MDCR_EL2_HPMN_MASK,
+    MDCR_EL2_TDA, MDCR_EL2_TDE, MDCR_EL2_TDOSA, MDCR_EL2_TDRA, MDCR_EL2_TPM, MDCR_EL2_TPMCR,
+    MDCR_EL2_TPMS, MDCR_EL2_TTRF, PSR_D_BIT,
+};
+use hypdbg_model::esr::{Esr, ec_name};
+use hypdbg_model::uapi::GuestDebugControl;
+use hypdbg_model::{DbgBank, SysReg};
+use serde::Serialize;
+
+use super::runner::Resolver;
+
+/// One line of the trace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    /// The run begins.
+    Start {
+        /// The file.
+        file: String,
+        /// The scenario's name.
+        scenario: String,
+        /// The flow (variant) name.
+        flow: String,
+        /// Its era.
+        era: String,
+        /// The physical CPUs, described.
+        cpus: Vec<String>,
+        /// Number of vcpus.
+        vcpus: usize,
+    },
+    /// A userspace action begins.
+    Action {
+        /// Its number (1-based, repeats counted).
+        action: u64,
+        /// `FILE:LINE:COL` of its table.
+        location: String,
+        /// The vcpu.
+        vcpu: usize,
+        /// Its `do`.
+        op: String,
+    },
+    /// A simulator event, named after the kernel function.
+    Event {
+        /// The event's index in the run.
+        seq: usize,
+        /// The physical CPU, if one is involved.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cpu: Option<usize>,
+        /// The vcpu.
+        vcpu: usize,
+        /// The kernel function (or `guest`, `userspace`).
+        func: String,
+        /// What happened.
+        text: String,
+    },
+    /// One register read or write of the world switch.
+    Access {
+        /// The event it belongs to.
+        seq: usize,
+        /// The physical CPU.
+        cpu: usize,
+        /// The vcpu.
+        vcpu: usize,
+        /// The kernel function that made it.
+        func: String,
+        /// `read` (MRS) or `write` (MSR).
+        access: String,
+        /// The register, in the kernel's name.
+        reg: String,
+        /// The value moved.
+        value: String,
+    },
+    /// An invariant broken, at the event where the checker saw it.
+    Violation {
+        /// The event.
+        seq: usize,
+        /// The action.
+        action: u64,
+        /// `FILE:LINE:COL` of the action.
+        location: String,
+        /// The vcpu.
+        vcpu: usize,
+        /// The physical CPU.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cpu: Option<usize>,
+        /// `inv1:guest-state-loaded`.
+        invariant: String,
+        /// The register.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        register: Option<String>,
+        /// The value the invariant requires.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expected: Option<String>,
+        /// The value found.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        actual: Option<String>,
+        /// In the kernel's words.
+        message: String,
+        /// Whether the scenario expects this invariant to break.
+        expected_by_file: bool,
+    },
+    /// What an action did.
+    Done {
+        /// The action.
+        action: u64,
+        /// `FILE:LINE:COL`.
+        location: String,
+        /// Whether it succeeded.
+        ok: bool,
+        /// In words.
+        text: String,
+    },
+    /// An expectation's verdict.
+    Expectation {
+        /// The action.
+        action: u64,
+        /// `FILE:LINE:COL` of the expectation (of the field that differs).
+        location: String,
+        /// Met or not.
+        met: bool,
+        /// The first difference.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        difference: Option<String>,
+    },
+}
+
+/// What the trace needs to name things.
+pub struct TraceContext<'a> {
+    /// The flow's era (which decisions to show).
+    pub era: Era,
+    /// Labels, for addresses.
+    pub resolver: &'a Resolver,
+}
+
+fn hex(v: u64) -> String {
+    format!("{v:#x}")
+}
+
+impl TraceContext<'_> {
+    fn addr(&self, a: u64) -> String {
+        match self.resolver.symbolize(a) {
+            Some(s) => format!("{a:#x} <{s}>"),
+            None => format!("{a:#x}"),
+        }
+    }
+
+    /// The flow's decisions at a boundary, in the kernel's words.
+    pub fn state_words(&self, s: &FlowState) -> String {
+        let mut w = String::new();
+        match self.era {
+            Era::One | Era::Two => {
+                let _ = write!(
+                    w,
+                    "DEBUG_DIRTY={} debug_ptr={}",
+                    u8::from(s.debug_flags.contains(DebugFlags::DEBUG_DIRTY)),
+                    match s.debug_ptr {
+                        hypdbg_hyp::context::DebugPtr::VcpuDebugState => "&vcpu_debug_state",
+                        hypdbg_hyp::context::DebugPtr::ExternalDebugState =>
+                            "&external_debug_state",
+                    }
+                );
+            }
+            Era::Three => {
+                let _ = write!(w, "debug_owner={}", s.debug_owner.kernel_name());
+            }
+        }
+        let other: Vec<&str> = s
+            .debug_flags
+            .iter_names()
+            .map(|(n, _)| n)
+            .filter(|n| *n != "DEBUG_DIRTY")
+            .collect();
+        if !other.is_empty() {
+            let _ = write!(w, " flags={}", other.join("|"));
+        }
+        let _ = write!(w, " MDCR_EL2={}", mdcr_words(s.mdcr_el2));
+        if !s.guest_debug.is_empty() {
+            let _ = write!(w, " guest_debug={}", control_words(s.guest_debug.bits()));
+        }
+        let _ = write!(w, " guest MDSCR_EL1={}", mdscr_words(s.guest_mdscr_el1));
+        if s.os_lock {
+            w.push_str(" OS-lock=locked");
+        }
+        let mut ps = Vec::new();
+        if s.pstate & DBG_SPSR_SS != 0 {
+            ps.push("SS");
+        }
+        if s.pstate & PSR_D_BIT != 0 {
+            ps.push("D");
+        }
+        if !ps.is_empty() {
+            let _ = write!(w, " PSTATE.{}", ps.join("|"));
+        }
+        w
+    }
+
+    fn live_words(&self, l: &HostSnapshot) -> String {
+        let mut w = format!(
+            "guest runs with MDSCR_EL1={} MDCCINT_EL1={:#x} CONTEXTIDR_EL1={:#x} MDCR_EL2={}",
+            mdscr_words(l.mdscr_el1),
+            l.mdccint_el1,
+            l.contextidr_el1,
+            mdcr_words(l.mdcr_el2)
+        );
+        let mut regs = Vec::new();
+        for bank in DbgBank::ALL {
+            for (n, v) in l.banks[bank as usize].iter().enumerate() {
+                if *v != 0 {
+                    regs.push(format!("{}={v:#x}", SysReg::Dbg(bank, n as u8)));
+                }
+            }
+        }
+        if regs.is_empty() {
+            w.push_str("; live DBG{B,W}{C,V}R all zero");
+        } else {
+            let _ = write!(w, "; live {}", regs.join(" "));
+        }
+        w
+    }
+
+    fn reason_words(&self, r: &ExitReason) -> String {
+        match r {
+            ExitReason::SysRegTrap { esr } => {
+                let reg = esr
+                    .sysreg()
+                    .map(|iss| {
+                        let name = iss
+                            .sysreg()
+                            .map_or_else(|| "an unknown register".to_string(), |r| r.to_string());
+                        format!("{} {name}", if iss.is_read { "MRS" } else { "MSR" })
+                    })
+                    .unwrap_or_default();
+                format!("trapped {reg} (EC 0x18, MDCR_EL2 traps it)")
+            }
+            ExitReason::Debug { esr, far } => {
+                format!(
+                    "debug exception routed to EL2: {}, FAR={far:#x}",
+                    esr_words(*esr)
+                )
+            }
+            ExitReason::Hvc { imm } => format!("hvc #{imm}"),
+            ExitReason::Irq => "host interrupt".into(),
+            ExitReason::ProgramEnd { pc } => format!("program end at {}", self.addr(*pc)),
+            ExitReason::Budget => "instruction budget exhausted (KVM_EXIT_INTR)".into(),
+            ExitReason::GuestAbort { esr, elr } => format!(
+                "unhandled guest exception {} at {}",
+                esr_words(*esr),
+                self.addr(*elr)
+            ),
+        }
+    }
+
+    fn guest_words(&self, g: &GuestEvent) -> String {
+        match g {
+            GuestEvent::Executed { pc, insn } => format!("{}: {insn}", self.addr(*pc)),
+            GuestEvent::Exception {
+                esr,
+                elr,
+                far,
+                from,
+            } => {
+                let mut s = format!(
+                    "takes {} from {from:?} to its EL1 handler, ELR_EL1={}",
+                    esr_words(*esr),
+                    self.addr(*elr)
+                );
+                if let Some(f) = far {
+                    let _ = write!(s, " FAR_EL1={}", self.addr(*f));
+                }
+                s
+            }
+            GuestEvent::SysRegWrite {
+                reg,
+                value,
+                trapped,
+            } => format!(
+                "MSR {reg}, {value:#x}{}",
+                if *trapped { " (trapped, emulated)" } else { "" }
+            ),
+            GuestEvent::SysRegRead {
+                reg,
+                value,
+                trapped,
+            } => format!(
+                "MRS {reg} -> {value:#x}{}",
+                if *trapped { " (trapped, emulated)" } else { "" }
+            ),
+            GuestEvent::Access {
+                address,
+                size,
+                is_store,
+            } => format!(
+                "{} of {size} byte(s) at {}",
+                if *is_store { "store" } else { "load" },
+                self.addr(*address)
+            ),
+            GuestEvent::Unpredictable { pc, rule } => format!(
+                "CONSTRAINED UNPREDICTABLE at {}: {rule} (the model takes no debug event)",
+                self.addr(*pc)
+            ),
+        }
+    }
+
+    /// The records of one event (`seq`: its index in the run; `running_on`: the physical CPU
+    /// the event's vcpu is loaded on, for events that do not say).
+    pub fn event(&self, seq: usize, e: &Event, running_on: Option<usize>, out: &mut Vec<Record>) {
+        let ev = |cpu: Option<usize>, vcpu: usize, func: &str, text: String| Record::Event {
+            seq,
+            cpu,
+            vcpu,
+            func: func.to_string(),
+            text,
+        };
+        match e {
+            Event::SetGuestDebug {
+                vcpu,
+                control,
+                arch,
+                ok,
+            } => {
+                let mut t = format!("KVM_SET_GUEST_DEBUG control={}", control_words(*control));
+                for bank in DbgBank::ALL {
+                    for (n, v) in arch.bank(bank).iter().enumerate() {
+                        if *v != 0 {
+                            let _ = write!(t, " {}={v:#x}", SysReg::Dbg(bank, n as u8));
+                        }
+                    }
+                }
+                if !ok {
+                    t.push_str(" -> refused (-EINVAL)");
+                }
+                out.push(ev(None, *vcpu, "userspace", t));
+            }
+            Event::SetOneReg { vcpu, reg, value } => out.push(ev(
+                None,
+                *vcpu,
+                "userspace",
+                format!("KVM_SET_ONE_REG {reg} = {value:#x}"),
+            )),
+            Event::GetOneReg { vcpu, reg, value } => out.push(ev(
+                None,
+                *vcpu,
+                "userspace",
+                format!("KVM_GET_ONE_REG {reg} -> {value:#x}"),
+            )),
+            Event::Load { vcpu, pcpu, state } => out.push(ev(
+                Some(*pcpu),
+                *vcpu,
+                "kvm_arch_vcpu_load",
+                self.state_words(state),
+            )),
+            Event::Put { vcpu, pcpu, state } => out.push(ev(
+                Some(*pcpu),
+                *vcpu,
+                "kvm_arch_vcpu_put",
+                self.state_words(state),
+            )),
+            Event::Inject { vcpu, esr, far } => {
+                let mut t = format!("inject {} into the guest", esr_words(*esr));
+                if let Some(f) = far {
+                    let _ = write!(t, ", FAR_EL1={}", self.addr(*f));
+                }
+                out.push(ev(None, *vcpu, "userspace", t));
+            }
+            Event::BeforeEntry {
+                vcpu, pcpu, state, ..
+            } => out.push(ev(
+                Some(*pcpu),
+                *vcpu,
+                "kvm_arm_setup_debug",
+                self.state_words(state),
+            )),
+            Event::Entered {
+                vcpu,
+                pcpu,
+                live,
+                accesses,
+            } => {
+                out.push(ev(
+                    Some(*pcpu),
+                    *vcpu,
+                    "__kvm_vcpu_run",
+                    format!("switch to the guest: {}", moves_words(accesses)),
+                ));
+                access_records(seq, *pcpu, *vcpu, accesses, out);
+                out.push(ev(
+                    Some(*pcpu),
+                    *vcpu,
+                    "__kvm_vcpu_run",
+                    self.live_words(&live.regs),
+                ));
+            }
+            Event::Guest { vcpu, what } => {
+                out.push(ev(running_on, *vcpu, "guest", self.guest_words(what)));
+            }
+            Event::Trap {
+                vcpu,
+                reg,
+                is_write,
+                value,
+                undef,
+            } => {
+                let r = reg.map_or("an unknown register".to_string(), |r| r.to_string());
+                let t = if *undef {
+                    format!(
+                        "{} {r}: UNDEFINED, an exception is injected",
+                        if *is_write { "MSR" } else { "MRS" }
+                    )
+                } else if *is_write {
+                    format!("emulate MSR {r}, {value:#x}")
+                } else {
+                    format!("emulate MRS {r} -> {value:#x}")
+                };
+                out.push(ev(running_on, *vcpu, "kvm_handle_sys_reg", t));
+            }
+            Event::Exited {
+                vcpu,
+                pcpu,
+                reason,
+                instructions,
+                accesses,
+                state,
+                ..
+            } => {
+                out.push(ev(
+                    Some(*pcpu),
+                    *vcpu,
+                    "__kvm_vcpu_run",
+                    format!(
+                        "exit after {instructions} instruction(s): {}; switch to the host: {}",
+                        self.reason_words(reason),
+                        moves_words(accesses)
+                    ),
+                ));
+                access_records(seq, *pcpu, *vcpu, accesses, out);
+                out.push(ev(
+                    Some(*pcpu),
+                    *vcpu,
+                    "__kvm_vcpu_run",
+                    format!("back in the host: {}", self.state_words(state)),
+                ));
+            }
+            Event::HypPanic {
+                vcpu,
+                pcpu,
+                fault,
+                accesses,
+            } => {
+                out.push(ev(
+                    Some(*pcpu),
+                    *vcpu,
+                    "hyp_panic",
+                    format!("the world switch faulted: {fault}"),
+                ));
+                access_records(seq, *pcpu, *vcpu, accesses, out);
+            }
+            Event::UserExit { vcpu, exit } => out.push(ev(
+                None,
+                *vcpu,
+                "KVM_RUN",
+                format!("returns to userspace: {exit}"),
+            )),
+        }
+    }
+}
+
+fn access_records(seq: usize, cpu: usize, vcpu: usize, a: &[AccessRecord], out: &mut Vec<Record>) {
+    for r in a {
+        out.push(Record::Access {
+            seq,
+            cpu,
+            vcpu,
+            func: r.scope.kernel_name().to_string(),
+            access: if r.write { "write" } else { "read" }.to_string(),
+            reg: r.reg.to_string(),
+            value: hex(r.value),
+        });
+    }
+}
+
+/// Whether an access moves debug state (a breakpoint/watchpoint register or MDCCINT_EL1).
+pub fn is_debug_state(r: &HypReg) -> bool {
+    matches!(r, HypReg::Sys(SysReg::Dbg(..) | SysReg::MdccintEl1))
+}
+
+fn moves_words(a: &[AccessRecord]) -> String {
+    let dbg = a
+        .iter()
+        .filter(|r| matches!(r.reg, HypReg::Sys(SysReg::Dbg(..))))
+        .count();
+    let mdccint = a
+        .iter()
+        .filter(|r| r.reg == HypReg::Sys(SysReg::MdccintEl1))
+        .count();
+    if dbg + mdccint == 0 {
+        "no debug register moved (lazy)".into()
+    } else {
+        format!("{dbg} DBG{{B,W}}{{C,V}}R moves + {mdccint} MDCCINT_EL1")
+    }
+}
+
+/// An ESR in words: `0xf2000000 (EC 0x3c BRK64)`.
+pub fn esr_words(e: Esr) -> String {
+    format!("ESR {:#x} (EC {:#x} {})", e.bits(), e.ec(), ec_name(e.ec()))
+}
+
+/// KVM_GUESTDBG_* in words.
+pub fn control_words(c: u32) -> String {
+    let names: Vec<&str> = GuestDebugControl::from_bits_truncate(c)
+        .iter_names()
+        .map(|(n, _)| n)
+        .collect();
+    let extra = c & !GuestDebugControl::all().bits();
+    let mut s = format!("{c:#x}");
+    if !names.is_empty() || extra != 0 {
+        let mut parts: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        if extra != 0 {
+            parts.push(format!("invalid {extra:#x}"));
+        }
+        let _ = write!(s, " [{}]", parts.join("|"));
+    }
+    s
+}
+
+/// MDCR_EL2 in words: TDE and TDA always spelled, the other trap bits when set, HPMN.
+pub fn mdcr_words(v: u64) -> String {
+    let mut parts = vec![
+        format!("TDE={}", u8::from(v & MDCR_EL2_TDE != 0)),
+        format!("TDA={}", u8::from(v & MDCR_EL2_TDA != 0)),
+    ];
+    for (bit, name) in [
+        (MDCR_EL2_TDOSA, "TDOSA"),
+        (MDCR_EL2_TDRA, "TDRA"),
+        (MDCR_EL2_TPM, "TPM"),
+        (MDCR_EL2_TPMCR, "TPMCR"),
+        (MDCR_EL2_TPMS, "TPMS"),
+        (MDCR_EL2_TTRF, "TTRF"),
+        (MDCR_EL2_HPMFZS, "HPMFZS"),
+    ] {
+        if v & bit != 0 {
+            parts.push(name.to_string());
+        }
+    }
+    parts.push(format!("HPMN={}", v & MDCR_EL2_HPMN_MASK));
+    format!("{v:#x} [{}]", parts.join(" "))
+}
+
+/// MDSCR_EL1 in words.
+pub fn mdscr_words(v: u64) -> String {
+    let mut parts = Vec::new();
+    for (bit, name) in [
+        (DBG_MDSCR_KDE, "KDE"),
+        (DBG_MDSCR_MDE, "MDE"),
+        (DBG_MDSCR_SS, "SS"),
+    ] {
+        if v & bit != 0 {
+            parts.push(name);
+        }
+    }
+    if parts.is_empty() {
+        format!("{v:#x}")
+    } else {
+        format!("{v:#x} [{}]", parts.join(" "))
+    }
+}
+
+/// Renders records as ftrace-like text lines, grouping each event's register accesses under
+/// the kernel function that made them.
+#[derive(Debug, Default)]
+pub struct TextRenderer {
+    group: Option<(usize, String)>,
+}
+
+fn prefix(seq: Option<usize>, cpu: Option<usize>, vcpu: Option<usize>) -> String {
+    let seq = seq.map_or("-".to_string(), |s| s.to_string());
+    let cpu = cpu.map_or("---".to_string(), |c| format!("{c:03}"));
+    let vcpu = vcpu.map_or("     ".to_string(), |v| format!("vcpu{v}"));
+    format!("{seq:>7} [{cpu}] {vcpu:<6}")
+}
+
+impl TextRenderer {
+    /// A renderer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The column header.
+    pub fn header() -> &'static str {
+        "#     SEQ  CPU  VCPU   FUNCTION: DETAILS"
+    }
+
+    /// The text of one record (one or more lines, each ending in a newline).
+    pub fn render(&mut self, r: &Record) -> String {
+        let mut s = String::new();
+        if !matches!(r, Record::Access { .. }) {
+            self.group = None;
+        }
+        match r {
+            Record::Start {
+                file,
+                scenario,
+                flow,
+                era,
+                cpus,
+                vcpus,
+            } => {
+                let _ = writeln!(
+                    s,
+                    "# hypdbg run {file}: scenario '{scenario}', flow {flow} ({era}), {} physical CPU(s): {}, {vcpus} vcpu(s)",
+                    cpus.len(),
+                    cpus.join(", ")
+                );
+                let _ = writeln!(s, "{}", Self::header());
+            }
+            Record::Action {
+                action,
+                location,
+                vcpu,
+                op,
+            } => {
+                let _ = writeln!(
+                    s,
+                    "{} userspace: ==== action {action} `{op}` at {location}",
+                    prefix(None, None, Some(*vcpu))
+                );
+            }
+            Record::Event {
+                seq,
+                cpu,
+                vcpu,
+                func,
+                text,
+            } => {
+                let _ = writeln!(
+                    s,
+                    "{}  {func}: {text}",
+                    prefix(Some(*seq), *cpu, Some(*vcpu))
+                );
+            }
+            Record::Access {
+                seq,
+                cpu,
+                vcpu,
+                func,
+                access,
+                reg,
+                value,
+            } => {
+                let p = prefix(Some(*seq), Some(*cpu), Some(*vcpu));
+                let key = (*seq, func.clone());
+                if self.group.as_ref() != Some(&key) {
+                    let _ = writeln!(s, "{p}    {func}:");
+                    self.group = Some(key);
+                }
+                let dir = if access == "write" { "write" } else { "read " };
+                let _ = writeln!(s, "{p}      {dir} {reg:<15} = {value}");
+            }
+            Record::Violation {
+                seq,
+                action,
+                location,
+                vcpu,
+                cpu,
+                invariant,
+                message,
+                expected_by_file,
+                ..
+            } => {
+                let tag = if *expected_by_file {
+                    "VIOLATION (expected by the file)"
+                } else {
+                    "VIOLATION"
+                };
+                let _ = writeln!(
+                    s,
+                    "{}  !!! {tag} {invariant} (action {action} at {location}): {message}",
+                    prefix(Some(*seq), *cpu, Some(*vcpu))
+                );
+            }
+            Record::Done {
+                action,
+                location,
+                ok,
+                text,
+            } => {
+                let _ = writeln!(
+                    s,
+                    "{} userspace: action {action} {}: {text} ({location})",
+                    prefix(None, None, None),
+                    if *ok { "done" } else { "FAILED" }
+                );
+            }
+            Record::Expectation {
+                action,
+                location,
+                met,
+                difference,
+            } => {
+                let _ = writeln!(
+                    s,
+                    "{} userspace: action {action} expectation {} ({location}){}",
+                    prefix(None, None, None),
+                    if *met { "met" } else { "NOT MET" },
+                    difference
+                        .as_ref()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        s
+    }
+}
