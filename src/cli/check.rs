@@ -164,9 +164,18 @@ fn write_counterexamples(
             let text = hypdbg::scenario::to_toml(&c.scenario)
                 .map_err(|e| format!("{}: {e}", r.variant))?;
             let path = dir.join(format!("{}.toml", r.variant));
-            let body = format!("# {}\n# {}\n{text}", r.variant, c.text());
+            let body = format!(
+                "# {}\n# {}\n# replay: hypdbg run {} --trace\n{text}",
+                r.variant,
+                c.text(),
+                path.display()
+            );
             std::fs::write(&path, body).map_err(|e| format!("{}: {e}", path.display()))?;
-            eprintln!("wrote {}", path.display());
+            eprintln!(
+                "wrote {} (replay: hypdbg run {} --trace)",
+                path.display(),
+                path.display()
+            );
         }
     }
     Ok(())
