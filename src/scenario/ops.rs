@@ -795,6 +795,7 @@ pub struct Scenario {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub symbols: BTreeMap<String, Value>,
     /// What userspace does.
+    #[serde(default)]
     pub ops: Vec<Op>,
 }
 

@@ -598,6 +598,17 @@ impl DebugVcpu for Tap<'_> {
 /// Iterations a `run` with `until_hvc` may take before the scenario is declared stuck.
 pub const MAX_RUN_ITERATIONS: u32 = 100_000;
 
+/// KVM_EXIT_INTRs (full instruction budgets) a `run` with `until_hvc` may pass: a guest
+/// that loops without reaching its HVC fails fast.
+pub const MAX_BUDGETS: u32 = 64;
+
+fn out_of_budget(until: Option<u16>) -> Fail {
+    Fail::Run(format!(
+        "no hvc #{} after {MAX_BUDGETS} KVM_RUNs that each used up the instruction budget (KVM_EXIT_INTR): the guest loops without reaching it",
+        until.unwrap_or(0)
+    ))
+}
+
 /// A VM and the userspace around it, applying actions.
 pub struct Engine<'a> {
     vm: Vm,
@@ -1135,6 +1146,7 @@ impl<'a> Engine<'a> {
         let what = if stepping { "stepi" } else { "continue" };
         let mut stops = 0u64;
         let mut last = None;
+        let mut budgets = 0u32;
         for _ in 0..count {
             let mut done = false;
             for _ in 0..MAX_RUN_ITERATIONS {
@@ -1143,7 +1155,14 @@ impl<'a> Engine<'a> {
                 let end = match (&stop, until) {
                     (_, None) => true,
                     (Stop::Exit(RunExit::Hypercall { imm }), Some(n)) => *imm == n,
-                    (Stop::Exit(_), Some(_)) => !matches!(raw, Some(VcpuExit::Intr)),
+                    (Stop::Exit(_), Some(_)) if matches!(raw, Some(VcpuExit::Intr)) => {
+                        budgets += 1;
+                        if budgets >= MAX_BUDGETS {
+                            return Err(out_of_budget(until));
+                        }
+                        false
+                    }
+                    (Stop::Exit(_), Some(_)) => true,
                     (Stop::Debug(_), Some(_)) => {
                         stops += 1;
                         false
@@ -1169,6 +1188,7 @@ impl<'a> Engine<'a> {
     fn run_raw(&mut self, v: usize, until: Option<u16>, count: u32) -> Result<Outcome, Fail> {
         let mut stops = 0u64;
         let mut last = None;
+        let mut budgets = 0u32;
         for _ in 0..count {
             let mut done = false;
             for _ in 0..MAX_RUN_ITERATIONS {
@@ -1177,7 +1197,13 @@ impl<'a> Engine<'a> {
                 let end = match (e, until) {
                     (_, None) => true,
                     (VcpuExit::Hvc { imm }, Some(n)) => imm == n,
-                    (VcpuExit::Intr, Some(_)) => false,
+                    (VcpuExit::Intr, Some(_)) => {
+                        budgets += 1;
+                        if budgets >= MAX_BUDGETS {
+                            return Err(out_of_budget(until));
+                        }
+                        false
+                    }
                     (VcpuExit::Debug { .. }, Some(_)) => {
                         stops += 1;
                         false

@@ -222,6 +222,21 @@ impl Node {
     }
 }
 
+/// A message on one line: control characters (a newline inside a quoted value) escaped.
+pub fn one_line(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for c in message.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// `(line, column)`, both 1-based, of a byte offset (columns count characters).
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let mut off = offset.min(text.len());
@@ -451,7 +466,7 @@ impl ScenarioFile {
                     file: name.to_string(),
                     line,
                     col,
-                    message,
+                    message: one_line(&message),
                 }],
             }
         };
@@ -558,7 +573,7 @@ impl Lint<'_> {
             file: self.file.to_string(),
             line,
             col,
-            message,
+            message: one_line(&message),
         });
     }
 
