@@ -364,16 +364,16 @@ pub enum Op {
         /// KVM_GUESTDBG_* bits (a number, or `"ENABLE|SINGLESTEP"`).
         #[serde(deserialize_with = "de_control")]
         control: u32,
-        /// DBGBCR<n> values.
+        /// `DBGBCR<n>` values: `[index, value]` pairs.
         #[serde(default)]
         bcr: Vec<(usize, Value)>,
-        /// DBGBVR<n> values.
+        /// `DBGBVR<n>` values: `[index, value]` pairs.
         #[serde(default)]
         bvr: Vec<(usize, Value)>,
-        /// DBGWCR<n> values.
+        /// `DBGWCR<n>` values: `[index, value]` pairs.
         #[serde(default)]
         wcr: Vec<(usize, Value)>,
-        /// DBGWVR<n> values.
+        /// `DBGWVR<n>` values: `[index, value]` pairs.
         #[serde(default)]
         wvr: Vec<(usize, Value)>,
         /// Expectations.
