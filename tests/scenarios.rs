@@ -147,6 +147,9 @@ fn a_lazy_switch_moves_no_debug_register() {
     assert!(!text.contains("DBGBCR0_EL1 "), "{text}");
 }
 
+/// (kernel function, read or write, register) of one debug-state access.
+type Move = (String, String, String);
+
 /// The registers one direction of a 6/4 switch moves, in the kernel's order.
 fn order_6_4() -> Vec<String> {
     let mut v = Vec::new();
@@ -165,7 +168,7 @@ fn a_dirty_6_4_switch_moves_exactly_2x20_registers_plus_mdccint_in_order() {
     let (report, records) = play_traced(&f);
     assert!(report.passed, "{}", report.text());
     // Group the debug-state accesses by event.
-    let mut by_event: Vec<(usize, Vec<(String, String, String)>)> = Vec::new();
+    let mut by_event: Vec<(usize, Vec<Move>)> = Vec::new();
     for r in &records {
         if let Record::Access {
             seq,
@@ -188,7 +191,7 @@ fn a_dirty_6_4_switch_moves_exactly_2x20_registers_plus_mdccint_in_order() {
         by_event.len()
     );
     let order = order_6_4();
-    let expect = |first: &str, second: &str| -> Vec<(String, String, String)> {
+    let expect = |first: &str, second: &str| -> Vec<Move> {
         let mut v: Vec<_> = order
             .iter()
             .map(|r| (first.to_string(), "read".to_string(), r.clone()))

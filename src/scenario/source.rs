@@ -1204,6 +1204,10 @@ mod tests {
         let off = string_line_offset(text, &(7..text.len()), 2);
         assert_eq!(&text[off..off + 4], "frob");
         assert_eq!(line_col("a\nbé", 5), (2, 3));
-        assert_eq!(line_col("a\nbé", 4), (2, 2), "inside a character: its start");
+        assert_eq!(
+            line_col("a\nbé", 4),
+            (2, 2),
+            "inside a character: its start"
+        );
     }
 }
