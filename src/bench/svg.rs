@@ -1,0 +1,454 @@
+//! A small hand-written SVG line chart (no plotting dependency): axes with ticks and labels,
+//! one `<polyline>` per series, a legend.
+
+use std::fmt::Write as _;
+
+/// One line of the chart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    /// The legend's text.
+    pub label: String,
+    /// The points, in drawing order.
+    pub points: Vec<(f64, f64)>,
+    /// Draw dashed (baselines).
+    pub dashed: bool,
+}
+
+/// A line chart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chart {
+    /// Title above the plot.
+    pub title: String,
+    /// The x axis' label.
+    pub x_label: String,
+    /// The y axis' label.
+    pub y_label: String,
+    /// The lines.
+    pub series: Vec<Series>,
+}
+
+/// Why a chart cannot be drawn.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SvgError {
+    /// Nothing to draw.
+    #[error("the chart has no points to draw")]
+    Empty,
+    /// A coordinate is NaN or infinite.
+    #[error("series '{series}' has a non-finite point")]
+    NonFinite {
+        /// The series' label.
+        series: String,
+    },
+}
+
+const WIDTH: f64 = 820.0;
+const HEIGHT: f64 = 520.0;
+const LEFT: f64 = 80.0;
+const RIGHT: f64 = 230.0;
+const TOP: f64 = 50.0;
+const BOTTOM: f64 = 60.0;
+/// Colour-blind-safe palette (Okabe and Ito), cycled.
+const COLOURS: [&str; 8] = [
+    "#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000", "#f0e442",
+];
+
+/// Escape text for XML character data and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&apos;"),
+            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => o.push(' '),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// A "nice" tick step (1, 2 or 5 times a power of ten) giving about `target` ticks over
+/// `span`.
+fn nice_step(span: f64, target: f64) -> f64 {
+    if span <= 0.0 || !span.is_finite() {
+        return 1.0;
+    }
+    let raw = span / target;
+    let mag = 10f64.powf(raw.log10().floor());
+    let f = raw / mag;
+    let nice = if f <= 1.0 {
+        1.0
+    } else if f <= 2.0 {
+        2.0
+    } else if f <= 5.0 {
+        5.0
+    } else {
+        10.0
+    };
+    nice * mag
+}
+
+fn fmt_tick(v: f64, step: f64) -> String {
+    if step >= 1.0 || v == 0.0 {
+        format!("{v:.0}")
+    } else {
+        let decimals = (-step.log10().floor()) as usize;
+        format!("{v:.decimals$}")
+    }
+}
+
+impl Chart {
+    /// Render as a standalone SVG document. The y axis starts at 0 (costs are compared by
+    /// height); the x axis spans the data.
+    pub fn to_svg(&self) -> Result<String, SvgError> {
+        let mut xs = (f64::INFINITY, f64::NEG_INFINITY);
+        let mut ymax = 0.0f64;
+        let mut any = false;
+        for s in &self.series {
+            for &(x, y) in &s.points {
+                if !x.is_finite() || !y.is_finite() {
+                    return Err(SvgError::NonFinite {
+                        series: s.label.clone(),
+                    });
+                }
+                any = true;
+                xs = (xs.0.min(x), xs.1.max(x));
+                ymax = ymax.max(y);
+            }
+        }
+        if !any {
+            return Err(SvgError::Empty);
+        }
+        let (x0, mut x1) = xs;
+        if x1 <= x0 {
+            x1 = x0 + 1.0;
+        }
+        let ystep = nice_step(if ymax > 0.0 { ymax } else { 1.0 }, 6.0);
+        let y1 = ((ymax / ystep).ceil() * ystep).max(ystep);
+        let xstep = nice_step(x1 - x0, 8.0).max(if x1 - x0 >= 2.0 { 1.0 } else { 0.0 });
+        let pw = WIDTH - LEFT - RIGHT;
+        let ph = HEIGHT - TOP - BOTTOM;
+        let px = |x: f64| LEFT + (x - x0) / (x1 - x0) * pw;
+        let py = |y: f64| TOP + ph - (y / y1) * ph;
+
+        let mut o = String::new();
+        let _ = writeln!(o, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+        let _ = writeln!(
+            o,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(o, r#"<title>{}</title>"#, escape(&self.title));
+        let _ = writeln!(
+            o,
+            r#"<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{}" y="28" text-anchor="middle" font-size="15" font-weight="bold">{}</text>"#,
+            LEFT + pw / 2.0,
+            escape(&self.title)
+        );
+        // Grid and y ticks.
+        let _ = writeln!(o, r#"<g class="y-axis">"#);
+        let mut y = 0.0;
+        while y <= y1 + ystep / 2.0 {
+            let yy = py(y);
+            let _ = writeln!(
+                o,
+                r##"<line x1="{LEFT}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#dddddd"/>"##,
+                LEFT + pw
+            );
+            let _ = writeln!(
+                o,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                LEFT - 6.0,
+                yy + 4.0,
+                fmt_tick(y, ystep)
+            );
+            y += ystep;
+        }
+        let _ = writeln!(o, "</g>");
+        // X ticks.
+        let _ = writeln!(o, r#"<g class="x-axis">"#);
+        let first = (x0 / xstep).ceil() * xstep;
+        let mut x = first;
+        while x <= x1 + xstep / 1e6 {
+            let xx = px(x);
+            let _ = writeln!(
+                o,
+                r#"<line x1="{xx:.1}" y1="{:.1}" x2="{xx:.1}" y2="{:.1}" stroke="black"/>"#,
+                TOP + ph,
+                TOP + ph + 5.0
+            );
+            let _ = writeln!(
+                o,
+                r#"<text x="{xx:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                TOP + ph + 18.0,
+                fmt_tick(x, xstep)
+            );
+            x += xstep;
+        }
+        let _ = writeln!(o, "</g>");
+        // Axes.
+        let _ = writeln!(
+            o,
+            r#"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{:.1}" stroke="black"/>"#,
+            TOP + ph
+        );
+        let _ = writeln!(
+            o,
+            r#"<line x1="{LEFT}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="black"/>"#,
+            TOP + ph,
+            LEFT + pw,
+            TOP + ph
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            LEFT + pw / 2.0,
+            HEIGHT - 15.0,
+            escape(&self.x_label)
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="20" y="{:.1}" text-anchor="middle" transform="rotate(-90 20 {:.1})">{}</text>"#,
+            TOP + ph / 2.0,
+            TOP + ph / 2.0,
+            escape(&self.y_label)
+        );
+        // Lines and legend.
+        for (i, s) in self.series.iter().enumerate() {
+            let colour = COLOURS[i % COLOURS.len()];
+            let dash = if s.dashed {
+                r#" stroke-dasharray="6 4""#
+            } else {
+                ""
+            };
+            let pts: Vec<String> = s
+                .points
+                .iter()
+                .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+                .collect();
+            let _ = writeln!(
+                o,
+                r#"<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="{}"><title>{}</title></polyline>"#,
+                pts.join(" "),
+                escape(&s.label)
+            );
+            for &(x, y) in &s.points {
+                let _ = writeln!(
+                    o,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{colour}"/>"#,
+                    px(x),
+                    py(y)
+                );
+            }
+            let ly = TOP + 10.0 + 20.0 * i as f64;
+            let lx = LEFT + pw + 20.0;
+            let _ = writeln!(
+                o,
+                r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="2"{dash}/>"#,
+                lx + 24.0
+            );
+            let _ = writeln!(
+                o,
+                r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+                lx + 30.0,
+                ly + 4.0,
+                escape(&s.label)
+            );
+        }
+        o.push_str("</svg>\n");
+        Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal XML well-formedness check: balanced, properly nested tags, quoted
+    /// attributes, no stray `<` or `&` in text. Returns the element names in order.
+    fn well_formed(doc: &str) -> Result<Vec<String>, String> {
+        let mut stack: Vec<String> = Vec::new();
+        let mut names = Vec::new();
+        let mut rest = doc;
+        let mut roots = 0;
+        while let Some(i) = rest.find('<') {
+            check_text(&rest[..i])?;
+            rest = &rest[i..];
+            let end = rest.find('>').ok_or("unterminated tag")?;
+            let tag = &rest[1..end];
+            rest = &rest[end + 1..];
+            if let Some(pi) = tag.strip_prefix('?') {
+                if !pi.ends_with('?') {
+                    return Err(format!("bad processing instruction <{tag}>"));
+                }
+                continue;
+            }
+            if let Some(name) = tag.strip_prefix('/') {
+                let open = stack
+                    .pop()
+                    .ok_or(format!("</{name}> without an open tag"))?;
+                if open != name.trim() {
+                    return Err(format!("<{open}> closed by </{name}>"));
+                }
+                continue;
+            }
+            let self_closing = tag.ends_with('/');
+            let body = tag.trim_end_matches('/');
+            let name: String = body.chars().take_while(|c| !c.is_whitespace()).collect();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                return Err(format!("bad element name in <{tag}>"));
+            }
+            check_attrs(&body[name.len()..])?;
+            if stack.is_empty() {
+                roots += 1;
+            }
+            names.push(name.clone());
+            if !self_closing {
+                stack.push(name);
+            }
+        }
+        check_text(rest)?;
+        if !stack.is_empty() {
+            return Err(format!("unclosed {stack:?}"));
+        }
+        if roots != 1 {
+            return Err(format!("{roots} root elements"));
+        }
+        Ok(names)
+    }
+
+    fn check_text(t: &str) -> Result<(), String> {
+        let mut rest = t;
+        while let Some(i) = rest.find('&') {
+            let semi = rest[i..].find(';').ok_or("bare &")?;
+            let ent = &rest[i + 1..i + semi];
+            if !matches!(ent, "amp" | "lt" | "gt" | "quot" | "apos") {
+                return Err(format!("unknown entity &{ent};"));
+            }
+            rest = &rest[i + semi + 1..];
+        }
+        Ok(())
+    }
+
+    fn check_attrs(mut a: &str) -> Result<(), String> {
+        loop {
+            a = a.trim_start();
+            if a.is_empty() {
+                return Ok(());
+            }
+            let eq = a.find('=').ok_or(format!("attribute without value: {a}"))?;
+            let name = &a[..eq];
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-:".contains(c))
+            {
+                return Err(format!("bad attribute name '{name}'"));
+            }
+            a = &a[eq + 1..];
+            let rest = a
+                .strip_prefix('"')
+                .ok_or(format!("unquoted value of {name}"))?;
+            let close = rest
+                .find('"')
+                .ok_or(format!("unterminated value of {name}"))?;
+            let value = &rest[..close];
+            if value.contains('<') {
+                return Err(format!("'<' in the value of {name}"));
+            }
+            check_text(value)?;
+            a = &rest[close + 1..];
+        }
+    }
+
+    fn chart() -> Chart {
+        Chart {
+            title: "cost <per> round trip & more".into(),
+            x_label: "implemented breakpoints = watchpoints".into(),
+            y_label: "ns per round trip".into(),
+            series: vec![
+                Series {
+                    label: "era1 dirty".into(),
+                    points: (2..=16)
+                        .map(|n| (n as f64, 10.0 + 5.0 * n as f64))
+                        .collect(),
+                    dashed: false,
+                },
+                Series {
+                    label: "era1 clean".into(),
+                    points: (2..=16).map(|n| (n as f64, 1.0)).collect(),
+                    dashed: false,
+                },
+                Series {
+                    label: "copy \"baseline\"".into(),
+                    points: (2..=16).map(|n| (n as f64, 2.0 * n as f64)).collect(),
+                    dashed: true,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn svg_is_well_formed_with_one_polyline_per_series() {
+        let c = chart();
+        let svg = c.to_svg().unwrap();
+        let names = well_formed(&svg).unwrap_or_else(|e| panic!("{e}\n{svg}"));
+        assert_eq!(names.first().map(String::as_str), Some("svg"));
+        assert_eq!(names.iter().filter(|n| *n == "polyline").count(), 3);
+        assert_eq!(svg.matches("<polyline").count(), c.series.len());
+        // Axis labels, legend entries (escaped), ticks.
+        assert!(svg.contains("ns per round trip"));
+        assert!(svg.contains("implemented breakpoints = watchpoints"));
+        assert!(svg.contains("copy &quot;baseline&quot;"));
+        assert!(svg.contains("cost &lt;per&gt; round trip &amp; more"));
+        assert!(svg.contains(">16<"), "x ticks reach the last count");
+        assert!(svg.contains("stroke-dasharray"));
+        // Each polyline has one coordinate pair per point.
+        for line in svg.lines().filter(|l| l.starts_with("<polyline")) {
+            let pts = line
+                .split("points=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            assert_eq!(pts.split(' ').count(), 15, "{line}");
+        }
+    }
+
+    #[test]
+    fn svg_rejects_empty_and_non_finite_data() {
+        let mut c = chart();
+        c.series.clear();
+        assert_eq!(c.to_svg(), Err(SvgError::Empty));
+        let mut c = chart();
+        c.series[1].points[3].1 = f64::NAN;
+        assert!(
+            matches!(c.to_svg(), Err(SvgError::NonFinite { series }) if series == "era1 clean")
+        );
+        // A single point still draws (degenerate x range).
+        let c = Chart {
+            series: vec![Series {
+                label: "one".into(),
+                points: vec![(3.0, 0.0)],
+                dashed: false,
+            }],
+            ..chart()
+        };
+        well_formed(&c.to_svg().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn the_checker_itself_rejects_broken_xml() {
+        assert!(well_formed("<svg><g></svg>").is_err());
+        assert!(well_formed("<svg a=b/>").is_err());
+        assert!(well_formed("<svg>a & b</svg>").is_err());
+        assert!(well_formed("<svg/><svg/>").is_err());
+        assert!(well_formed("<svg x=\"1\"><g/></svg>").is_ok());
+    }
+}
