@@ -14,6 +14,8 @@
 //! The criterion benches in `benches/` use [`setup`] too, so both measure the same code.
 
 pub mod cost;
+pub mod measure;
+pub mod setup;
 pub mod stats;
 pub mod svg;
 
