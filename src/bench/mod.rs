@@ -15,9 +15,12 @@
 
 pub mod cost;
 pub mod measure;
+pub mod report;
 pub mod setup;
 pub mod stats;
 pub mod svg;
+
+pub use report::{Options, Report, run};
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]

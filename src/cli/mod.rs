@@ -38,8 +38,15 @@ pub enum Command {
 
 /// Run the CLI; returns the exit status.
 pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
+        Err(e) if e.use_stderr() && args.get(1).is_some_and(|a| a == "bench") => {
+            // `hypdbg bench` promises a one-line error for bad arguments.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            return usage_error(first.trim_start_matches("error: "));
+        }
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();

@@ -1,0 +1,155 @@
+//! `hypdbg bench`: the documented JSON shape (not the speed), the plot, bad arguments.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn hypdbg(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hypdbg"))
+        .args(args)
+        .output()
+        .expect("run hypdbg");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("'{key}' is not a number in {v}"))
+}
+
+#[test]
+fn quick_json_has_the_documented_shape_and_the_plot_one_line_per_series() {
+    let dir = std::env::temp_dir().join(format!("hypdbg-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg_path = dir.join("bench.svg");
+    let svg_arg = svg_path.to_str().unwrap();
+    let (code, out, err) = hypdbg(&["bench", "--quick", "--json", "--plot", svg_arg]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+
+    assert_eq!(v["schema"], "hypdbg-bench/1");
+    assert_eq!(v["quick"], true);
+    assert!(v["machine"]["cpu"].is_string() && num(&v["machine"], "cpus") >= 1.0);
+    assert!(num(&v["method"], "min_batches") >= 1.0);
+    assert!(num(&v["method"], "elapsed_s") > 0.0);
+
+    let cm = &v["cost_model"];
+    assert_eq!(num(cm, "altra_null_hypercall_ns"), 306.0);
+    assert_eq!(num(cm, "xgene_hypercall_cycles"), 6500.0);
+    assert!(num(cm, "assumed_clock_ghz") > 0.0);
+    let costs = cm["costs"].as_array().unwrap();
+    for key in ["mrs_dbg", "msr_dbg", "isb"] {
+        let c = costs.iter().find(|c| c["key"] == key).unwrap();
+        assert_eq!(c["estimate"], true, "{key} must be labelled an estimate");
+        assert!(num(c, "cycles") > 0.0);
+    }
+
+    // Rows: flow x profile x state.
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3 * 3 * 2);
+    for r in rows {
+        for k in [
+            "copy_baseline_ns",
+            "ratio_to_copy",
+            "modelled_cycles",
+            "copy_baseline_bytes",
+        ] {
+            assert!(num(r, k) >= 0.0, "{k}: {r}");
+        }
+        for k in ["median_ns", "p25_ns", "p75_ns", "min_ns"] {
+            assert!(num(&r["round_trip"], k) > 0.0, "{k}: {r}");
+        }
+        for k in [
+            "of_xgene_hypercall",
+            "ns_at_altra_clock",
+            "of_altra_hypercall",
+        ] {
+            assert!(num(&r["shares"], k) >= 0.0, "{k}: {r}");
+        }
+        assert!(["era1", "era2", "era3"].contains(&r["flow"].as_str().unwrap()));
+        let dirty = match r["state"].as_str().unwrap() {
+            "dirty" => true,
+            "clean" => false,
+            other => panic!("state {other}"),
+        };
+        assert_eq!(r["loop_round_trip"].is_object(), dirty, "{r}");
+        let a = &r["accesses"];
+        let moves = num(r, "debug_state_moves");
+        if dirty {
+            let (b, w) = (num(r, "brps"), num(r, "wrps"));
+            assert_eq!(num(a, "dbg_reads"), 2.0 * (2.0 * b + 2.0 * w), "{r}");
+            assert_eq!(num(a, "dbg_writes"), 2.0 * (2.0 * b + 2.0 * w), "{r}");
+            assert_eq!(num(a, "mdccint_reads") + num(a, "mdccint_writes"), 4.0);
+            assert!(num(r, "modelled_cycles") > 0.0);
+            if r["profile"] == "cortex-a57" {
+                assert_eq!(moves, (2 * (6 + 6 + 4 + 4) * 2 + 4) as f64);
+            }
+        } else {
+            assert_eq!(moves, 0.0, "clean moves no debug register: {r}");
+            assert_eq!(num(r, "modelled_cycles"), 0.0);
+        }
+    }
+    let profiles: Vec<&str> = rows
+        .iter()
+        .map(|r| r["profile"].as_str().unwrap())
+        .collect();
+    for p in ["min", "cortex-a57", "max"] {
+        assert!(profiles.contains(&p), "{p}");
+    }
+
+    // Sweep: 3 flows x 2 states + the copy baseline, n = 2..=16, each with a fit.
+    let sweep = v["sweep"].as_array().unwrap();
+    assert_eq!(sweep.len(), 7);
+    for s in sweep {
+        let pts = s["points"].as_array().unwrap();
+        assert_eq!(pts.len(), 15);
+        assert_eq!(num(&pts[0], "count"), 2.0);
+        assert_eq!(num(&pts[14], "count"), 16.0);
+        for k in ["slope", "intercept", "r2"] {
+            assert!(s["fit"][k].is_number(), "{k}: {s}");
+        }
+        assert!(s["slope_ns_per_register"].is_number());
+    }
+
+    // Targets: three per flow, each with a verdict.
+    let targets = v["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 9);
+    for name in ["dirty_max_vs_copy", "clean_vs_dirty_min", "linear_growth"] {
+        assert_eq!(targets.iter().filter(|t| t["name"] == name).count(), 3);
+    }
+    for t in targets {
+        assert!(t["met"].is_boolean() && t["detail"].is_string());
+        assert!(num(t, "value").is_finite() && num(t, "limit") > 0.0);
+    }
+
+    // The plot: one polyline per sweep series.
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<polyline").count(), 7);
+    assert!(svg.contains("era3 dirty") && svg.contains("copy_from_slice baseline"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_arguments_are_one_line_errors_with_status_2() {
+    for args in [
+        vec!["bench", "--frobnicate"],
+        vec!["bench", "--plot"],
+        vec!["bench", "--quick", "extra"],
+        vec!["bench", "--plot", "/nonexistent-dir-hypdbg/plot.svg"],
+        vec!["bench", "--plot", "/"],
+    ] {
+        let (code, out, err) = hypdbg(&args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("hypdbg: error:"), "{args:?}: {err}");
+    }
+}
