@@ -551,3 +551,14 @@ fn the_readme_example_passes() {
     assert!(r.passed, "{}", r.text());
     assert_eq!((r.expectations, r.stops), (2, 1), "{}", r.text());
 }
+
+#[test]
+fn shipped_scenarios_round_trip_through_to_toml() {
+    for path in shipped() {
+        let f = ScenarioFile::load(&path).unwrap();
+        let text = to_toml(&f.scenario).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let back = ScenarioFile::parse("again.toml", &text)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()));
+        assert_eq!(back.scenario, f.scenario, "{}", path.display());
+    }
+}
