@@ -27,10 +27,10 @@
 //! relies on the vcpu mutex alone (lock = acquire, unlock = release: the ioctl's whole copy
 //! happens-before the next run's load and entry). In the broken variant the field copies are
 //! `Relaxed` atomics, so loom explores both where a copy is interrupted and (within loom's
-//! C11 subset) which stored value each load may read; on the real thing the unsynchronised
-//! `memcpy` is a data race, undefined behaviour that loom would not model at all. The test's
-//! `returned` flag is a `Release` store after the ioctl returns, read `Acquire` by the vCPU
-//! thread before KVM_RUN.
+//! C11 subset: no load buffering, which could only add failures) which stored value each load
+//! may read; on the real thing the unsynchronised `memcpy` is a data race, undefined
+//! behaviour that loom would not model at all. The test's `returned` flag is a `Release` store
+//! after the ioctl returns, read `Acquire` by the vCPU thread before KVM_RUN.
 #![cfg(loom)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -16,7 +16,9 @@
 //!   vCPU entering once): updates are serialised (an update never publishes while an earlier
 //!   one still waits for a vCPU to leave the older set, watched from inside the update), get
 //!   distinct generations 1 and 2, lose no edit, and the vCPU sees generation g with exactly
-//!   g edits applied.
+//!   g edits applied. (`SharedHwDebug` has no unserialised variant to run as a broken one;
+//!   checked by hand: with its `updaters` lock removed this model fails with "interleaved
+//!   updates" within the same bound.)
 //! - Broken, `hypdbg_host::NaivePool` (QEMU's register-by-register copy with no lock and no
 //!   kick), same shape as the first model: loom must find a torn copy
 //!   (`naive_pool_is_caught_tearing`) and a vCPU still running the old set after the
@@ -27,13 +29,17 @@
 //!
 //! What loom sees and does not: every interleaving of the threads' synchronisation operations
 //! (mutex, condvar, atomics, spawn/join) with at most 3 preemptions, and, for atomics, the
-//! subset of C11 weak-memory behaviours loom models (stale `Relaxed`/`Acquire` loads allowed
-//! by coherence and happens-before; not every reordering the hardware may do, and `SeqCst` is
-//! modelled conservatively). `SharedHwDebug` relies only on its mutexes (lock = acquire,
-//! unlock = release) for correctness, which loom models exactly; its `generation` atomic
-//! (`Release` store after publication, `Acquire` load in `Entry::kicked`) is a hint for
-//! leaving early. The test's own `returned` flag is a `Release` store after `update` returns,
-//! read `Acquire` by the vCPU, so "the update had returned" is a happens-before fact.
+//! subset of C11 weak-memory behaviours loom models: a load may read any store that coherence
+//! and happens-before allow, but loom does not explore load buffering (a `Relaxed` load
+//! reordered after a later store of the same thread), and it treats `SeqCst` accesses as
+//! `AcqRel` (weaker: false alarms possible, none hidden). `SharedHwDebug` relies only on its
+//! mutexes and condvar (lock = acquire, unlock = release) for correctness, which loom models
+//! exactly; its `generation` atomic (`Release` store after publication, `Acquire` load in
+//! `Entry::kicked`) is a hint for leaving early. The test's own `returned` flag is a `Release`
+//! store after `update` returns, read `Acquire` by the vCPU, so "the update had returned" is a
+//! happens-before fact; the `in_guest` monitor's `SeqCst` accesses need no more than the
+//! happens-before the update's locks already give. `NaivePool` is all `Relaxed` on purpose:
+//! its bugs are interleavings, which loom finds whatever it does not model of `Relaxed`.
 #![cfg(loom)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
