@@ -1,5 +1,6 @@
 //! The register-access trait the world-switch code is generic over.
 //!
+
 //! [`PlainAccess`] reads and writes the physical registers directly: with inlining the fall-
 //! through copy compiles to moves (plus the implemented-count check that keeps an UNDEFINED
 //! access a value, not a panic). [`CheckingAccess`] runs the same code and records every
@@ -14,7 +15,7 @@ use crate::fault::HypFault;
 /// The physical registers the switch touches: the debug register file and MDCR_EL2.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PhysRegs {
-    /// DBG{B,W}{C,V}R<n>_EL1, MDSCR_EL1, MDCCINT_EL1, OSLSR_EL1, CONTEXTIDR_EL1.
+    /// DBG{B,W}{C,V}R\<n>_EL1, MDSCR_EL1, MDCCINT_EL1, OSLSR_EL1, CONTEXTIDR_EL1.
     pub file: DebugRegFile,
     /// MDCR_EL2.
     pub mdcr_el2: u64,
@@ -90,9 +91,9 @@ pub struct AccessRecord {
 
 /// How the world-switch code reaches the physical registers (`read_sysreg`/`write_sysreg`).
 pub trait RegAccess {
-    /// `read_debug(reg, n)`: MRS DBG<bank><n>_EL1.
+    /// `read_debug(reg, n)`: MRS DBG\<bank>\<n>_EL1.
     fn read_dbg(&mut self, bank: DbgBank, n: usize) -> Result<u64, HypFault>;
-    /// `write_debug(v, reg, n)`: MSR DBG<bank><n>_EL1.
+    /// `write_debug(v, reg, n)`: MSR DBG\<bank>\<n>_EL1.
     fn write_dbg(&mut self, bank: DbgBank, n: usize, v: u64) -> Result<(), HypFault>;
     /// MRS of MDSCR_EL1, MDCCINT_EL1, CONTEXTIDR_EL1...
     fn read_sys(&mut self, reg: SysReg) -> Result<u64, HypFault>;
@@ -220,9 +221,9 @@ impl RegAccess for CheckingAccess<'_> {
 /// Registers read and written, by class: what a world switch cost in register moves.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SwitchStats {
-    /// DBG{B,W}{C,V}R<n>_EL1 reads.
+    /// DBG{B,W}{C,V}R\<n>_EL1 reads.
     pub dbg_reads: u32,
-    /// DBG{B,W}{C,V}R<n>_EL1 writes.
+    /// DBG{B,W}{C,V}R\<n>_EL1 writes.
     pub dbg_writes: u32,
     /// MDCCINT_EL1 reads and writes.
     pub mdccint: u32,

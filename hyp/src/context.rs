@@ -132,7 +132,7 @@ pub struct UserPtRegs {
     pub sp: u64,
     /// PC.
     pub pc: u64,
-    /// PSTATE: M[3:0], D (bit 9), SS (bit 21), ...
+    /// PSTATE: M\[3:0\], D (bit 9), SS (bit 21), ...
     pub pstate: u64,
 }
 

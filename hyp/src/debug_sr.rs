@@ -130,7 +130,7 @@ macro_rules! fall_through {
     }};
 }
 
-/// `save_debug(ptr, reg, nr)`: read DBG<reg><n>_EL1 into `ptr[n]` for n = nr..=0.
+/// `save_debug(ptr, reg, nr)`: read DBG\<reg>\<n>_EL1 into `ptr[n]` for n = nr..=0.
 #[inline(always)]
 pub fn save_debug<A: RegAccess>(
     a: &mut A,
@@ -142,7 +142,7 @@ pub fn save_debug<A: RegAccess>(
     Ok(())
 }
 
-/// `restore_debug(ptr, reg, nr)`: write `ptr[n]` to DBG<reg><n>_EL1 for n = nr..=0.
+/// `restore_debug(ptr, reg, nr)`: write `ptr[n]` to DBG\<reg>\<n>_EL1 for n = nr..=0.
 #[inline(always)]
 pub fn restore_debug<A: RegAccess>(
     a: &mut A,

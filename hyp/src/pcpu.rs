@@ -54,7 +54,7 @@ impl Serialize for Bank {
 /// Everything of the host's that a run must give back bit for bit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct HostSnapshot {
-    /// DBGBCR<n>, DBGBVR<n>, DBGWCR<n>, DBGWVR<n> (implemented ones), per bank.
+    /// DBGBCR\<n>, DBGBVR\<n>, DBGWCR\<n>, DBGWVR\<n> (implemented ones), per bank.
     pub banks: [Bank; 4],
     /// MDSCR_EL1.
     pub mdscr_el1: u64,

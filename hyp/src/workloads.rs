@@ -348,7 +348,7 @@ pub fn kut_bp_program(f: &DebugFeatures) -> Result<Program, ProgramError> {
     Program::assemble(CODE_BASE, &s)
 }
 
-/// kvm-unit-tests `test_wp`: program every watchpoint i on &write_data[i], enable, HVC #0,
+/// kvm-unit-tests `test_wp`: program every watchpoint i on &write_data\[i\], enable, HVC #0,
 /// then `write_data[i] = i; msr daifclr, #8` for each.
 pub fn kut_wp_program(f: &DebugFeatures) -> Result<Program, ProgramError> {
     let mut s = reset_debug_state(f);
@@ -378,7 +378,7 @@ pub fn kut_ss_program(f: &DebugFeatures) -> Result<Program, ProgramError> {
 }
 
 /// The registers a migration carries through KVM_GET/SET_ONE_REG: every implemented
-/// DBG{B,W}{C,V}R<n>, MDSCR_EL1, MDCCINT_EL1, OSLSR_EL1, and the core registers.
+/// DBG{B,W}{C,V}R\<n>, MDSCR_EL1, MDCCINT_EL1, OSLSR_EL1, and the core registers.
 pub fn migration_registers(f: &DebugFeatures) -> Vec<u64> {
     let mut ids = Vec::new();
     for bank in DbgBank::ALL {

@@ -1,5 +1,6 @@
-//! DBGBCR<n>_EL1, Debug Breakpoint Control Register (Arm ARM D23.3.4).
+//! DBGBCR\<n>_EL1, Debug Breakpoint Control Register (Arm ARM D23.3.4).
 //!
+
 //! `E[0] PMC[2:1] BAS[8:5] HMC[13] SSC[15:14] LBN[19:16] BT[23:20]`; everything else is RES0
 //! on the modelled cores (no FEAT_BWE breakpoint MASK, no FEAT_RME SSCE).
 
@@ -10,7 +11,7 @@ use crate::bits::Field;
 use crate::error::ModelError;
 
 bitflags! {
-    /// The single-bit fields of DBGBCR<n>_EL1.
+    /// The single-bit fields of DBGBCR\<n>_EL1.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct DbgbcrFlags: u64 {
         /// E, enable.
@@ -34,7 +35,7 @@ pub const SSC: Field = Field::new("SSC", 15, 14);
 pub const LBN: Field = Field::new("LBN", 19, 16);
 /// BT, breakpoint type.
 pub const BT: Field = Field::new("BT", 23, 20);
-/// The RES0 bits: [4:3], [12:9], [63:24].
+/// The RES0 bits: \[4:3\], \[12:9\], \[63:24\].
 pub const RES0_MASK: u64 = 0xffff_ffff_ff00_0000 | 0x1e00 | 0x18;
 
 /// Breakpoint types (DBGBCR.BT) the model distinguishes.
@@ -99,8 +100,9 @@ impl BreakpointType {
     }
 }
 
-/// A DBGBCR<n>_EL1 value with typed accessors.
+/// A DBGBCR\<n>_EL1 value with typed accessors.
 ///
+
 /// ```
 /// use hypdbg_model::bcr::{Dbgbcr, DbgbcrFields, BreakpointType};
 /// // The usual VMM encoding: E, PMC = 0b11 (EL1 and EL0), BAS = 0b1111.
@@ -114,23 +116,23 @@ impl BreakpointType {
 #[serde(transparent)]
 pub struct Dbgbcr(u64);
 
-/// Every field of DBGBCR<n>_EL1, for building and decoding (RES0 bits kept verbatim so that
+/// Every field of DBGBCR\<n>_EL1, for building and decoding (RES0 bits kept verbatim so that
 /// any 64-bit value round-trips).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DbgbcrFields {
     /// E, enable.
     pub e: bool,
-    /// PMC[1:0]: bit 0 = EL1, bit 1 = EL0 (with HMC = 0, SSC = 0b00).
+    /// PMC\[1:0\]: bit 0 = EL1, bit 1 = EL0 (with HMC = 0, SSC = 0b00).
     pub pmc: u8,
-    /// BAS[3:0].
+    /// BAS\[3:0\].
     pub bas: u8,
     /// HMC.
     pub hmc: bool,
-    /// SSC[1:0].
+    /// SSC\[1:0\].
     pub ssc: u8,
-    /// LBN[3:0].
+    /// LBN\[3:0\].
     pub lbn: u8,
-    /// BT[3:0].
+    /// BT\[3:0\].
     pub bt: u8,
     /// The RES0 bits as found (should be zero).
     pub res0: u64,

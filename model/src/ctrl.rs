@@ -1,5 +1,6 @@
 //! MDSCR_EL1, MDCR_EL2, OSLSR_EL1/OSLAR_EL1 and the PSTATE/SPSR debug bits.
 //!
+
 //! MDSCR_EL1 and MDCR_EL2 are the `arm-sysregs` crate's generated types; this module adds the
 //! constants the kernel spells `DBG_MDSCR_*`, `MDCR_EL2_*`, `DBG_SPSR_*` and `OSLSR_EL1_*`.
 
@@ -13,7 +14,7 @@ pub const DBG_MDSCR_KDE: u64 = MdscrEl1::KDE.bits();
 /// MDSCR_EL1.MDE, breakpoint/watchpoint enable (kernel `DBG_MDSCR_MDE`).
 pub const DBG_MDSCR_MDE: u64 = MdscrEl1::MDE.bits();
 
-/// MDCR_EL2.HPMN mask (bits [4:0]).
+/// MDCR_EL2.HPMN mask (bits \[4:0\]).
 pub const MDCR_EL2_HPMN_MASK: u64 = MdcrEl2::HPMN_MASK << MdcrEl2::HPMN_SHIFT;
 /// MDCR_EL2.TPMCR.
 pub const MDCR_EL2_TPMCR: u64 = MdcrEl2::TPMCR.bits();
@@ -38,11 +39,11 @@ pub const MDCR_EL2_HPMFZS: u64 = MdcrEl2::HPMFZS.bits();
 pub const DBG_SPSR_SS: u64 = 1 << 21;
 /// SPSR_ELx.D (bit 9), the saved PSTATE.D debug mask.
 pub const PSR_D_BIT: u64 = 1 << 9;
-/// SPSR_ELx.M[3:0] for EL0t.
+/// SPSR_ELx.M\[3:0\] for EL0t.
 pub const PSR_MODE_EL0T: u64 = 0b0000;
-/// SPSR_ELx.M[3:0] for EL1h.
+/// SPSR_ELx.M\[3:0\] for EL1h.
 pub const PSR_MODE_EL1H: u64 = 0b0101;
-/// SPSR_ELx.M[3:0] mask.
+/// SPSR_ELx.M\[3:0\] mask.
 pub const PSR_MODE_MASK: u64 = 0b1111;
 
 /// OSLSR_EL1.OSLK (bit 1): the OS lock is locked.

@@ -74,7 +74,7 @@ pub struct SysRegIss {
 }
 
 impl SysRegIss {
-    /// Encode as ISS: Op0[21:20] Op2[19:17] Op1[16:14] CRn[13:10] Rt[9:5] CRm[4:1] Dir[0].
+    /// Encode as ISS: Op0\[21:20\] Op2\[19:17\] Op1\[16:14\] CRn\[13:10\] Rt\[9:5\] CRm\[4:1\] Dir\[0\].
     pub const fn iss(self) -> u32 {
         let e = self.encoding;
         ((e.op0 as u32 & 3) << 20)
@@ -120,8 +120,9 @@ impl SysRegIss {
     }
 }
 
-/// An ESR_ELx value (64-bit: ISS2[55:32], EC[31:26], IL[25], ISS[24:0]).
+/// An ESR_ELx value (64-bit: ISS2\[55:32\], EC\[31:26\], IL\[25\], ISS\[24:0\]).
 ///
+
 /// ```
 /// use hypdbg_model::esr::{Esr, ESR_ELX_EC_WATCHPT_LOW};
 /// let e = Esr::watchpoint(false, true);
@@ -217,7 +218,7 @@ impl Esr {
     pub fn iss(self) -> u32 {
         EsrEl2::from_bits_retain(self.0).iss()
     }
-    /// ISS2 (bits [55:32]).
+    /// ISS2 (bits \[55:32\]).
     pub fn iss2(self) -> u32 {
         EsrEl2::from_bits_retain(self.0).iss2()
     }

@@ -141,7 +141,7 @@ fn ssc_meaning(ssc: u8) -> &'static str {
     }
 }
 
-/// DBGBCR<n>_EL1.
+/// DBGBCR\<n>_EL1.
 pub fn explain_dbgbcr(v: u64) -> Explanation {
     let b = Dbgbcr::from_bits(v);
     let mut x = Explanation::new("DBGBCR<n>_EL1", v);
@@ -213,7 +213,7 @@ pub fn explain_dbgbcr(v: u64) -> Explanation {
     x
 }
 
-/// DBGWCR<n>_EL1.
+/// DBGWCR\<n>_EL1.
 pub fn explain_dbgwcr(v: u64) -> Explanation {
     let w = Dbgwcr::from_bits(v);
     let mut x = Explanation::new("DBGWCR<n>_EL1", v);
@@ -347,7 +347,7 @@ fn explain_value_register(
     x
 }
 
-/// DBGBVR<n>_EL1.
+/// DBGBVR\<n>_EL1.
 pub fn explain_dbgbvr(v: u64) -> Explanation {
     explain_value_register(
         "DBGBVR<n>_EL1",
@@ -357,7 +357,7 @@ pub fn explain_dbgbvr(v: u64) -> Explanation {
     )
 }
 
-/// DBGWVR<n>_EL1.
+/// DBGWVR\<n>_EL1.
 pub fn explain_dbgwvr(v: u64) -> Explanation {
     let mut x = explain_value_register("DBGWVR<n>_EL1", v, 7, "doubleword address");
     if v & 4 != 0 {
@@ -584,6 +584,7 @@ pub fn explain_esr(v: u64) -> Explanation {
 /// Explain `value` as `register` (dbgbcr, dbgwcr, dbgbvr, dbgwvr, mdscr, mdcr, id_aa64dfr0,
 /// esr; an `_el1`/`_el2` suffix and a register number are accepted).
 ///
+
 /// ```
 /// let x = hypdbg_model::explain::explain("dbgbcr3_el1", 0x1fe3).unwrap();
 /// assert!(x.notes.iter().any(|n| n.text.contains("RES0")));

@@ -2,6 +2,7 @@
 //! shared pseudocode (AArch64.BreakpointMatch, AArch64.BreakpointValueMatch,
 //! AArch64.WatchpointMatch, AArch64.WatchpointByteMatch, AArch64.StateMatch).
 //!
+
 //! Where the architecture leaves the outcome CONSTRAINED UNPREDICTABLE the model answers
 //! [`MatchResult::Unpredictable`] with the rule, instead of picking one of the permitted
 //! behaviours. Outcomes combine in three-valued logic: a definite match of one byte or unit
@@ -256,13 +257,13 @@ pub struct DataAccess {
 pub struct MatchEnv<'a> {
     /// The CPU's debug features (counts, context-aware units).
     pub features: &'a DebugFeatures,
-    /// DBGBCR<n>_EL1, n < BRPs + 1.
+    /// DBGBCR\<n>_EL1, n < BRPs + 1.
     pub bcr: &'a [u64],
-    /// DBGBVR<n>_EL1.
+    /// DBGBVR\<n>_EL1.
     pub bvr: &'a [u64],
-    /// DBGWCR<n>_EL1, n < WRPs + 1.
+    /// DBGWCR\<n>_EL1, n < WRPs + 1.
     pub wcr: &'a [u64],
-    /// DBGWVR<n>_EL1.
+    /// DBGWVR\<n>_EL1.
     pub wvr: &'a [u64],
     /// CONTEXTIDR_EL1.
     pub contextidr: u64,

@@ -1,4 +1,4 @@
-//! A physical CPU's debug register file: only the implemented DBG{B,W}{C,V}R<n>_EL1 exist
+//! A physical CPU's debug register file: only the implemented DBG{B,W}{C,V}R\<n>_EL1 exist
 //! (Arm ARM D2.8.2: accessing an unimplemented one is UNDEFINED), plus MDSCR_EL1,
 //! MDCCINT_EL1, OSLSR_EL1, OSDLR_EL1 and CONTEXTIDR_EL1.
 
@@ -13,6 +13,7 @@ use crate::sysreg::{DbgBank, SysReg};
 
 /// The debug registers of one physical CPU.
 ///
+
 /// ```
 /// use hypdbg_model::{DebugFeatures, DebugRegFile, DbgBank, SysReg};
 /// let mut rf = DebugRegFile::new(DebugFeatures::new(0x1030_5106).unwrap()); // 6 bps, 4 wps
@@ -77,7 +78,7 @@ impl DebugRegFile {
         self.implemented[bank as usize]
     }
 
-    /// MRS DBG<bank><n>_EL1: UNDEFINED above the implemented count.
+    /// MRS DBG\<bank>\<n>_EL1: UNDEFINED above the implemented count.
     #[inline(always)]
     pub fn read_dbg(&self, bank: DbgBank, n: usize) -> Result<u64, ModelError> {
         if n < self.implemented[bank as usize] {
@@ -87,7 +88,7 @@ impl DebugRegFile {
         }
     }
 
-    /// MSR DBG<bank><n>_EL1: UNDEFINED above the implemented count.
+    /// MSR DBG\<bank>\<n>_EL1: UNDEFINED above the implemented count.
     #[inline(always)]
     pub fn write_dbg(&mut self, bank: DbgBank, n: usize, value: u64) -> Result<(), ModelError> {
         if n < self.implemented[bank as usize] {

@@ -1,6 +1,7 @@
 //! The debug system registers by name, by encoding (op0, op1, CRn, CRm, op2) and by
 //! KVM_{GET,SET}_ONE_REG id, with the MDCR_EL2 bit that traps each of them.
 //!
+
 //! Encodings: Arm ARM C5.3 / Linux arch/arm64/tools/sysreg. ONE_REG ids:
 //! `ARM64_SYS_REG(op0, op1, CRn, CRm, op2)` from arch/arm64/include/uapi/asm/kvm.h.
 
@@ -15,13 +16,13 @@ use crate::error::ModelError;
 /// One of the four banks of breakpoint/watchpoint registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum DbgBank {
-    /// DBGBCR<n>_EL1, breakpoint control.
+    /// DBGBCR\<n>_EL1, breakpoint control.
     Bcr,
-    /// DBGBVR<n>_EL1, breakpoint value.
+    /// DBGBVR\<n>_EL1, breakpoint value.
     Bvr,
-    /// DBGWCR<n>_EL1, watchpoint control.
+    /// DBGWCR\<n>_EL1, watchpoint control.
     Wcr,
-    /// DBGWVR<n>_EL1, watchpoint value.
+    /// DBGWVR\<n>_EL1, watchpoint value.
     Wvr,
 }
 
@@ -77,7 +78,7 @@ pub enum TrapBit {
 /// A system register the model knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SysReg {
-    /// DBG{B,W}{C,V}R<n>_EL1, n in 0..16 (CRm = n).
+    /// DBG{B,W}{C,V}R\<n>_EL1, n in 0..16 (CRm = n).
     Dbg(DbgBank, u8),
     /// MDSCR_EL1 (2, 0, 0, 2, 2).
     MdscrEl1,
@@ -142,7 +143,7 @@ impl SysReg {
         (SysReg::FarEl1, "FAR_EL1", enc(3, 0, 6, 0, 0)),
     ];
 
-    /// DBG{B,W}{C,V}R<n>_EL1; `n` must be below 16.
+    /// DBG{B,W}{C,V}R\<n>_EL1; `n` must be below 16.
     pub fn dbg(bank: DbgBank, n: usize) -> Result<Self, ModelError> {
         if n >= KVM_ARM_MAX_DBG_REGS {
             return Err(ModelError::BadField {
@@ -181,6 +182,7 @@ impl SysReg {
 
     /// The KVM_{GET,SET}_ONE_REG id (ARM64_SYS_REG).
     ///
+
     /// ```
     /// use hypdbg_model::{SysReg, DbgBank};
     /// assert_eq!(SysReg::MdscrEl1.one_reg_id(), 0x6030_0000_0013_8012);

@@ -1,6 +1,7 @@
 //! `#[repr(C)]` mirrors of the arm64 KVM debug UAPI (arch/arm64/include/uapi/asm/kvm.h,
 //! include/uapi/linux/kvm.h), with their layout pinned at compile time.
 //!
+
 //! `kvm-bindings` exposes these structs only when compiling for an Arm target; the mirrors
 //! work everywhere and convert to the real ones on aarch64.
 
@@ -15,13 +16,13 @@ use crate::sysreg::DbgBank;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct KvmGuestDebugArch {
-    /// DBGBCR<n>_EL1.
+    /// DBGBCR\<n>_EL1.
     pub dbg_bcr: [u64; KVM_ARM_MAX_DBG_REGS],
-    /// DBGBVR<n>_EL1.
+    /// DBGBVR\<n>_EL1.
     pub dbg_bvr: [u64; KVM_ARM_MAX_DBG_REGS],
-    /// DBGWCR<n>_EL1.
+    /// DBGWCR\<n>_EL1.
     pub dbg_wcr: [u64; KVM_ARM_MAX_DBG_REGS],
-    /// DBGWVR<n>_EL1.
+    /// DBGWVR\<n>_EL1.
     pub dbg_wvr: [u64; KVM_ARM_MAX_DBG_REGS],
 }
 
@@ -64,9 +65,9 @@ pub struct KvmGuestDebug {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct KvmDebugExitArch {
-    /// ESR_EL2 bits [31:0].
+    /// ESR_EL2 bits \[31:0\].
     pub hsr: u32,
-    /// ESR_EL2 bits [63:32], valid when `kvm_run.flags` has KVM_DEBUG_ARCH_HSR_HIGH_VALID.
+    /// ESR_EL2 bits \[63:32\], valid when `kvm_run.flags` has KVM_DEBUG_ARCH_HSR_HIGH_VALID.
     pub hsr_high: u32,
     /// FAR_EL2, valid for watchpoints only.
     pub far: u64,

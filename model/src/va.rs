@@ -1,6 +1,7 @@
-//! Virtual-address size rules for DBGBVR<n>_EL1 / DBGWVR<n>_EL1.
+//! Virtual-address size rules for DBGBVR\<n>_EL1 / DBGWVR\<n>_EL1.
 //!
-//! Without FEAT_LVA the debug comparators hold VA bits [48:2]; bits [63:49] are RESS, a sign
+
+//! Without FEAT_LVA the debug comparators hold VA bits \[48:2\]; bits \[63:49\] are RESS, a sign
 //! extension of bit 48 (Arm ARM pseudocode `DebugAddrTop()` = 48, `BreakpointValueMatch`:
 //! "DBGBVR<63:dbgtop> is neither all zeros nor all ones" is CONSTRAINED UNPREDICTABLE).
 
@@ -10,9 +11,10 @@ pub const DEBUG_ADDR_TOP: u32 = 48;
 /// Bits [63:DEBUG_ADDR_TOP], the RESS sign bits plus the top VA bit they must copy.
 const RESS_MASK: u64 = !((1u64 << DEBUG_ADDR_TOP) - 1);
 
-/// Whether `value`'s bits [63:48] are all zeros or all ones, as RESS requires
+/// Whether `value`'s bits \[63:48\] are all zeros or all ones, as RESS requires
 /// (Arm ARM `BreakpointValueMatch`, DBGxVR_RESS).
 ///
+
 /// ```
 /// use hypdbg_model::va::is_sign_extended;
 /// assert!(is_sign_extended(0xffff_8000_0000_1000));
@@ -24,14 +26,14 @@ pub const fn is_sign_extended(value: u64) -> bool {
     top == 0 || top == RESS_MASK
 }
 
-/// Sign-extend bit 48 of `addr` into bits [63:49]: the value a debugger writes to DBGxVR
+/// Sign-extend bit 48 of `addr` into bits \[63:49\]: the value a debugger writes to DBGxVR
 /// (never a mask, which would turn a kernel address into an unmatched or UNPREDICTABLE one).
 pub const fn sign_extend(addr: u64) -> u64 {
     let shift = 63 - DEBUG_ADDR_TOP;
     (((addr << shift) as i64) >> shift) as u64
 }
 
-/// Bits [top:lsb] of `value`, the part of an address the comparators see.
+/// Bits \[top:lsb\] of `value`, the part of an address the comparators see.
 pub const fn compare_bits(value: u64, lsb: u32) -> u64 {
     let width = DEBUG_ADDR_TOP + 1 - lsb;
     (value >> lsb) & ((1u64 << width) - 1)

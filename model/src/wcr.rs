@@ -1,7 +1,8 @@
-//! DBGWCR<n>_EL1, Debug Watchpoint Control Register (Arm ARM D23.3.13).
+//! DBGWCR\<n>_EL1, Debug Watchpoint Control Register (Arm ARM D23.3.13).
 //!
+
 //! `E[0] PAC[2:1] LSC[4:3] BAS[12:5] HMC[13] SSC[15:14] LBN[19:16] WT[20] MASK[28:24]`;
-//! bits [23:21] and [63:29] are RES0 on the modelled cores.
+//! bits \[23:21\] and \[63:29\] are RES0 on the modelled cores.
 
 use bitflags::bitflags;
 use serde::{Deserialize, Serialize};
@@ -10,7 +11,7 @@ use crate::bits::Field;
 use crate::error::ModelError;
 
 bitflags! {
-    /// The single-bit fields of DBGWCR<n>_EL1.
+    /// The single-bit fields of DBGWCR\<n>_EL1.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct DbgwcrFlags: u64 {
         /// E, enable.
@@ -40,7 +41,7 @@ pub const LBN: Field = Field::new("LBN", 19, 16);
 pub const WT: Field = Field::new("WT", 20, 20);
 /// MASK, address mask: 0 = use BAS, 3..=31 = watch 2^MASK aligned bytes (1, 2 reserved).
 pub const MASK: Field = Field::new("MASK", 28, 24);
-/// The RES0 bits: [23:21] and [63:29].
+/// The RES0 bits: \[23:21\] and \[63:29\].
 pub const RES0_MASK: u64 = 0xffff_ffff_e000_0000 | 0x00e0_0000;
 
 /// Which accesses a watchpoint matches (DBGWCR.LSC).
@@ -83,8 +84,9 @@ impl Lsc {
     }
 }
 
-/// A DBGWCR<n>_EL1 value with typed accessors.
+/// A DBGWCR\<n>_EL1 value with typed accessors.
 ///
+
 /// ```
 /// use hypdbg_model::wcr::{Dbgwcr, DbgwcrFields, Lsc};
 /// // debug-exceptions.c's watchpoint: E, PAC = 0b01, LSC = 0b11, BAS = 0xff.
@@ -97,26 +99,26 @@ impl Lsc {
 #[serde(transparent)]
 pub struct Dbgwcr(u64);
 
-/// Every field of DBGWCR<n>_EL1 (RES0 bits kept verbatim so that any value round-trips).
+/// Every field of DBGWCR\<n>_EL1 (RES0 bits kept verbatim so that any value round-trips).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DbgwcrFields {
     /// E, enable.
     pub e: bool,
-    /// PAC[1:0]: bit 0 = EL1, bit 1 = EL0.
+    /// PAC\[1:0\]: bit 0 = EL1, bit 1 = EL0.
     pub pac: u8,
-    /// LSC[1:0].
+    /// LSC\[1:0\].
     pub lsc: u8,
-    /// BAS[7:0].
+    /// BAS\[7:0\].
     pub bas: u8,
     /// HMC.
     pub hmc: bool,
-    /// SSC[1:0].
+    /// SSC\[1:0\].
     pub ssc: u8,
-    /// LBN[3:0].
+    /// LBN\[3:0\].
     pub lbn: u8,
     /// WT.
     pub wt: bool,
-    /// MASK[4:0].
+    /// MASK\[4:0\].
     pub mask: u8,
     /// The RES0 bits as found.
     pub res0: u64,
@@ -229,6 +231,7 @@ impl Dbgwcr {
 /// power-of-two range of 8 bytes to 2 GiB uses MASK = log2(len) with BAS = 0xff (Arm ARM
 /// D2.9.7). Anything else needs several slots (the VMM's business).
 ///
+
 /// ```
 /// use hypdbg_model::wcr::{encode_range, Lsc};
 /// let (wcr, wvr) = encode_range(0x1003, 2, Lsc::Store).unwrap();

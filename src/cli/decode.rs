@@ -61,10 +61,10 @@ pub struct UnitArgs {
 pub enum MatchCommand {
     /// A breakpoint on an A64 instruction.
     Break {
-        /// DBGBCR<n>_EL1.
+        /// DBGBCR\<n>_EL1.
         #[arg(long)]
         bcr: String,
-        /// DBGBVR<n>_EL1.
+        /// DBGBVR\<n>_EL1.
         #[arg(long)]
         bvr: String,
         /// The instruction's address.
@@ -79,10 +79,10 @@ pub enum MatchCommand {
     },
     /// A watchpoint on a data access.
     Watch {
-        /// DBGWCR<n>_EL1.
+        /// DBGWCR\<n>_EL1.
         #[arg(long)]
         wcr: String,
-        /// DBGWVR<n>_EL1.
+        /// DBGWVR\<n>_EL1.
         #[arg(long)]
         wvr: String,
         /// The access's lowest address.

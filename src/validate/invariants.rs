@@ -110,7 +110,7 @@ pub struct Violation {
 /// so that the small state can be copied freely).
 #[derive(Clone, Debug, Default)]
 struct Blocks {
-    /// The guest's own DBG*R<n> values.
+    /// The guest's own DBG*R\<n> values.
     regs: KvmGuestDebugArch,
     /// The block userspace last passed with USE_HW.
     user_hw: KvmGuestDebugArch,

@@ -22,14 +22,14 @@ pub enum Insn {
     Svc(u16),
     /// HVC #imm.
     Hvc(u16),
-    /// MSR <sysreg>, Xt.
+    /// MSR \<sysreg>, Xt.
     Msr {
         /// The register.
         enc: Encoding,
         /// Xt.
         rt: u8,
     },
-    /// MRS Xt, <sysreg>.
+    /// MRS Xt, \<sysreg>.
     Mrs {
         /// Xt.
         rt: u8,
