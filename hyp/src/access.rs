@@ -1,6 +1,5 @@
 //! The register-access trait the world-switch code is generic over.
 //!
-
 //! [`PlainAccess`] reads and writes the physical registers directly: with inlining the fall-
 //! through copy compiles to moves (plus the implemented-count check that keeps an UNDEFINED
 //! access a value, not a panic). [`CheckingAccess`] runs the same code and records every

@@ -1,10 +1,8 @@
 //! The KVM arm64 EL2 debug-register world switch and its host-side setup, simulated.
 //!
-
 //! hypdbg-hyp reproduces what Linux KVM does with the debug registers around each guest entry
 //! and exit, in three eras (see [`flow`]), on physical CPUs modelled by `hypdbg-model`:
 //!
-
 //! - [`access`]: the register-access trait the switch is generic over (plain and checking);
 //! - [`debug_sr`]: the kernel's fall-through `save_debug` / `restore_debug`;
 //! - [`context`]: `kvm_vcpu_arch`, `kvm_cpu_context`, `kvm_host_data` with the kernel's names;

@@ -2,7 +2,6 @@
 //! threads through [`crate::sync`] (std's types, or loom's under `--cfg loom`), so that a model
 //! checker explores this exact code.
 //!
-
 //! On a real host a vcpu thread runs the world switch on whichever physical CPU the scheduler
 //! gave it, with preemption disabled from entry to exit. Era 3 saves the host's debug registers
 //! into *that* CPU's `kvm_host_data` (`host_data_ptr()`, a per-CPU variable) on entry and
@@ -10,10 +9,8 @@
 //! the preempt notifiers call `kvm_arch_vcpu_put` on the old CPU and `kvm_arch_vcpu_load` on the
 //! new one.
 //!
-
 //! Here:
 //!
-
 //! - a physical CPU ([`SmpHost::pin`]) is its live registers behind a mutex: holding it (an
 //!   [`OnCpu`]) is running on that CPU with preemption disabled, and a thread migrates by
 //!   dropping one and pinning another. The CPU's `kvm_host_data` sits behind a second, leaf
@@ -28,13 +25,11 @@
 //!   KVM_RUN and KVM_SET_GUEST_DEBUG alike, so the ioctl's copy of `external_debug_state` is
 //!   never seen half done by an entry.
 //!
-
 //! Two deliberately broken designs are here for model checks to catch (as
 //! `hypdbg_host::NaivePool` is on the VMM side): [`SaveArea::ChosenAtLoad`], the save area
 //! picked at `vcpu_load` and used after a migration without a put, and [`UnlockedVcpuFd`],
 //! KVM_SET_GUEST_DEBUG without the vcpu mutex.
 //!
-
 //! Memory orderings: every piece of shared state is behind a [`Mutex`] (lock = acquire, unlock
 //! = release). [`UnlockedVcpuFd`] alone uses atomics, `Relaxed` on purpose: it is the broken
 //! design. A thread must not pin a CPU it already holds (it would deadlock, as a real CPU

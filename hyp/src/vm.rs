@@ -2,7 +2,6 @@
 //! `set_guest_debug`, `run` returning a [`VcpuExit`], `get_one_reg`/`set_one_reg`, and a
 //! choice of physical CPU for every vcpu (vcpu_load/put, migration).
 //!
-
 //! `run` is `kvm_arch_vcpu_ioctl_run`: vcpu_load on the chosen CPU; loop { setup_debug;
 //! `__kvm_vcpu_run` (sysreg switch, `__activate_traps_common`, `__adjust_pc`, debug switch,
 //! guest, and back); clear_debug; handle_exit } until something needs userspace; vcpu_put.

@@ -1,6 +1,5 @@
 //! DBGBCR\<n>_EL1, Debug Breakpoint Control Register (Arm ARM D23.3.4).
 //!
-
 //! `E[0] PMC[2:1] BAS[8:5] HMC[13] SSC[15:14] LBN[19:16] BT[23:20]`; everything else is RES0
 //! on the modelled cores (no FEAT_BWE breakpoint MASK, no FEAT_RME SSCE).
 
@@ -102,7 +101,6 @@ impl BreakpointType {
 
 /// A DBGBCR\<n>_EL1 value with typed accessors.
 ///
-
 /// ```
 /// use hypdbg_model::bcr::{Dbgbcr, DbgbcrFields, BreakpointType};
 /// // The usual VMM encoding: E, PMC = 0b11 (EL1 and EL0), BAS = 0b1111.

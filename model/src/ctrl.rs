@@ -1,6 +1,5 @@
 //! MDSCR_EL1, MDCR_EL2, OSLSR_EL1/OSLAR_EL1 and the PSTATE/SPSR debug bits.
 //!
-
 //! MDSCR_EL1 and MDCR_EL2 are the `arm-sysregs` crate's generated types; this module adds the
 //! constants the kernel spells `DBG_MDSCR_*`, `MDCR_EL2_*`, `DBG_SPSR_*` and `OSLSR_EL1_*`.
 

@@ -1,6 +1,5 @@
 //! ID_AA64DFR0_EL1, AArch64 Debug Feature Register 0 (Arm ARM D23.2.59).
 //!
-
 //! The BRPs, WRPs and CTX_CMPs fields hold the number of implemented units **minus one**; the
 //! kernel's `save_debug(ptr, reg, nr)` switches on that raw value. Decoding uses the
 //! `arm-sysregs` crate's `IdAa64dfr0El1`, generated from Arm's machine-readable specification.
@@ -15,7 +14,6 @@ const DEBUGVER_V8: u8 = 0b0110;
 
 /// The debug resources a physical CPU implements, decoded from ID_AA64DFR0_EL1 and validated.
 ///
-
 /// ```
 /// use hypdbg_model::DebugFeatures;
 /// let a57 = DebugFeatures::new(0x1030_5106).unwrap();

@@ -122,7 +122,6 @@ impl SysRegIss {
 
 /// An ESR_ELx value (64-bit: ISS2\[55:32\], EC\[31:26\], IL\[25\], ISS\[24:0\]).
 ///
-
 /// ```
 /// use hypdbg_model::esr::{Esr, ESR_ELX_EC_WATCHPT_LOW};
 /// let e = Esr::watchpoint(false, true);

@@ -584,7 +584,6 @@ pub fn explain_esr(v: u64) -> Explanation {
 /// Explain `value` as `register` (dbgbcr, dbgwcr, dbgbvr, dbgwvr, mdscr, mdcr, id_aa64dfr0,
 /// esr; an `_el1`/`_el2` suffix and a register number are accepted).
 ///
-
 /// ```
 /// let x = hypdbg_model::explain::explain("dbgbcr3_el1", 0x1fe3).unwrap();
 /// assert!(x.notes.iter().any(|n| n.text.contains("RES0")));

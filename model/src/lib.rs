@@ -1,10 +1,8 @@
 //! The AArch64 self-hosted debug architecture, as the KVM arm64 world switch and a VMM see it.
 //!
-
 //! This crate is the foundation of hypdbg. It knows nothing about KVM's logic; it states what
 //! the architecture (Arm ARM DDI 0487) and the KVM UAPI define:
 //!
-
 //! - [`dfr0`]: ID_AA64DFR0_EL1 and the "count minus one" fields (decoded with `arm-sysregs`);
 //! - [`profiles`]: real CPUs' ID_AA64DFR0_EL1 values and the synthetic `min`/`max`;
 //! - [`bcr`], [`wcr`]: DBGBCR\<n>_EL1 / DBGWCR\<n>_EL1 control words, builders and decoders;
@@ -92,7 +90,6 @@ impl std::fmt::Display for El {
 /// Parse a number written as 0x-hex, 0b-binary or decimal (underscores allowed), as the CLI
 /// and scenario files accept it.
 ///
-
 /// ```
 /// assert_eq!(hypdbg_model::parse_u64("0x1e7").unwrap(), 0x1e7);
 /// assert_eq!(hypdbg_model::parse_u64("4_096").unwrap(), 4096);

@@ -2,7 +2,6 @@
 //! shared pseudocode (AArch64.BreakpointMatch, AArch64.BreakpointValueMatch,
 //! AArch64.WatchpointMatch, AArch64.WatchpointByteMatch, AArch64.StateMatch).
 //!
-
 //! Where the architecture leaves the outcome CONSTRAINED UNPREDICTABLE the model answers
 //! [`MatchResult::Unpredictable`] with the rule, instead of picking one of the permitted
 //! behaviours. Outcomes combine in three-valued logic: a definite match of one byte or unit

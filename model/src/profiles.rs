@@ -95,7 +95,6 @@ pub fn by_name(name: &str) -> Result<&'static CpuProfile, ModelError> {
 /// Parse a `--cpu` argument: a profile name, `all`, or a raw ID_AA64DFR0_EL1 value.
 /// Returns (label, features) pairs.
 ///
-
 /// ```
 /// use hypdbg_model::profiles::parse_cpu;
 /// assert_eq!(parse_cpu("all").unwrap().len(), 10);

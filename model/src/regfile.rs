@@ -13,7 +13,6 @@ use crate::sysreg::{DbgBank, SysReg};
 
 /// The debug registers of one physical CPU.
 ///
-
 /// ```
 /// use hypdbg_model::{DebugFeatures, DebugRegFile, DbgBank, SysReg};
 /// let mut rf = DebugRegFile::new(DebugFeatures::new(0x1030_5106).unwrap()); // 6 bps, 4 wps

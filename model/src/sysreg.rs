@@ -1,7 +1,6 @@
 //! The debug system registers by name, by encoding (op0, op1, CRn, CRm, op2) and by
 //! KVM_{GET,SET}_ONE_REG id, with the MDCR_EL2 bit that traps each of them.
 //!
-
 //! Encodings: Arm ARM C5.3 / Linux arch/arm64/tools/sysreg. ONE_REG ids:
 //! `ARM64_SYS_REG(op0, op1, CRn, CRm, op2)` from arch/arm64/include/uapi/asm/kvm.h.
 
@@ -182,7 +181,6 @@ impl SysReg {
 
     /// The KVM_{GET,SET}_ONE_REG id (ARM64_SYS_REG).
     ///
-
     /// ```
     /// use hypdbg_model::{SysReg, DbgBank};
     /// assert_eq!(SysReg::MdscrEl1.one_reg_id(), 0x6030_0000_0013_8012);

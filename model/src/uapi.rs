@@ -1,7 +1,6 @@
 //! `#[repr(C)]` mirrors of the arm64 KVM debug UAPI (arch/arm64/include/uapi/asm/kvm.h,
 //! include/uapi/linux/kvm.h), with their layout pinned at compile time.
 //!
-
 //! `kvm-bindings` exposes these structs only when compiling for an Arm target; the mirrors
 //! work everywhere and convert to the real ones on aarch64.
 

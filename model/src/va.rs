@@ -1,6 +1,5 @@
 //! Virtual-address size rules for DBGBVR\<n>_EL1 / DBGWVR\<n>_EL1.
 //!
-
 //! Without FEAT_LVA the debug comparators hold VA bits \[48:2\]; bits \[63:49\] are RESS, a sign
 //! extension of bit 48 (Arm ARM pseudocode `DebugAddrTop()` = 48, `BreakpointValueMatch`:
 //! "DBGBVR<63:dbgtop> is neither all zeros nor all ones" is CONSTRAINED UNPREDICTABLE).
@@ -14,7 +13,6 @@ const RESS_MASK: u64 = !((1u64 << DEBUG_ADDR_TOP) - 1);
 /// Whether `value`'s bits \[63:48\] are all zeros or all ones, as RESS requires
 /// (Arm ARM `BreakpointValueMatch`, DBGxVR_RESS).
 ///
-
 /// ```
 /// use hypdbg_model::va::is_sign_extended;
 /// assert!(is_sign_extended(0xffff_8000_0000_1000));

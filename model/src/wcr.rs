@@ -1,6 +1,5 @@
 //! DBGWCR\<n>_EL1, Debug Watchpoint Control Register (Arm ARM D23.3.13).
 //!
-
 //! `E[0] PAC[2:1] LSC[4:3] BAS[12:5] HMC[13] SSC[15:14] LBN[19:16] WT[20] MASK[28:24]`;
 //! bits \[23:21\] and \[63:29\] are RES0 on the modelled cores.
 
@@ -86,7 +85,6 @@ impl Lsc {
 
 /// A DBGWCR\<n>_EL1 value with typed accessors.
 ///
-
 /// ```
 /// use hypdbg_model::wcr::{Dbgwcr, DbgwcrFields, Lsc};
 /// // debug-exceptions.c's watchpoint: E, PAC = 0b01, LSC = 0b11, BAS = 0xff.
@@ -231,7 +229,6 @@ impl Dbgwcr {
 /// power-of-two range of 8 bytes to 2 GiB uses MASK = log2(len) with BAS = 0xff (Arm ARM
 /// D2.9.7). Anything else needs several slots (the VMM's business).
 ///
-
 /// ```
 /// use hypdbg_model::wcr::{encode_range, Lsc};
 /// let (wcr, wvr) = encode_range(0x1003, 2, Lsc::Store).unwrap();

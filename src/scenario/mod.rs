@@ -1,7 +1,6 @@
 //! Scenarios: a VM (flow, physical CPUs), a guest program and a sequence of userspace
 //! actions, run on the simulator with every register access recorded.
 //!
-
 //! - [`ops`]: the types (a scenario, its actions, their expectations);
 //! - [`runner`]: the engine that applies actions to a VM (the validator's entry point is
 //!   [`run_assembled`]);
@@ -10,7 +9,6 @@
 //! - [`play`]: `hypdbg run`: a file's actions with their expectations and the invariant
 //!   checker, streaming [`trace`] records.
 //!
-
 //! The file format is described in `scenarios/README.md`.
 
 pub mod expect;

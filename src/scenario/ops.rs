@@ -1,6 +1,5 @@
 //! What a scenario says: the VM, the guest, the userspace actions and what to expect of them.
 //!
-
 //! These are the types both a scenario file (`hypdbg run FILE`, see [`crate::scenario::source`])
 //! and the validator's generated scenarios ([`crate::validate::sweep`]) use. Every action is a
 //! TOML table with a `do` key naming it; every action but `repeat` may carry an `expect`
@@ -17,7 +16,6 @@ use serde::{Deserialize, Serialize, Serializer};
 /// A number, or a label of the guest program (`"label"`, `"label+8"`, `"label-4"`) or a
 /// name of the scenario's `symbols` table.
 ///
-
 /// TOML integers stop at `i64::MAX`: write larger values (kernel addresses) as strings,
 /// `"0xffff800010000000"`; a string that reads as a number is a number.
 #[derive(Clone, Debug, PartialEq, Eq)]

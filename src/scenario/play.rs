@@ -2,7 +2,6 @@
 //! action's expectations, and the validator's invariant [`Checker`] over the events as they
 //! come, streaming [`Record`]s to a sink (the trace) and returning a [`Report`].
 //!
-
 //! Events are handed to the checker and the trace action by action and then dropped, so a
 //! long loop of actions (the userspace single-step test) runs in constant memory.
 

@@ -1,6 +1,5 @@
 //! Run a scenario on the simulator, as a debugger would drive KVM.
 //!
-
 //! [`Engine`] holds a VM and the userspace state around it (the raw KVM_SET_GUEST_DEBUG
 //! state, a `hypdbg_host::Debugger` per vcpu once a debugger action needs one, snapshots) and
 //! applies one [`Op`] at a time. [`run_assembled`] is the validator's entry point: every

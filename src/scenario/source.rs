@@ -1,6 +1,5 @@
 //! Scenario files: TOML read with positions, then checked before anything runs.
 //!
-
 //! [`ScenarioFile::parse`] deserializes the file into a [`Scenario`] (serde, unknown keys
 //! denied), keeps a position tree of the document (every key and value with its byte span),
 //! assembles the guest program and checks everything that can be checked without running:

@@ -1,7 +1,6 @@
 //! The trace of a scenario run, ftrace-like: one [`Record`] per line, each either rendered as
 //! text ([`TextRenderer`]) or serialized as one JSON object (`--json`).
 //!
-
 //! Every simulator event becomes a record named after the kernel function it stands for
 //! (`kvm_arch_vcpu_load`, `kvm_arm_setup_debug`, `__kvm_vcpu_run`, `kvm_handle_sys_reg`,
 //! ...) with the flow's decisions spelled out (DEBUG_DIRTY and `debug_ptr`, or

@@ -2,7 +2,6 @@
 //! (v4.5..v4.16, the seed patch "arm64: KVM: Implement debug save/restore") decides DIRTY in
 //! the world switch itself ([`Era1`]).
 //!
-
 //! The era-1 reference is the v4.5 structure with the later fixes that do not depend on the
 //! structure applied (64-bit MDCR_EL2 kept exactly, OS lock emulation, PSTATE.SS preserved,
 //! active-pending step state, `kvm_skip_instr` advancing the step state machine, CRm

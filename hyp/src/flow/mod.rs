@@ -2,13 +2,11 @@
 //! code and whose every method is a kernel function a variant (a patch under test, or a
 //! mutant from the bug catalog) may override.
 //!
-
 //! - [`Common`]: what every era shares: the debug-sr.h save/restore core, the MDCR_EL2
 //!   save/restore around a run, the sys_regs.c accessors and `kvm_skip_instr`.
 //! - [`DebugDirty`]: eras 1 and 2 (DEBUG_DIRTY, `debug_ptr`, per-vcpu host save area).
 //! - [`Era1`] (v4.5..v4.16), [`Era2`] (v4.17..v6.13), [`Era3`] (v6.14+, debug owner).
 //!
-
 //! The simulator drives a flow through [`EraEngine`] (one adapter per era) and, behind a
 //! `dyn`, through [`DynFlow`].
 

@@ -3,7 +3,6 @@
 //! DBG*R\<n>_EL1, gated by the live MDSCR_EL1, PSTATE.D, the physical OS lock and MDCR_EL2.TDE
 //! (AArch64.CheckBreakpoint, CheckWatchpoint, CheckSoftwareStep, SSAdvance).
 //!
-
 //! Exceptions the guest takes go to a handler policy at VBAR_EL1 like the kernel selftest's
 //! (debug-exceptions.c): BRK: ELR += 4; breakpoint and watchpoint: set SPSR.D; software
 //! step: set SPSR.SS; SVC: record; UNDEFINED: record and skip. The handler counts as one

@@ -34,7 +34,6 @@ impl Program {
     /// Assemble `text` at `base`. Lines are instructions, `label:` (optionally followed by an
     /// instruction), `//` or `;` comments.
     ///
-
     /// ```
     /// use hypdbg_hyp::guest::Program;
     /// let p = Program::assemble(0x1000, "start: nop\n  brk #0 // hit\nend:").unwrap();

@@ -2,7 +2,6 @@
 //! ../shared/design/bug-catalog.md and the generic slips, each written as the kernel
 //! function it changes, plus the user's own variants ([`user`]).
 //!
-
 //! A variant is a type implementing an era's traits with one function overridden; the
 //! catalog builds a fresh instance for every simulation (a variant may keep state, like the
 //! "global" slot of [`generic::HostStateSharedSlot`]).

@@ -1,6 +1,5 @@
 //! Your own variants: a patch under test.
 //!
-
 //! 1. Add a module here (copy [`example`]): a type implementing `Common` and the era's trait,
 //!    overriding the kernel function your patch changes.
 //! 2. Add a `Variant` for it to [`variants`].
