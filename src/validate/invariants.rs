@@ -12,7 +12,8 @@ use hypdbg_hyp::events::{Event, ExitReason, GuestEvent};
 use hypdbg_hyp::flow::Era;
 use hypdbg_hyp::pcpu::HostSnapshot;
 use hypdbg_model::ctrl::{
-    DBG_MDSCR_KDE, DBG_MDSCR_MDE, DBG_MDSCR_SS, DBG_SPSR_SS, MDCR_EL2_TDA, MDCR_EL2_TDE,
+    DBG_MDSCR_MDE, DBG_MDSCR_SS, DBG_SPSR_SS, MDCR_EL2_HPMN_MASK, MDCR_EL2_TDA, MDCR_EL2_TDE,
+    MDCR_EL2_TDOSA, MDCR_EL2_TDRA, MDCR_EL2_TPM, MDCR_EL2_TPMCR, MDCR_EL2_TPMS, MDCR_EL2_TTRF,
     OSLSR_EL1_OSLK, OSLSR_EL1_OSLM_IMPLEMENTED, mdscr_uses_debug,
 };
 use hypdbg_model::esr::{ESR_ELX_EC_SOFTSTP_LOW, Esr};
@@ -340,7 +341,37 @@ impl Checker {
                 accesses,
             } => self.on_entered(*vcpu, *pcpu, &live.regs, accesses),
             Event::Guest { vcpu, what } => self.on_guest(*vcpu, what),
-            Event::Trap { vcpu, undef, .. } => {
+            Event::Trap {
+                vcpu,
+                reg,
+                is_write,
+                undef,
+                ..
+            } => {
+                // An access the architecture defines must not be made UNDEFINED: an
+                // implemented DBG*R<n>, MDSCR_EL1, MDCCINT_EL1, or a write to OSLAR_EL1.
+                let defined = match reg {
+                    Some(SysReg::Dbg(bank, n)) => usize::from(*n) < self.implemented(*bank),
+                    Some(SysReg::MdscrEl1 | SysReg::MdccintEl1) => true,
+                    Some(SysReg::OslarEl1) => *is_write,
+                    _ => false,
+                };
+                if *undef && defined {
+                    let r = reg.map(|r| r.to_string()).unwrap_or_default();
+                    let msg = format!(
+                        "the guest's {} of {r} trapped and KVM made it UNDEFINED; the register is implemented",
+                        if *is_write { "MSR" } else { "MRS" }
+                    );
+                    self.report(
+                        Invariant::GuestReadsBack,
+                        *vcpu,
+                        None,
+                        Some(r),
+                        None,
+                        None,
+                        msg,
+                    );
+                }
                 let s = self.shadow(*vcpu);
                 if *undef {
                     // The instruction generated an exception (KVM injects UNDEF).
@@ -761,10 +792,52 @@ impl Checker {
                 msg,
             );
         }
-        let _ = DBG_MDSCR_KDE;
+        self.check_mdcr_contract(vcpu, pcpu, live.mdcr_el2, host.map(|h| h.mdcr_el2));
         let s = self.shadow(vcpu);
         s.entry_in_use = in_use;
         s.dirty_write = false;
+    }
+
+    /// The MDCR_EL2 every vcpu runs with whatever its debug state: the OS lock and MDRAR
+    /// always trap (KVM emulates them: invariant 6), and the PMU/SPE/trace traps and the
+    /// host's HPMN partition are kept (kernel-flows.md: "MDCR_EL2 = HPMN | TPM | TPMCR ...",
+    /// plus TPMS and TTRF from v4.17: invariant 9).
+    fn check_mdcr_contract(&mut self, vcpu: usize, pcpu: usize, mdcr: u64, host_mdcr: Option<u64>) {
+        let always_traps = MDCR_EL2_TDOSA | MDCR_EL2_TDRA;
+        if mdcr & always_traps != always_traps {
+            let msg = format!(
+                "the guest ran with MDCR_EL2 = {mdcr:#x}: TDOSA and TDRA must always be set (KVM emulates the OS lock and MDRAR_EL1)"
+            );
+            self.report(
+                Invariant::Lazy,
+                vcpu,
+                Some(pcpu),
+                Some("MDCR_EL2".into()),
+                Some(always_traps),
+                Some(mdcr),
+                msg,
+            );
+        }
+        let mut kept = MDCR_EL2_TPM | MDCR_EL2_TPMCR;
+        if self.era != Era::One {
+            kept |= MDCR_EL2_TPMS | MDCR_EL2_TTRF;
+        }
+        let hpmn_ok = host_mdcr.is_none_or(|h| h & MDCR_EL2_HPMN_MASK == mdcr & MDCR_EL2_HPMN_MASK);
+        if mdcr & kept != kept || !hpmn_ok {
+            let msg = format!(
+                "the guest ran with MDCR_EL2 = {mdcr:#x}: it must keep the host's HPMN ({:#x}) and the PMU/SPE/trace traps {kept:#x}",
+                host_mdcr.unwrap_or(0) & MDCR_EL2_HPMN_MASK
+            );
+            self.report(
+                Invariant::MdccintMdcr,
+                vcpu,
+                Some(pcpu),
+                Some("MDCR_EL2".into()),
+                Some(kept),
+                Some(mdcr),
+                msg,
+            );
+        }
     }
 
     fn on_exited(
