@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 
 use super::invariants::{Checker, Violation};
-use super::sweep::{CleanAccess, Migration, Params, Session, controls, sibling};
+use super::sweep::{CleanAccess, Params, controls, sibling};
 use crate::scenario::{Op, Scenario, Value, run_scenario};
 
 /// One random userspace step.
@@ -64,16 +64,7 @@ fn case() -> impl Strategy<Value = Case> {
         proptest::collection::vec(step(), 1..12),
     )
         .prop_map(|(mdscr, d_clear, os_lock, clean, steps)| Case {
-            guest: Params {
-                mdscr,
-                d_clear,
-                os_lock,
-                clean,
-                control: 0,
-                session: Session::Whole,
-                migration: Migration::None,
-                irq: false,
-            },
+            guest: Params::guest_only(mdscr, d_clear, os_lock, clean),
             steps,
         })
 }

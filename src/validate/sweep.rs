@@ -111,6 +111,20 @@ pub fn control_words(c: u32) -> String {
 }
 
 impl Params {
+    /// A guest set-up with nobody debugging it, on one CPU, without interrupts.
+    pub const fn guest_only(mdscr: u64, d_clear: bool, os_lock: bool, clean: CleanAccess) -> Self {
+        Params {
+            mdscr,
+            d_clear,
+            os_lock,
+            clean,
+            control: 0,
+            session: Session::Whole,
+            migration: Migration::None,
+            irq: false,
+        }
+    }
+
     /// The scenario in words, as a counterexample reads.
     pub fn describe(&self) -> String {
         let mut s = format!("guest writes MDSCR_EL1 = {}", mdscr_words(self.mdscr));
@@ -353,16 +367,7 @@ pub fn points() -> Vec<Params> {
         for os_lock in [false, true] {
             for d_clear in [false, true] {
                 for &clean in &cleans {
-                    v.push(Params {
-                        mdscr,
-                        d_clear,
-                        os_lock,
-                        clean,
-                        control: 0,
-                        session: Session::Whole,
-                        migration: Migration::None,
-                        irq: false,
-                    });
+                    v.push(Params::guest_only(mdscr, d_clear, os_lock, clean));
                 }
             }
         }

@@ -194,6 +194,26 @@ pub struct Era2Engine<T>(pub T);
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Era3Engine<T>(pub T);
 
+/// The hooks eras 1 and 2 share through [`DebugDirty`](super::era1::DebugDirty):
+/// KVM_SET_GUEST_DEBUG, `kvm_arm_setup_debug` (each era's own), `kvm_arm_clear_debug`, and a
+/// trapped write marking DEBUG_DIRTY.
+macro_rules! debug_dirty_hooks {
+    () => {
+        fn set_guest_debug(&self, vcpu: &mut KvmVcpu, dbg: &KvmGuestDebug) -> Result<(), KvmError> {
+            self.0.kvm_arch_vcpu_ioctl_set_guest_debug(vcpu, dbg)
+        }
+        fn setup_debug(&self, vcpu: &mut KvmVcpu, host_mdcr_el2: u64) {
+            self.0.kvm_arm_setup_debug(vcpu, host_mdcr_el2);
+        }
+        fn clear_debug(&self, vcpu: &mut KvmVcpu) {
+            self.0.kvm_arm_clear_debug(vcpu);
+        }
+        fn after_debug_trap(&self, vcpu: &mut KvmVcpu, is_write: bool, _host_mdcr_el2: u64) {
+            self.0.trap_debug_access(vcpu, is_write);
+        }
+    };
+}
+
 impl<T: Era1> EraEngine for Era1Engine<T> {
     type Flow = T;
     fn flow(&self) -> &T {
@@ -202,15 +222,7 @@ impl<T: Era1> EraEngine for Era1Engine<T> {
     fn era(&self) -> Era {
         Era::One
     }
-    fn set_guest_debug(&self, vcpu: &mut KvmVcpu, dbg: &KvmGuestDebug) -> Result<(), KvmError> {
-        self.0.kvm_arch_vcpu_ioctl_set_guest_debug(vcpu, dbg)
-    }
-    fn setup_debug(&self, vcpu: &mut KvmVcpu, host_mdcr_el2: u64) {
-        self.0.kvm_arm_setup_debug(vcpu, host_mdcr_el2);
-    }
-    fn clear_debug(&self, vcpu: &mut KvmVcpu) {
-        self.0.kvm_arm_clear_debug(vcpu);
-    }
+    debug_dirty_hooks!();
     fn switch_to_guest<A: RegAccess>(
         &self,
         a: &mut A,
@@ -233,9 +245,6 @@ impl<T: Era1> EraEngine for Era1Engine<T> {
         self.0
             .__debug_cond_restore_host_state(a, vcpu, &host.host_ctxt)
     }
-    fn after_debug_trap(&self, vcpu: &mut KvmVcpu, is_write: bool, _host_mdcr_el2: u64) {
-        self.0.trap_debug_access(vcpu, is_write);
-    }
     fn handle_guest_debug(
         &self,
         vcpu: &mut KvmVcpu,
@@ -257,15 +266,7 @@ impl<T: Era2> EraEngine for Era2Engine<T> {
     fn era(&self) -> Era {
         Era::Two
     }
-    fn set_guest_debug(&self, vcpu: &mut KvmVcpu, dbg: &KvmGuestDebug) -> Result<(), KvmError> {
-        self.0.kvm_arch_vcpu_ioctl_set_guest_debug(vcpu, dbg)
-    }
-    fn setup_debug(&self, vcpu: &mut KvmVcpu, host_mdcr_el2: u64) {
-        self.0.kvm_arm_setup_debug(vcpu, host_mdcr_el2);
-    }
-    fn clear_debug(&self, vcpu: &mut KvmVcpu) {
-        self.0.kvm_arm_clear_debug(vcpu);
-    }
+    debug_dirty_hooks!();
     fn switch_to_guest<A: RegAccess>(
         &self,
         a: &mut A,
@@ -283,9 +284,6 @@ impl<T: Era2> EraEngine for Era2Engine<T> {
     ) -> Result<(), HypFault> {
         self.0
             .__debug_switch_to_host_common(a, vcpu, &host.host_ctxt)
-    }
-    fn after_debug_trap(&self, vcpu: &mut KvmVcpu, is_write: bool, _host_mdcr_el2: u64) {
-        self.0.trap_debug_access(vcpu, is_write);
     }
     fn handle_guest_debug(
         &self,
