@@ -243,6 +243,58 @@ mod tests {
         }
     }
 
+    /// The indices and values a restore wrote, in order.
+    fn written(log: &[AccessRecord]) -> Vec<(usize, u64)> {
+        log.iter()
+            .filter(|a| a.write)
+            .map(|a| match a.reg {
+                HypReg::Sys(SysReg::Dbg(DbgBank::Bvr, n)) => (usize::from(n), a.value),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn restore_writes_nr_plus_one_in_descending_order_in_both_shapes() {
+        let ptr: [u64; 16] = core::array::from_fn(|n| 0xaa00 + n as u64);
+        for nr in 0..=16u8 {
+            // nr > 15 is the switch's default arm: index 0 only.
+            let want: Vec<(usize, u64)> = if nr > 15 {
+                vec![(0, ptr[0])]
+            } else {
+                (0..=usize::from(nr)).rev().map(|n| (n, ptr[n])).collect()
+            };
+            let mut r = regs(16, 16);
+            let mut log = Vec::new();
+            restore_debug(
+                &mut CheckingAccess::new(&mut r, &mut log),
+                &ptr,
+                DbgBank::Bvr,
+                nr,
+            )
+            .unwrap();
+            assert_eq!(written(&log), want, "restore_debug nr={nr}");
+            let mut r2 = regs(16, 16);
+            let mut log2 = Vec::new();
+            restore_debug_loop(
+                &mut CheckingAccess::new(&mut r2, &mut log2),
+                &ptr,
+                DbgBank::Bvr,
+                nr,
+            )
+            .unwrap();
+            assert_eq!(written(&log2), want, "restore_debug_loop nr={nr}");
+            for n in 0..16 {
+                let v = r2.file.read_dbg(DbgBank::Bvr, n).unwrap();
+                let expect = want
+                    .iter()
+                    .find(|(i, _)| *i == n)
+                    .map_or(0x100 * DbgBank::Bvr as u64 + n as u64, |(_, v)| *v);
+                assert_eq!(v, expect, "DBGBVR{n}_EL1 after restore_debug_loop nr={nr}");
+            }
+        }
+    }
+
     #[test]
     fn nr_above_15_is_the_default_arm_only() {
         let mut r = regs(16, 16);

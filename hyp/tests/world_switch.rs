@@ -474,3 +474,61 @@ fn check_extension_reports_the_counts_and_bad_control_is_einval() {
         "OSLK may"
     );
 }
+
+/// `kvm_handle_guest_debug` (handle_exit.c): `run->debug.arch` carries the whole ESR_EL2
+/// (`hsr`, and since v5.x `hsr_high` = ESR\[63:32\] with KVM_DEBUG_ARCH_HSR_HIGH_VALID), `far` only for a
+/// watchpoint, and a completed step ends the active-pending state (era 3: SPSR.SS re-armed).
+#[test]
+fn debug_exit_reports_the_whole_syndrome_and_far_only_for_watchpoints() {
+    use hypdbg_hyp::context::{DebugFlags, KvmVcpu};
+    use hypdbg_model::uapi::KVM_DEBUG_ARCH_HSR_HIGH_VALID;
+    const ISS2: u64 = 0x00ab_cdef << 32;
+    for &v in REFERENCES {
+        let flow = (hypdbg_hyp::variants::by_name(v).unwrap().make)();
+        let mut vcpu = KvmVcpu::new(0);
+        let wp = Esr::from_bits(Esr::watchpoint(false, true).bits() | ISS2);
+        let (arch, flags) = flow.handle_guest_debug(&mut vcpu, wp, 0xffff_0000_7100_0040);
+        assert_eq!(u64::from(arch.hsr), wp.bits() & 0xffff_ffff, "{v}");
+        if v == "era1" {
+            // v4.x: hsr only; hsr_high and the flag came with v5.x.
+            assert_eq!((flags, arch.hsr_high), (0, 0), "{v}");
+        } else {
+            assert_eq!(flags, KVM_DEBUG_ARCH_HSR_HIGH_VALID, "{v}");
+            assert_eq!(
+                arch.hsr_high, 0x00ab_cdef,
+                "{v}: hsr_high is ESR_EL2[63:32]"
+            );
+        }
+        assert_eq!(
+            arch.far, 0xffff_0000_7100_0040,
+            "{v}: a watchpoint reports its FAR"
+        );
+        let (arch, _) = flow.handle_guest_debug(&mut vcpu, Esr::breakpoint(false), 0x1234);
+        assert_eq!(arch.far, 0, "{v}: only a watchpoint reports FAR");
+        assert_eq!(arch.hsr_high, 0, "{v}");
+        // Eras 1/2 clear DBG_SS_ACTIVE_PENDING; era 3 re-arms the step (SPSR.SS = 1,
+        // active-not-pending) in the vcpu's PSTATE.
+        let era3 = v.starts_with("era3");
+        let stepped = |vcpu: &mut KvmVcpu| {
+            if era3 {
+                *vcpu.cpsr_mut() & DBG_SPSR_SS != 0
+            } else {
+                !vcpu.flag(DebugFlags::DBG_SS_ACTIVE_PENDING)
+            }
+        };
+        vcpu.set_flag(DebugFlags::DBG_SS_ACTIVE_PENDING, true);
+        *vcpu.cpsr_mut() &= !DBG_SPSR_SS;
+        let (arch, _) = flow.handle_guest_debug(&mut vcpu, Esr::breakpoint(false), 0);
+        assert_eq!(arch.hsr >> 26, 0x30, "{v}");
+        assert!(
+            !stepped(&mut vcpu),
+            "{v}: a breakpoint leaves the step state alone"
+        );
+        let (arch, _) = flow.handle_guest_debug(&mut vcpu, Esr::software_step(false, true), 0);
+        assert_eq!(arch.hsr >> 26, 0x32, "{v}");
+        assert!(
+            stepped(&mut vcpu),
+            "{v}: a completed step ends the pending state"
+        );
+    }
+}

@@ -422,11 +422,15 @@ impl Checker {
             SysReg::OslsrEl1 => {
                 OSLSR_EL1_OSLM_IMPLEMENTED | if s.oslk { OSLSR_EL1_OSLK } else { 0 }
             }
+            // sys_regs.c: trap_raz_wi (KVM emulates no ROM table and no powerdown request).
+            SysReg::MdrarEl1 | SysReg::DbgprcrEl1 => 0,
             _ => return,
         };
         if value != expected {
             let what = if reg == SysReg::OslsrEl1 {
                 "the OS lock state it set"
+            } else if matches!(reg, SysReg::MdrarEl1 | SysReg::DbgprcrEl1) {
+                "KVM's trap_raz_wi: reads as zero"
             } else {
                 "what it wrote"
             };

@@ -193,6 +193,12 @@ impl Params {
             CleanAccess::None => {}
             CleanAccess::Read => {
                 let _ = writeln!(c, "mrs x10, dbgbcr{bt}_el1");
+                // MDRAR_EL1 (TDRA) and DBGPRCR_EL1 (TDOSA) trap in every era and read as zero
+                // (trap_raz_wi), whatever the target register held.
+                let _ = writeln!(
+                    c,
+                    "mov x17, #0x5a5a\nmrs x17, mdrar_el1\nmov x18, #0xa5a5\nmrs x18, dbgprcr_el1"
+                );
             }
             CleanAccess::Write => {
                 let _ = writeln!(
