@@ -106,6 +106,27 @@ impl<'a> VmVcpu<'a> {
     pub fn vm(&mut self) -> &mut Vm {
         self.vm
     }
+
+    /// KVM_RUN, returning the simulator's exit itself (for a caller that records it); the
+    /// debugger's view of it is `RunExit::from`.
+    pub fn run_raw(&mut self) -> Result<VcpuExit, VcpuError> {
+        self.vm
+            .run(self.index)
+            .map_err(|e| VcpuError::new("KVM_RUN", e))
+    }
+}
+
+impl From<VcpuExit> for RunExit {
+    /// `kvm_run.exit_reason` as the debugger sees it.
+    fn from(exit: VcpuExit) -> Self {
+        match exit {
+            VcpuExit::Debug { arch, flags } => RunExit::Debug { arch, flags },
+            VcpuExit::Hvc { imm } => RunExit::Hypercall { imm },
+            other => RunExit::Other {
+                what: other.to_string(),
+            },
+        }
+    }
 }
 
 fn one_reg_name(id: u64) -> String {
@@ -133,17 +154,7 @@ impl DebugVcpu for VmVcpu<'_> {
     }
 
     fn run(&mut self) -> Result<RunExit, VcpuError> {
-        let exit = self
-            .vm
-            .run(self.index)
-            .map_err(|e| VcpuError::new("KVM_RUN", e))?;
-        Ok(match exit {
-            VcpuExit::Debug { arch, flags } => RunExit::Debug { arch, flags },
-            VcpuExit::Hvc { imm } => RunExit::Hypercall { imm },
-            other => RunExit::Other {
-                what: other.to_string(),
-            },
-        })
+        self.run_raw().map(RunExit::from)
     }
 
     fn get_one_reg(&mut self, id: u64) -> Result<u64, VcpuError> {

@@ -111,6 +111,14 @@ fn vcpus_only_enter_with_published_sets_and_updates_are_seen() {
                 assert_eq!(shared.snapshot().generation, g);
                 returned.store(generation, Ordering::Release);
             }
+            // On a busy machine the vcpu threads may not have entered yet: give them the
+            // chance (bounded, so that one that never enters fails the assertion below).
+            for _ in 0..10_000_000 {
+                if entries.load(Ordering::Relaxed) > 0 {
+                    break;
+                }
+                std::thread::yield_now();
+            }
             done.store(true, Ordering::Release);
         });
     });
@@ -236,8 +244,17 @@ fn simulated_smp_guest_stops_only_at_the_set_it_entered_with() {
             });
         }
         s.spawn(|| {
-            for g in 0..200u64 {
-                let (add, del) = if g % 2 == 0 { (p1, p2) } else { (p2, p1) };
+            // At least 200 generations, and on until a vcpu has stopped at a breakpoint (on a
+            // busy machine the vcpu threads may not get the VM before 200 updates are done);
+            // the cap turns a vcpu that never stops into the failed assertion below.
+            let mut g = 0u64;
+            while (g < 200 || hits.load(Ordering::Relaxed) == 0) && g < 1_000_000 {
+                g += 1;
+                let (add, del) = if g.is_multiple_of(2) {
+                    (p1, p2)
+                } else {
+                    (p2, p1)
+                };
                 shared
                     .update(|hw| {
                         let _ = hw.remove_breakpoint(del);

@@ -264,33 +264,33 @@ mod tests {
             } else {
                 (0..=usize::from(nr)).rev().map(|n| (n, ptr[n])).collect()
             };
-            let mut r = regs(16, 16);
-            let mut log = Vec::new();
-            restore_debug(
-                &mut CheckingAccess::new(&mut r, &mut log),
-                &ptr,
-                DbgBank::Bvr,
-                nr,
-            )
-            .unwrap();
-            assert_eq!(written(&log), want, "restore_debug nr={nr}");
-            let mut r2 = regs(16, 16);
-            let mut log2 = Vec::new();
-            restore_debug_loop(
-                &mut CheckingAccess::new(&mut r2, &mut log2),
-                &ptr,
-                DbgBank::Bvr,
-                nr,
-            )
-            .unwrap();
-            assert_eq!(written(&log2), want, "restore_debug_loop nr={nr}");
-            for n in 0..16 {
-                let v = r2.file.read_dbg(DbgBank::Bvr, n).unwrap();
-                let expect = want
-                    .iter()
-                    .find(|(i, _)| *i == n)
-                    .map_or(0x100 * DbgBank::Bvr as u64 + n as u64, |(_, v)| *v);
-                assert_eq!(v, expect, "DBGBVR{n}_EL1 after restore_debug_loop nr={nr}");
+            type Restore =
+                fn(&mut CheckingAccess<'_>, &[u64; 16], DbgBank, u8) -> Result<(), HypFault>;
+            let shapes: [(&str, Restore); 2] = [
+                ("restore_debug", |a, p, b, n| restore_debug(a, p, b, n)),
+                ("restore_debug_loop", |a, p, b, n| {
+                    restore_debug_loop(a, p, b, n)
+                }),
+            ];
+            for (name, restore) in shapes {
+                let mut r = regs(16, 16);
+                let mut log = Vec::new();
+                restore(
+                    &mut CheckingAccess::new(&mut r, &mut log),
+                    &ptr,
+                    DbgBank::Bvr,
+                    nr,
+                )
+                .unwrap();
+                assert_eq!(written(&log), want, "{name} nr={nr}");
+                for n in 0..16 {
+                    let expect = want
+                        .iter()
+                        .find(|(i, _)| *i == n)
+                        .map_or(0x100 * DbgBank::Bvr as u64 + n as u64, |(_, v)| *v);
+                    let got = r.file.read_dbg(DbgBank::Bvr, n).unwrap();
+                    assert_eq!(got, expect, "DBGBVR{n}_EL1 after {name} nr={nr}");
+                }
             }
         }
     }

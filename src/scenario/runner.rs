@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use hypdbg_host::{DebugSnapshot, DebugStop, DebugVcpu, Debugger, RunExit, Stop, VcpuError};
+use hypdbg_host::{
+    DebugSnapshot, DebugStop, DebugVcpu, Debugger, RunExit, Stop, VcpuError, VmVcpu,
+};
 use hypdbg_hyp::events::{Event, GuestEvent};
 use hypdbg_hyp::flow::Era;
 use hypdbg_hyp::guest::Program;
@@ -530,68 +532,59 @@ pub fn run_assembled(
     Ok(out)
 }
 
-/// A vcpu of the engine's VM as the host crate's debugger sees it, remembering the last raw
-/// exit (so that a debugger stop can be reported with its syndrome).
+/// A vcpu of the engine's VM as the host crate's debugger sees it ([`VmVcpu`]), remembering
+/// the last raw exit (so that a debugger stop can be reported with its syndrome) and counting
+/// exits.
 struct Tap<'v> {
-    vm: &'v mut Vm,
-    index: usize,
+    vcpu: VmVcpu<'v>,
     last: Option<VcpuExit>,
     counts: &'v mut ExitCounts,
 }
 
+impl<'v> Tap<'v> {
+    fn new(vm: &'v mut Vm, index: usize, counts: &'v mut ExitCounts) -> Result<Self, Fail> {
+        Ok(Tap {
+            vcpu: VmVcpu::new(vm, index).map_err(run_err)?,
+            last: None,
+            counts,
+        })
+    }
+}
+
 impl DebugVcpu for Tap<'_> {
     fn check_extension(&self, cap: u32) -> i64 {
-        self.vm.check_extension(cap)
+        self.vcpu.check_extension(cap)
     }
 
     fn set_guest_debug(&mut self, dbg: &KvmGuestDebug) -> Result<(), VcpuError> {
-        self.vm.set_guest_debug(self.index, dbg).map_err(|e| {
-            VcpuError::new(format!("KVM_SET_GUEST_DEBUG control={:#x}", dbg.control), e)
-        })
+        self.vcpu.set_guest_debug(dbg)
     }
 
     fn run(&mut self) -> Result<RunExit, VcpuError> {
-        let exit = self
-            .vm
-            .run(self.index)
-            .map_err(|e| VcpuError::new("KVM_RUN", e))?;
+        let exit = self.vcpu.run_raw()?;
         self.counts.record(&exit);
         self.last = Some(exit);
-        Ok(match exit {
-            VcpuExit::Debug { arch, flags } => RunExit::Debug { arch, flags },
-            VcpuExit::Hvc { imm } => RunExit::Hypercall { imm },
-            other => RunExit::Other {
-                what: other.to_string(),
-            },
-        })
+        Ok(exit.into())
     }
 
     fn get_one_reg(&mut self, id: u64) -> Result<u64, VcpuError> {
-        self.vm
-            .get_one_reg(self.index, id)
-            .map_err(|e| VcpuError::new(format!("KVM_GET_ONE_REG {id:#x}"), e))
+        self.vcpu.get_one_reg(id)
     }
 
     fn set_one_reg(&mut self, id: u64, value: u64) -> Result<(), VcpuError> {
-        self.vm
-            .set_one_reg(self.index, id, value)
-            .map_err(|e| VcpuError::new(format!("KVM_SET_ONE_REG {id:#x} = {value:#x}"), e))
+        self.vcpu.set_one_reg(id, value)
     }
 
     fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), VcpuError> {
-        self.vm.memory().read(addr, buf);
-        Ok(())
+        self.vcpu.read_memory(addr, buf)
     }
 
     fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), VcpuError> {
-        self.vm.memory_mut().write(addr, data);
-        Ok(())
+        self.vcpu.write_memory(addr, data)
     }
 
     fn inject_debug_exception(&mut self, esr: Esr, far: Option<u64>) -> Result<(), VcpuError> {
-        self.vm
-            .inject_exception(self.index, esr, far)
-            .map_err(|e| VcpuError::new(format!("inject ESR {:#x}", esr.bits()), e))
+        self.vcpu.inject_debug_exception(esr, far)
     }
 }
 
@@ -933,25 +926,18 @@ impl<'a> Engine<'a> {
                     self.describe(a)
                 )))
             }
-            Op::SwBreak { vcpu, addr, .. } => {
+            Op::SwBreak { vcpu, addr, .. } | Op::DeleteSwBreak { vcpu, addr, .. } => {
                 let v = self.vcpu_ok(*vcpu)?;
                 let a = self.addr(addr, i)?;
                 self.ensure_debugger(v)?;
-                self.with_debugger(v, |d, t| d.insert_sw_breakpoint(t, a))?;
-                Ok(Outcome::text(format!(
-                    "software breakpoint (BRK #0) at {}",
-                    self.describe(a)
-                )))
-            }
-            Op::DeleteSwBreak { vcpu, addr, .. } => {
-                let v = self.vcpu_ok(*vcpu)?;
-                let a = self.addr(addr, i)?;
-                self.ensure_debugger(v)?;
-                self.with_debugger(v, |d, t| d.remove_sw_breakpoint(t, a))?;
-                Ok(Outcome::text(format!(
-                    "removed the software breakpoint at {}",
-                    self.describe(a)
-                )))
+                let what = if matches!(op, Op::SwBreak { .. }) {
+                    self.with_debugger(v, |d, t| d.insert_sw_breakpoint(t, a))?;
+                    "software breakpoint (BRK #0) at"
+                } else {
+                    self.with_debugger(v, |d, t| d.remove_sw_breakpoint(t, a))?;
+                    "removed the software breakpoint at"
+                };
+                Ok(Outcome::text(format!("{what} {}", self.describe(a))))
             }
             Op::Detach { vcpu, .. } => {
                 let v = self.vcpu_ok(*vcpu)?;
@@ -964,12 +950,7 @@ impl<'a> Engine<'a> {
             }
             Op::Snapshot { vcpu, name, .. } => {
                 let v = self.vcpu_ok(*vcpu)?;
-                let mut tap = Tap {
-                    vm: &mut self.vm,
-                    index: v,
-                    last: None,
-                    counts: &mut self.exits,
-                };
+                let mut tap = Tap::new(&mut self.vm, v, &mut self.exits)?;
                 let s = DebugSnapshot::save(&mut tap).map_err(run_err)?;
                 let text = format!(
                     "snapshot '{name}' of vcpu {v}: {} breakpoint and {} watchpoint register pairs, MDSCR_EL1={:#x}, MDCCINT_EL1={:#x}, OSLSR_EL1={:#x}",
@@ -989,12 +970,7 @@ impl<'a> Engine<'a> {
                     .get(name)
                     .cloned()
                     .ok_or_else(|| Fail::Run(format!("no snapshot named '{name}'")))?;
-                let mut tap = Tap {
-                    vm: &mut self.vm,
-                    index: v,
-                    last: None,
-                    counts: &mut self.exits,
-                };
+                let mut tap = Tap::new(&mut self.vm, v, &mut self.exits)?;
                 s.restore(&mut tap).map_err(run_err)?;
                 Ok(Outcome::text(format!(
                     "restored snapshot '{name}' into vcpu {v}"
@@ -1055,12 +1031,7 @@ impl<'a> Engine<'a> {
 
     fn ensure_debugger(&mut self, v: usize) -> Result<&mut Debugger, Fail> {
         if self.debuggers[v].is_none() {
-            let tap = Tap {
-                vm: &mut self.vm,
-                index: v,
-                last: None,
-                counts: &mut self.exits,
-            };
+            let tap = Tap::new(&mut self.vm, v, &mut self.exits)?;
             let d = Debugger::new(&tap).map_err(run_err)?;
             self.debuggers[v] = Some(d);
         }
@@ -1084,12 +1055,7 @@ impl<'a> Engine<'a> {
         let d = debuggers[v]
             .as_mut()
             .ok_or_else(|| Fail::Run(format!("no debugger on vcpu {v}")))?;
-        let mut tap = Tap {
-            vm,
-            index: v,
-            last: None,
-            counts: exits,
-        };
+        let mut tap = Tap::new(vm, v, exits)?;
         let r = f(d, &mut tap).map_err(run_err)?;
         Ok((r, tap.last))
     }

@@ -208,6 +208,27 @@ impl Checker {
         });
     }
 
+    /// A violation seen in a live register while the guest ran on `pcpu`.
+    fn report_live(
+        &mut self,
+        invariant: Invariant,
+        vcpu: usize,
+        pcpu: usize,
+        register: &str,
+        live: u64,
+        message: String,
+    ) {
+        self.report(
+            invariant,
+            vcpu,
+            Some(pcpu),
+            Some(register.to_string()),
+            None,
+            Some(live),
+            message,
+        );
+    }
+
     /// Check every event of a run; `op_of_event[i]` is the action that produced event i.
     pub fn check(&mut self, events: &[Event], op_of_event: &[usize]) {
         for (i, e) in events.iter().enumerate() {
@@ -677,15 +698,7 @@ impl Checker {
                     "the guest owns its debug registers but MDCR_EL2 = {:#x} still traps them (TDA): every access exits to EL2",
                     live.mdcr_el2
                 );
-                self.report(
-                    Invariant::Lazy,
-                    vcpu,
-                    Some(pcpu),
-                    Some("MDCR_EL2".into()),
-                    None,
-                    Some(live.mdcr_el2),
-                    msg,
-                );
+                self.report_live(Invariant::Lazy, vcpu, pcpu, "MDCR_EL2", live.mdcr_el2, msg);
             }
         } else {
             if moves > 0 {
@@ -708,15 +721,7 @@ impl Checker {
                     "the guest's debug registers are not loaded but MDCR_EL2 = {:#x} does not trap them (TDA clear): a first use would be missed",
                     live.mdcr_el2
                 );
-                self.report(
-                    Invariant::Lazy,
-                    vcpu,
-                    Some(pcpu),
-                    Some("MDCR_EL2".into()),
-                    None,
-                    Some(live.mdcr_el2),
-                    msg,
-                );
+                self.report_live(Invariant::Lazy, vcpu, pcpu, "MDCR_EL2", live.mdcr_el2, msg);
             }
         }
         // MDSCR_EL1 the guest runs with.
@@ -741,13 +746,12 @@ impl Checker {
                 "userspace set KVM_GUESTDBG_USE_HW but the guest ran with MDSCR_EL1 = {:#x} (MDE clear)",
                 live.mdscr_el1
             );
-            self.report(
+            self.report_live(
                 Invariant::UserspaceDebug,
                 vcpu,
-                Some(pcpu),
-                Some("MDSCR_EL1".into()),
-                None,
-                Some(live.mdscr_el1),
+                pcpu,
+                "MDSCR_EL1",
+                live.mdscr_el1,
                 msg,
             );
         }
@@ -756,13 +760,12 @@ impl Checker {
                 "userspace set KVM_GUESTDBG_SINGLESTEP but the guest ran with MDSCR_EL1 = {:#x} (SS clear)",
                 live.mdscr_el1
             );
-            self.report(
+            self.report_live(
                 Invariant::UserspaceDebug,
                 vcpu,
-                Some(pcpu),
-                Some("MDSCR_EL1".into()),
-                None,
-                Some(live.mdscr_el1),
+                pcpu,
+                "MDSCR_EL1",
+                live.mdscr_el1,
                 msg,
             );
         }
@@ -771,13 +774,12 @@ impl Checker {
                 "the guest's OS lock is set but it ran with MDSCR_EL1 = {:#x} (MDE set)",
                 live.mdscr_el1
             );
-            self.report(
+            self.report_live(
                 Invariant::EventDelivery,
                 vcpu,
-                Some(pcpu),
-                Some("MDSCR_EL1".into()),
-                None,
-                Some(live.mdscr_el1),
+                pcpu,
+                "MDSCR_EL1",
+                live.mdscr_el1,
                 msg,
             );
         }
@@ -786,13 +788,12 @@ impl Checker {
                 "userspace debugs the guest but MDCR_EL2 = {:#x} has TDE clear: debug events stay in the guest",
                 live.mdcr_el2
             );
-            self.report(
+            self.report_live(
                 Invariant::EventDelivery,
                 vcpu,
-                Some(pcpu),
-                Some("MDCR_EL2".into()),
-                None,
-                Some(live.mdcr_el2),
+                pcpu,
+                "MDCR_EL2",
+                live.mdcr_el2,
                 msg,
             );
         }
