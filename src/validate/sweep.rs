@@ -1,6 +1,6 @@
 //! The exhaustive sweep over the small dimensions: guest MDSCR_EL1 KDE/MDE/SS, PSTATE.D, the
 //! OS lock, guest accesses while clean, userspace control flags and when userspace debug
-//! starts and stops, consecutive runs, host interrupts, migration between two physical CPUs
+//! starts, stops, pauses stepping or is re-issued unchanged, consecutive runs, host interrupts, migration between two physical CPUs
 //! (same profile, or another with equal counts), SMP entries; and every BRPs/WRPs field
 //! value 1..=15 with CTX_CMPs at its minimum and maximum.
 
@@ -35,6 +35,9 @@ pub enum Session {
     /// From the start; at the first HVC SINGLESTEP is dropped (ENABLE kept), at the second
     /// it is set again.
     StepPauses,
+    /// From the start, re-issued unchanged at every HVC, as QEMU's gdbstub does on every
+    /// resume (a KVM_SET_GUEST_DEBUG that changes nothing must not change the step state).
+    StepResent,
 }
 
 /// Where the vcpu runs for its last run.
@@ -147,6 +150,7 @@ impl Params {
                 Session::StartMidway => "from the second run",
                 Session::StopMidway => "for the first two runs only",
                 Session::StepPauses => "from the start, without SINGLESTEP for the second run",
+                Session::StepResent => "from the start, re-issued unchanged before each run",
             };
             let _ = write!(s, "; userspace {} {when}", control_words(self.control));
         }
@@ -278,11 +282,14 @@ impl Params {
         if debug && self.session == Session::StepPauses {
             ops.push(set(self.control & !GuestDebugControl::SINGLESTEP.bits()));
         }
+        if debug && self.session == Session::StepResent {
+            ops.push(set(self.control));
+        }
         ops.push(run(1));
         if debug && self.session == Session::StopMidway {
             ops.push(set(0));
         }
-        if debug && self.session == Session::StepPauses {
+        if debug && matches!(self.session, Session::StepPauses | Session::StepResent) {
             ops.push(set(self.control));
         }
         let mut cpus = vec![cpu.to_string()];
@@ -347,6 +354,7 @@ pub fn points() -> Vec<Params> {
                     Session::StartMidway,
                     Session::StopMidway,
                     Session::StepPauses,
+                    Session::StepResent,
                 ]
             } else {
                 &[Session::Whole, Session::StartMidway, Session::StopMidway]
