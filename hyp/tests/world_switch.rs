@@ -476,8 +476,9 @@ fn check_extension_reports_the_counts_and_bad_control_is_einval() {
 }
 
 /// `kvm_handle_guest_debug` (handle_exit.c): `run->debug.arch` carries the whole ESR_EL2
-/// (`hsr`, and since v5.x `hsr_high` = ESR\[63:32\] with KVM_DEBUG_ARCH_HSR_HIGH_VALID), `far` only for a
-/// watchpoint, and a completed step ends the active-pending state (era 3: SPSR.SS re-armed).
+/// (`hsr`, and since v5.x `hsr_high` = ESR\[63:32\] with KVM_DEBUG_ARCH_HSR_HIGH_VALID),
+/// `far` only for a watchpoint, and a completed step ends the active-pending state (era 3:
+/// SPSR.SS re-armed).
 #[test]
 fn debug_exit_reports_the_whole_syndrome_and_far_only_for_watchpoints() {
     use hypdbg_hyp::context::{DebugFlags, KvmVcpu};
@@ -509,9 +510,9 @@ fn debug_exit_reports_the_whole_syndrome_and_far_only_for_watchpoints() {
         // Eras 1/2 clear DBG_SS_ACTIVE_PENDING; era 3 re-arms the step (SPSR.SS = 1,
         // active-not-pending) in the vcpu's PSTATE.
         let era3 = v.starts_with("era3");
-        let stepped = |vcpu: &mut KvmVcpu| {
+        let stepped = |vcpu: &KvmVcpu| {
             if era3 {
-                *vcpu.cpsr_mut() & DBG_SPSR_SS != 0
+                vcpu.cpsr() & DBG_SPSR_SS != 0
             } else {
                 !vcpu.flag(DebugFlags::DBG_SS_ACTIVE_PENDING)
             }
@@ -521,13 +522,13 @@ fn debug_exit_reports_the_whole_syndrome_and_far_only_for_watchpoints() {
         let (arch, _) = flow.handle_guest_debug(&mut vcpu, Esr::breakpoint(false), 0);
         assert_eq!(arch.hsr >> 26, 0x30, "{v}");
         assert!(
-            !stepped(&mut vcpu),
+            !stepped(&vcpu),
             "{v}: a breakpoint leaves the step state alone"
         );
         let (arch, _) = flow.handle_guest_debug(&mut vcpu, Esr::software_step(false, true), 0);
         assert_eq!(arch.hsr >> 26, 0x32, "{v}");
         assert!(
-            stepped(&mut vcpu),
+            stepped(&vcpu),
             "{v}: a completed step ends the pending state"
         );
     }

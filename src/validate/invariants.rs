@@ -208,13 +208,16 @@ impl Checker {
         });
     }
 
-    /// A violation seen in a live register while the guest ran on `pcpu`.
+    /// A violation seen in a live register while the guest ran on `pcpu` (with the value or
+    /// bits it should have held, when there is one).
+    #[allow(clippy::too_many_arguments)]
     fn report_live(
         &mut self,
         invariant: Invariant,
         vcpu: usize,
         pcpu: usize,
         register: &str,
+        expected: Option<u64>,
         live: u64,
         message: String,
     ) {
@@ -223,7 +226,7 @@ impl Checker {
             vcpu,
             Some(pcpu),
             Some(register.to_string()),
-            None,
+            expected,
             Some(live),
             message,
         );
@@ -698,7 +701,15 @@ impl Checker {
                     "the guest owns its debug registers but MDCR_EL2 = {:#x} still traps them (TDA): every access exits to EL2",
                     live.mdcr_el2
                 );
-                self.report_live(Invariant::Lazy, vcpu, pcpu, "MDCR_EL2", live.mdcr_el2, msg);
+                self.report_live(
+                    Invariant::Lazy,
+                    vcpu,
+                    pcpu,
+                    "MDCR_EL2",
+                    None,
+                    live.mdcr_el2,
+                    msg,
+                );
             }
         } else {
             if moves > 0 {
@@ -721,7 +732,15 @@ impl Checker {
                     "the guest's debug registers are not loaded but MDCR_EL2 = {:#x} does not trap them (TDA clear): a first use would be missed",
                     live.mdcr_el2
                 );
-                self.report_live(Invariant::Lazy, vcpu, pcpu, "MDCR_EL2", live.mdcr_el2, msg);
+                self.report_live(
+                    Invariant::Lazy,
+                    vcpu,
+                    pcpu,
+                    "MDCR_EL2",
+                    None,
+                    live.mdcr_el2,
+                    msg,
+                );
             }
         }
         // MDSCR_EL1 the guest runs with.
@@ -751,6 +770,7 @@ impl Checker {
                 vcpu,
                 pcpu,
                 "MDSCR_EL1",
+                None,
                 live.mdscr_el1,
                 msg,
             );
@@ -765,6 +785,7 @@ impl Checker {
                 vcpu,
                 pcpu,
                 "MDSCR_EL1",
+                None,
                 live.mdscr_el1,
                 msg,
             );
@@ -779,6 +800,7 @@ impl Checker {
                 vcpu,
                 pcpu,
                 "MDSCR_EL1",
+                None,
                 live.mdscr_el1,
                 msg,
             );
@@ -793,6 +815,7 @@ impl Checker {
                 vcpu,
                 pcpu,
                 "MDCR_EL2",
+                None,
                 live.mdcr_el2,
                 msg,
             );
@@ -813,13 +836,13 @@ impl Checker {
             let msg = format!(
                 "the guest ran with MDCR_EL2 = {mdcr:#x}: TDOSA and TDRA must always be set (KVM emulates the OS lock and MDRAR_EL1)"
             );
-            self.report(
+            self.report_live(
                 Invariant::Lazy,
                 vcpu,
-                Some(pcpu),
-                Some("MDCR_EL2".into()),
+                pcpu,
+                "MDCR_EL2",
                 Some(always_traps),
-                Some(mdcr),
+                mdcr,
                 msg,
             );
         }
@@ -833,13 +856,13 @@ impl Checker {
                 "the guest ran with MDCR_EL2 = {mdcr:#x}: it must keep the host's HPMN ({:#x}) and the PMU/SPE/trace traps {kept:#x}",
                 host_mdcr.unwrap_or(0) & MDCR_EL2_HPMN_MASK
             );
-            self.report(
+            self.report_live(
                 Invariant::MdccintMdcr,
                 vcpu,
-                Some(pcpu),
-                Some("MDCR_EL2".into()),
+                pcpu,
+                "MDCR_EL2",
                 Some(kept),
-                Some(mdcr),
+                mdcr,
                 msg,
             );
         }

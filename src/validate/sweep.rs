@@ -1,8 +1,9 @@
 //! The exhaustive sweep over the small dimensions: guest MDSCR_EL1 KDE/MDE/SS, PSTATE.D, the
 //! OS lock, guest accesses while clean, userspace control flags and when userspace debug
-//! starts, stops, pauses stepping or is re-issued unchanged, consecutive runs, host interrupts, migration between two physical CPUs
-//! (same profile, or another with equal counts), SMP entries; and every BRPs/WRPs field
-//! value 1..=15 with CTX_CMPs at its minimum and maximum.
+//! starts, stops, pauses stepping or is re-issued unchanged, consecutive runs, host
+//! interrupts, migration between two physical CPUs (same profile, or another with equal
+//! counts), SMP entries; and every BRPs/WRPs field value 1..=15 with CTX_CMPs at its minimum
+//! and maximum.
 
 use std::fmt::Write as _;
 
