@@ -189,29 +189,7 @@ impl HwDebugError {
     }
 }
 
-/// A failed operation on a vcpu (an ioctl error, or the simulator's equivalent).
-#[derive(Debug, thiserror::Error)]
-#[error("{op} failed: {source}")]
-pub struct VcpuError {
-    /// The operation, with its argument (`"KVM_SET_ONE_REG DBGBCR3_EL1"`).
-    pub op: String,
-    /// The underlying error.
-    #[source]
-    pub source: Box<dyn std::error::Error + Send + Sync + 'static>,
-}
-
-impl VcpuError {
-    /// Wrap an error of `op`.
-    pub fn new(
-        op: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        VcpuError {
-            op: op.into(),
-            source: Box::new(source),
-        }
-    }
-}
+pub use hypdbg_model::vcpu::VcpuError;
 
 /// Why a software breakpoint cannot be inserted or removed.
 #[derive(Debug, thiserror::Error)]
@@ -248,7 +226,7 @@ pub enum SwBpError {
     /// would destroy the new contents, so it is left alone and the breakpoint is forgotten.
     #[error(
         "software breakpoint at {addr:#x}: guest memory holds {found:#010x}, not our BRK #0 ({brk:#010x}); the saved instruction {saved:#010x} was not written back (EINVAL)",
-        brk = hypdbg_hyp::guest::insn::BRK0
+        brk = hypdbg_model::insn::BRK0
     )]
     Overwritten {
         /// The address.

@@ -1,5 +1,6 @@
-//! The VMM's side of arm64 guest debugging, against the `hyp` simulator's KVM-shaped API and
-//! shaped so that the same logic drives a real `kvm_ioctls::VcpuFd` ([`vcpu`]).
+//! The VMM's side of arm64 guest debugging, written against the [`DebugVcpu`] seam (KVM's vcpu
+//! ioctls, `kvm-ioctls`-shaped) so that the same logic drives the `hypdbg-hyp` simulator or a
+//! real `kvm_ioctls::VcpuFd`; it depends on the architecture model only.
 //!
 //! - [`encode`]: pure encoders: a breakpoint's DBGBCR/DBGBVR, the fewest DBGWCR/DBGWVR
 //!   pairs that watch exactly a byte range, [`WatchAccess`] (what `hypdbg encode` prints);
@@ -11,8 +12,9 @@
 //!   [`Debugger::handle_debug_exit`], continue and step with gdb's step-over rules, the guest's
 //!   own breakpoints mirrored and reinjected;
 //! - [`snapshot`]: the debug registers through ONE_REG as a JSON snapshot (migration);
-//! - [`smp`]: [`SharedHwDebug`], one set published to many vcpu threads without tearing,
-//!   and [`NaivePool`], QEMU's unsynchronised copy, for a loom model to catch;
+//! - [`smp`]: [`SharedHwDebug`], one set published to many vcpu threads without tearing
+//!   (its loom model, `tests/loom_vmm.rs`, also carries QEMU's unsynchronised copy for loom
+//!   to catch);
 //! - [`sync`]: the synchronisation types (`std`, or `loom` under `--cfg loom`).
 
 pub mod encode;
@@ -26,9 +28,9 @@ pub mod snapshot;
 pub mod sw;
 pub mod vcpu;
 
-/// The synchronisation types [`smp`] uses: `hypdbg_hyp::sync` (std's, or loom's under
+/// The synchronisation types [`smp`] uses: `hypdbg_model::sync` (std's, or loom's under
 /// `--cfg loom`).
-pub use hypdbg_hyp::sync;
+pub use hypdbg_model::sync;
 
 pub use encode::{
     BpSlot, Slots, WatchAccess, WatchRequest, WpSlot, encode_breakpoint, encode_watchpoint,
@@ -37,7 +39,7 @@ pub use error::{DebugError, Errno, HwDebugError, SmpError, SnapshotError, SwBpEr
 pub use exit::{DebugStop, GuestDebugEvent, GuestView};
 pub use hw::HwDebug;
 pub use session::{Debugger, Stop};
-pub use smp::{NaivePool, SharedHwDebug};
+pub use smp::SharedHwDebug;
 pub use snapshot::DebugSnapshot;
 pub use sw::SwBreakpoints;
-pub use vcpu::{DebugVcpu, RunExit, VmVcpu};
+pub use vcpu::{DebugVcpu, RunExit};

@@ -22,15 +22,16 @@
 //! hint for leaving early, never the basis of a correctness decision.
 //!
 //! Every synchronisation type comes from [`crate::sync`] (`std`, or `loom` under
-//! `--cfg loom`), so a loom model checks this exact code. [`NaivePool`] is the broken
-//! design for such a model to catch: QEMU's register-by-register copy with no
+//! `--cfg loom`), so a loom model checks this exact code. That model (`tests/loom_vmm.rs`)
+//! also carries the broken design for loom to catch: QEMU's register-by-register copy with no
 //! synchronisation, relying on gdb's run control that a VMM does not have.
 //!
 //! A thread must not call [`SharedHwDebug::update`] while it holds an [`Entry`]: the update
 //! would wait for that entry to be dropped.
 
-use hypdbg_hyp::sync::{Arc, AtomicU64, Condvar, Mutex, MutexGuard, Ordering, lock};
 use hypdbg_model::uapi::{KvmGuestDebug, KvmGuestDebugArch};
+
+use crate::sync::{Arc, AtomicU64, Condvar, Mutex, MutexGuard, Ordering, lock};
 
 use crate::error::{HwDebugError, SmpError};
 use crate::hw::{HwDebug, guest_debug_for};
@@ -216,60 +217,3 @@ impl Drop for Entry<'_> {
     }
 }
 
-/// The broken design, for model checking to catch: QEMU's global arrays copied register by
-/// register by each vcpu thread (`kvm_arm_copy_hw_debug_data`) while the debugger thread
-/// rewrites them in place, with no lock and no kick. Every register is a separate
-/// [`crate::sync::AtomicU64`] accessed `Relaxed`, so the race is well defined in Rust and
-/// visible to loom as interleavings: a copy can be torn (part old set, part new), and a vcpu
-/// can enter with the old set after the debugger's update returned.
-pub struct NaivePool {
-    bcr: Vec<AtomicU64>,
-    bvr: Vec<AtomicU64>,
-    wcr: Vec<AtomicU64>,
-    wvr: Vec<AtomicU64>,
-}
-
-impl NaivePool {
-    /// A pool of `bps` breakpoint and `wps` watchpoint register pairs (each at most 16), all
-    /// zero.
-    pub fn new(bps: usize, wps: usize) -> Self {
-        let bank = |n: usize| {
-            (0..n.min(16))
-                .map(|_| AtomicU64::new(0))
-                .collect::<Vec<_>>()
-        };
-        NaivePool {
-            bcr: bank(bps),
-            bvr: bank(bps),
-            wcr: bank(wps),
-            wvr: bank(wps),
-        }
-    }
-
-    /// Debugger thread: overwrite the registers one by one (value, then control).
-    pub fn publish(&self, arch: &KvmGuestDebugArch) {
-        for (n, (c, v)) in self.bcr.iter().zip(&self.bvr).enumerate() {
-            v.store(arch.dbg_bvr[n], Ordering::Relaxed);
-            c.store(arch.dbg_bcr[n], Ordering::Relaxed);
-        }
-        for (n, (c, v)) in self.wcr.iter().zip(&self.wvr).enumerate() {
-            v.store(arch.dbg_wvr[n], Ordering::Relaxed);
-            c.store(arch.dbg_wcr[n], Ordering::Relaxed);
-        }
-    }
-
-    /// Vcpu thread: `kvm_arm_copy_hw_debug_data`, zero the block then copy the registers
-    /// one by one.
-    pub fn copy_hw_debug_data(&self) -> KvmGuestDebugArch {
-        let mut a = KvmGuestDebugArch::default();
-        for (n, (c, v)) in self.bcr.iter().zip(&self.bvr).enumerate() {
-            a.dbg_bcr[n] = c.load(Ordering::Relaxed);
-            a.dbg_bvr[n] = v.load(Ordering::Relaxed);
-        }
-        for (n, (c, v)) in self.wcr.iter().zip(&self.wvr).enumerate() {
-            a.dbg_wcr[n] = c.load(Ordering::Relaxed);
-            a.dbg_wvr[n] = v.load(Ordering::Relaxed);
-        }
-        a
-    }
-}

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use hypdbg_hyp::guest::insn::BRK0;
+use hypdbg_model::insn::BRK0;
 use hypdbg_model::va::is_sign_extended;
 
 use crate::error::SwBpError;

@@ -7,8 +7,9 @@
 mod common;
 
 use common::*;
-use hypdbg_host::{DebugStop, Debugger, Stop, VmVcpu, WatchAccess, WatchRequest};
-use hypdbg_hyp::guest::insn::BRK0;
+use hypdbg_hyp::vcpu::VmVcpu;
+use hypdbg_host::{DebugStop, Debugger, Stop, WatchAccess, WatchRequest};
+use hypdbg_model::insn::BRK0;
 
 const PROG: &str = "
 start:  mov x0, #0x8000

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use common::*;
+use hypdbg_hyp::vcpu::VmVcpu;
 use hypdbg_host::{
-    DebugStop, Debugger, HwDebug, HwDebugError, SharedHwDebug, Stop, VmVcpu, WatchAccess,
+    DebugStop, Debugger, HwDebug, HwDebugError, SharedHwDebug, Stop, WatchAccess,
     WatchRequest,
 };
 use hypdbg_hyp::VmConfig;

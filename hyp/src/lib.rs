@@ -10,6 +10,7 @@
 //! - [`guest`]: the guest: A64 instructions, memory, execution against the live registers;
 //! - [`vm`]: a KVM-shaped API (`check_extension`, `set_guest_debug`, `run`, ONE_REG, load/put
 //!   on a chosen physical CPU) and the run loop;
+//! - [`vcpu`]: [`vcpu::VmVcpu`], a simulated vcpu behind the model crate's `DebugVcpu`;
 //! - [`events`]: what the simulator records (entries, exits, traps, guest events);
 //! - [`sync`]: std or loom synchronisation types, for model checking;
 //! - [`smp`]: era 3's per-CPU host save area and the vcpu mutex on state shared between
@@ -24,12 +25,14 @@ pub mod flow;
 pub mod guest;
 pub mod pcpu;
 pub mod smp;
-pub mod sync;
 pub mod variants;
+pub mod vcpu;
 pub mod vm;
 pub mod workloads;
 
 pub use access::{CheckingAccess, PlainAccess, RegAccess};
+/// The synchronisation types (`std`'s, or `loom`'s under `--cfg loom`), from the model crate.
+pub use hypdbg_model::sync;
 pub use fault::{HypFault, KvmError};
 pub use flow::Era;
 pub use vm::{VcpuExit, Vm, VmConfig};

@@ -25,18 +25,18 @@
 //!   KVM_RUN and KVM_SET_GUEST_DEBUG alike, so the ioctl's copy of `external_debug_state` is
 //!   never seen half done by an entry.
 //!
-//! Two deliberately broken designs are here for model checks to catch (as
-//! `hypdbg_host::NaivePool` is on the VMM side): [`SaveArea::ChosenAtLoad`], the save area
-//! picked at `vcpu_load` and used after a migration without a put, and [`UnlockedVcpuFd`],
-//! KVM_SET_GUEST_DEBUG without the vcpu mutex.
+//! The deliberately broken designs the model checks must catch do not ship: the save area
+//! picked at `vcpu_load` and used after a migration without a put (`SaveArea::ChosenAtLoad`)
+//! exists only with the `broken-designs` feature, which only this crate's tests turn on, and
+//! KVM_SET_GUEST_DEBUG without the vcpu mutex (`UnlockedVcpuFd`) lives in the tests
+//! (`hyp/tests/common/broken.rs`), built on this module's public API.
 //!
 //! Memory orderings: every piece of shared state is behind a [`Mutex`] (lock = acquire, unlock
-//! = release). [`UnlockedVcpuFd`] alone uses atomics, `Relaxed` on purpose: it is the broken
-//! design. A thread must not pin a CPU it already holds (it would deadlock, as a real CPU
+//! = release); no atomics. A thread must not pin a CPU it already holds (it would deadlock, as a real CPU
 //! cannot run two things at once); pinning two different CPUs at once is allowed, which a test
 //! uses to play a schedule by hand.
 
-use hypdbg_model::uapi::{GuestDebugControl, KvmGuestDebug, KvmGuestDebugArch};
+use hypdbg_model::uapi::{KvmGuestDebug, KvmGuestDebugArch};
 use hypdbg_model::{DbgBank, DebugFeatures};
 
 use crate::access::{PhysRegs, PlainAccess};
@@ -44,7 +44,7 @@ use crate::context::{KvmHostData, KvmVcpu};
 use crate::fault::KvmError;
 use crate::flow::{Era3, Era3Engine, EraEngine};
 use crate::pcpu::{HostSnapshot, Pcpu};
-use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering, lock};
+use crate::sync::{Mutex, MutexGuard, lock};
 
 /// Which CPU's `kvm_host_data` the world switch saves the host's registers into and restores
 /// them from.
@@ -54,10 +54,11 @@ pub enum SaveArea {
     /// history, because entry and exit run on one CPU with preemption disabled.
     #[default]
     CurrentCpu,
-    /// **Broken, for model checking**: the CPU the vcpu was last loaded on, remembered at
-    /// `vcpu_load`. Right as long as every migration is a put and a load; after a migration
+    /// **Broken, for model checking** (feature `broken-designs`, which only this crate's own
+    /// tests turn on): the CPU the vcpu was last loaded on, remembered at `vcpu_load`. Right as long as every migration is a put and a load; after a migration
     /// without a put, the switch on one CPU saves into and restores from another CPU's area,
     /// which that CPU's own vcpus use at the same time.
+    #[cfg(feature = "broken-designs")]
     ChosenAtLoad,
 }
 
@@ -226,6 +227,7 @@ impl<F: Era3> OnCpu<'_, F> {
         };
         let area = match self.host.save_area {
             SaveArea::CurrentCpu => self.cpu,
+            #[cfg(feature = "broken-designs")]
             SaveArea::ChosenAtLoad => loaded,
         };
         let save = self.host.cpu(area)?;
@@ -304,87 +306,5 @@ impl VcpuFd {
     /// A copy of the vcpu as it is now.
     pub fn vcpu(&self) -> SmpVcpu {
         lock(&self.vcpu).clone()
-    }
-}
-
-/// **Broken, for model checking**: KVM_SET_GUEST_DEBUG without `vcpu->mutex`. What the ioctl
-/// writes and KVM_RUN reads, `vcpu->guest_debug` and the implemented registers of
-/// `external_debug_state`, is shared as one [`AtomicU64`] per field accessed `Relaxed`: the
-/// race is defined Rust, and a model checker sees every field of the copy as a step of its own,
-/// so an entry can load a half-copied block. The ioctl and the run call the same real
-/// functions as [`VcpuFd`] on a private `KvmVcpu` built from the shared fields; everything
-/// else in that vcpu starts from reset on each call, and a run publishes nothing back.
-pub struct UnlockedVcpuFd {
-    vcpu_id: usize,
-    control: AtomicU64,
-    /// Per bank (DbgBank::ALL order), one atomic per implemented register.
-    banks: [Vec<AtomicU64>; 4],
-}
-
-impl UnlockedVcpuFd {
-    /// Vcpu `vcpu_id` after reset, on CPUs with `features` (which size the banks).
-    pub fn new(vcpu_id: usize, features: &DebugFeatures) -> Self {
-        let bank = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
-        let (b, w) = (features.num_brps(), features.num_wrps());
-        UnlockedVcpuFd {
-            vcpu_id,
-            control: AtomicU64::new(0),
-            banks: [bank(b), bank(b), bank(w), bank(w)],
-        }
-    }
-
-    /// Read the shared fields one by one into a fresh vcpu.
-    fn read(&self) -> KvmVcpu {
-        let mut v = KvmVcpu::new(self.vcpu_id);
-        let control = self.control.load(Ordering::Relaxed);
-        v.guest_debug = GuestDebugControl::from_bits_retain(control as u32);
-        for (bank, cells) in DbgBank::ALL.into_iter().zip(&self.banks) {
-            let dst = v.arch.external_debug_state.bank_mut(bank);
-            for (d, c) in dst.iter_mut().zip(cells) {
-                *d = c.load(Ordering::Relaxed);
-            }
-        }
-        v
-    }
-
-    /// Write the shared fields one by one: the block, then the control word.
-    fn write(&self, v: &KvmVcpu) {
-        for (bank, cells) in DbgBank::ALL.into_iter().zip(&self.banks) {
-            let src = v.arch.external_debug_state.bank(bank);
-            for (s, c) in src.iter().zip(cells) {
-                c.store(*s, Ordering::Relaxed);
-            }
-        }
-        self.control
-            .store(u64::from(v.guest_debug.bits()), Ordering::Relaxed);
-    }
-
-    /// KVM_SET_GUEST_DEBUG without the vcpu mutex: the real
-    /// `kvm_arch_vcpu_ioctl_set_guest_debug`, its result copied out field by field.
-    pub fn set_guest_debug<F: Era3>(
-        &self,
-        host: &SmpHost<F>,
-        dbg: &KvmGuestDebug,
-    ) -> Result<(), KvmError> {
-        let mut v = self.read();
-        host.flow()
-            .kvm_arch_vcpu_ioctl_set_guest_debug(&mut v, dbg)?;
-        self.write(&v);
-        Ok(())
-    }
-
-    /// KVM_RUN without the vcpu mutex: read the shared fields, then as [`VcpuFd::run`].
-    pub fn run<F: Era3, R>(
-        &self,
-        host: &SmpHost<F>,
-        cpu: usize,
-        guest: impl FnOnce(&mut PhysRegs) -> R,
-    ) -> Result<R, KvmError> {
-        let mut v = SmpVcpu::new(self.read());
-        let mut on = host.pin(cpu)?;
-        on.vcpu_load(&mut v);
-        let r = on.run(&mut v, guest);
-        on.vcpu_put(&mut v);
-        r
     }
 }

@@ -5,16 +5,21 @@
 #![cfg(not(loom))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "common/broken.rs"]
+mod broken;
+
 use std::sync::Arc;
 use std::thread;
 
 use hypdbg_hyp::KvmError;
 use hypdbg_hyp::context::{DebugOwner, KvmVcpu};
 use hypdbg_hyp::flow::{Era3, Era3Reference};
-use hypdbg_hyp::smp::{SaveArea, SmpHost, SmpVcpu, UnlockedVcpuFd, VcpuFd, live_block};
+use hypdbg_hyp::smp::{SaveArea, SmpHost, SmpVcpu, VcpuFd, live_block};
 use hypdbg_hyp::variants::generic::HostStateSharedSlot;
 use hypdbg_model::DebugFeatures;
 use hypdbg_model::uapi::{GuestDebugControl, KvmGuestDebug, KvmGuestDebugArch};
+
+use broken::UnlockedVcpuFd;
 
 fn features() -> DebugFeatures {
     DebugFeatures::from_counts(2, 2, 1).unwrap()

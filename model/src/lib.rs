@@ -10,12 +10,17 @@
 //! - [`matching`]: AArch64.BreakpointMatch / WatchpointMatch / StateMatch, reporting
 //!   CONSTRAINED UNPREDICTABLE cases instead of guessing;
 //! - [`gating`]: AArch64.GenerateDebugExceptionsFrom and routing to EL1 or EL2;
+//! - [`insn`]: the A64 encodings a debugger writes (BRK);
 //! - [`esr`]: exception classes and syndromes (ESR_ELx), decoded with `arm-sysregs`;
 //! - [`sysreg`]: the debug system registers by name and encoding, ONE_REG ids;
 //! - [`regfile`]: a physical CPU's debug register file with only the implemented registers;
 //! - [`ctrl`]: MDSCR_EL1 and MDCR_EL2 helpers;
 //! - [`uapi`]: `#[repr(C)]` mirrors of the arm64 KVM structs, layout pinned;
-//! - [`explain`]: every register value explained in words (the CLI's `decode`).
+//! - [`explain`]: every register value explained in words (the CLI's `decode`);
+//! - [`vcpu`]: the vcpu operations a debugger needs ([`vcpu::DebugVcpu`]), the seam between
+//!   the VMM side and a simulator or real kernel;
+//! - [`sync`]: the synchronisation types shared state uses (`std`, or `loom` under
+//!   `--cfg loom`), so the loom models explore the exact code.
 
 pub mod bcr;
 pub mod bits;
@@ -25,12 +30,15 @@ pub mod error;
 pub mod esr;
 pub mod explain;
 pub mod gating;
+pub mod insn;
 pub mod matching;
 pub mod profiles;
 pub mod regfile;
+pub mod sync;
 pub mod sysreg;
 pub mod uapi;
 pub mod va;
+pub mod vcpu;
 pub mod wcr;
 
 pub use bcr::Dbgbcr;

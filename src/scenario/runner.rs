@@ -8,8 +8,9 @@
 
 use std::collections::BTreeMap;
 
+use hypdbg_hyp::vcpu::VmVcpu;
 use hypdbg_host::{
-    DebugSnapshot, DebugStop, DebugVcpu, Debugger, RunExit, Stop, VcpuError, VmVcpu,
+    DebugSnapshot, DebugStop, DebugVcpu, Debugger, RunExit, Stop, VcpuError, 
 };
 use hypdbg_hyp::events::{Event, GuestEvent};
 use hypdbg_hyp::flow::Era;

@@ -180,8 +180,8 @@ pub enum Insn {
     },
 }
 
-/// The BRK #0 encoding a debugger writes for a software breakpoint.
-pub const BRK0: u32 = 0xd420_0000;
+pub use hypdbg_model::insn::BRK0;
+use hypdbg_model::insn::{brk, is_brk};
 
 fn bits(v: u32, lsb: u32, width: u32) -> u32 {
     (v >> lsb) & ((1 << width) - 1)
@@ -199,7 +199,7 @@ impl Insn {
             Insn::Nop => 0xd503_201f,
             Insn::Isb => 0xd503_3fdf,
             Insn::Eret => 0xd69f_03e0,
-            Insn::Brk(i) => BRK0 | u32::from(i) << 5,
+            Insn::Brk(i) => brk(i),
             Insn::Svc(i) => 0xd400_0001 | u32::from(i) << 5,
             Insn::Hvc(i) => 0xd400_0002 | u32::from(i) << 5,
             Insn::Msr { enc, rt } => 0xd510_0000 | sysreg_bits(enc) | r(rt),
@@ -257,7 +257,7 @@ impl Insn {
             0xd503_201f => Insn::Nop,
             0xd503_3fdf => Insn::Isb,
             0xd69f_03e0 => Insn::Eret,
-            _ if w & 0xffe0_001f == BRK0 => Insn::Brk(bits(w, 5, 16) as u16),
+            _ if is_brk(w) => Insn::Brk(bits(w, 5, 16) as u16),
             _ if w & 0xffe0_001f == 0xd400_0001 => Insn::Svc(bits(w, 5, 16) as u16),
             _ if w & 0xffe0_001f == 0xd400_0002 => Insn::Hvc(bits(w, 5, 16) as u16),
             _ if w & 0xffff_f0ff == 0xd503_40df => Insn::DaifSet(bits(w, 8, 4) as u8),

@@ -34,15 +34,19 @@
 #![cfg(loom)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod loom_common;
 
 use hypdbg_hyp::KvmError;
 use hypdbg_hyp::access::PhysRegs;
 use hypdbg_hyp::context::KvmVcpu;
 use hypdbg_hyp::flow::Era3Reference;
-use hypdbg_hyp::smp::{SaveArea, SmpHost, UnlockedVcpuFd, VcpuFd, live_block};
+use hypdbg_hyp::smp::{SaveArea, SmpHost, VcpuFd, live_block};
+
+#[path = "common/broken.rs"]
+mod broken;
+use broken::UnlockedVcpuFd;
 use hypdbg_hyp::sync::{Arc, AtomicBool, Ordering, thread};
 use hypdbg_model::DebugFeatures;
+use hypdbg_model::sync::model;
 use hypdbg_model::uapi::{GuestDebugControl, KvmGuestDebug, KvmGuestDebugArch};
 
 /// The preemption bound of every model here.
@@ -139,7 +143,7 @@ fn model<D: Fd>(make: fn() -> D) -> impl Fn() + Sync + Send + 'static {
 
 #[test]
 fn set_guest_debug_under_vcpu_mutex() {
-    loom_common::check(
+    model::check(
         "set_guest_debug/under_vcpu_mutex",
         BOUND,
         20,
@@ -149,7 +153,7 @@ fn set_guest_debug_under_vcpu_mutex() {
 
 #[test]
 fn set_guest_debug_without_vcpu_mutex_is_caught() {
-    loom_common::expect_caught(
+    model::expect_caught(
         "set_guest_debug/without_vcpu_mutex (broken)",
         BOUND,
         "half-copied",

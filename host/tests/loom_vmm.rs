@@ -19,7 +19,7 @@
 //!   g edits applied. (`SharedHwDebug` has no unserialised variant to run as a broken one;
 //!   checked by hand: with its `updaters` lock removed this model fails with "interleaved
 //!   updates" within the same bound.)
-//! - Broken, `hypdbg_host::NaivePool` (QEMU's register-by-register copy with no lock and no
+//! - Broken, `NaivePool` (below, in this test only) (QEMU's register-by-register copy with no lock and no
 //!   kick), same shape as the first model: loom must find a torn copy
 //!   (`naive_pool_is_caught_tearing`) and a vCPU still running the old set after the
 //!   debugger's publication returned (`naive_pool_is_caught_running_stale`). Both are asserted
@@ -43,10 +43,10 @@
 #![cfg(loom)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod loom_common;
 
-use hypdbg_host::sync::{Arc, AtomicBool, AtomicUsize, Ordering, thread};
-use hypdbg_host::{HwDebug, NaivePool, SharedHwDebug};
+use hypdbg_host::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Ordering, thread};
+use hypdbg_host::{HwDebug, SharedHwDebug};
+use hypdbg_model::sync::model;
 use hypdbg_model::uapi::KvmGuestDebugArch;
 
 /// The preemption bound of every model here.
@@ -105,7 +105,7 @@ fn vcpu(shared: &SharedHwDebug, returned: &AtomicBool, i: usize) {
 
 #[test]
 fn one_debugger_two_vcpus() {
-    loom_common::check("vmm/one_debugger_two_vcpus", BOUND, 1000, || {
+    model::check("vmm/one_debugger_two_vcpus", BOUND, 1000, || {
         let shared = SharedHwDebug::new(pool(&[]), 2);
         let returned = Arc::new(AtomicBool::new(false));
         let vcpus: Vec<_> = (0..2)
@@ -131,7 +131,7 @@ fn one_debugger_two_vcpus() {
 
 #[test]
 fn two_debuggers_never_interleave() {
-    loom_common::check("vmm/two_debuggers_never_interleave", BOUND, 500, || {
+    model::check("vmm/two_debuggers_never_interleave", BOUND, 500, || {
         let shared = SharedHwDebug::new(pool(&[]), 1);
         // 0: the vCPU is out of the guest; g + 1: in the guest with generation g.
         let in_guest = Arc::new(AtomicUsize::new(0));
@@ -193,6 +193,64 @@ fn two_debuggers_never_interleave() {
     });
 }
 
+/// The broken design, for model checking to catch: QEMU's global arrays copied register by
+/// register by each vcpu thread (`kvm_arm_copy_hw_debug_data`) while the debugger thread
+/// rewrites them in place, with no lock and no kick. Every register is a separate
+/// `AtomicU64` accessed `Relaxed`, so the race is well defined in Rust and
+/// visible to loom as interleavings: a copy can be torn (part old set, part new), and a vcpu
+/// can enter with the old set after the debugger's update returned.
+struct NaivePool {
+    bcr: Vec<AtomicU64>,
+    bvr: Vec<AtomicU64>,
+    wcr: Vec<AtomicU64>,
+    wvr: Vec<AtomicU64>,
+}
+
+impl NaivePool {
+    /// A pool of `bps` breakpoint and `wps` watchpoint register pairs (each at most 16), all
+    /// zero.
+    fn new(bps: usize, wps: usize) -> Self {
+        let bank = |n: usize| {
+            (0..n.min(16))
+                .map(|_| AtomicU64::new(0))
+                .collect::<Vec<_>>()
+        };
+        NaivePool {
+            bcr: bank(bps),
+            bvr: bank(bps),
+            wcr: bank(wps),
+            wvr: bank(wps),
+        }
+    }
+
+    /// Debugger thread: overwrite the registers one by one (value, then control).
+    fn publish(&self, arch: &KvmGuestDebugArch) {
+        for (n, (c, v)) in self.bcr.iter().zip(&self.bvr).enumerate() {
+            v.store(arch.dbg_bvr[n], Ordering::Relaxed);
+            c.store(arch.dbg_bcr[n], Ordering::Relaxed);
+        }
+        for (n, (c, v)) in self.wcr.iter().zip(&self.wvr).enumerate() {
+            v.store(arch.dbg_wvr[n], Ordering::Relaxed);
+            c.store(arch.dbg_wcr[n], Ordering::Relaxed);
+        }
+    }
+
+    /// Vcpu thread: `kvm_arm_copy_hw_debug_data`, zero the block then copy the registers
+    /// one by one.
+    fn copy_hw_debug_data(&self) -> KvmGuestDebugArch {
+        let mut a = KvmGuestDebugArch::default();
+        for (n, (c, v)) in self.bcr.iter().zip(&self.bvr).enumerate() {
+            a.dbg_bcr[n] = c.load(Ordering::Relaxed);
+            a.dbg_bvr[n] = v.load(Ordering::Relaxed);
+        }
+        for (n, (c, v)) in self.wcr.iter().zip(&self.wvr).enumerate() {
+            a.dbg_wcr[n] = c.load(Ordering::Relaxed);
+            a.dbg_wvr[n] = v.load(Ordering::Relaxed);
+        }
+        a
+    }
+}
+
 /// The broken pool's vCPU: copy the registers one by one and run with them.
 fn naive_vcpu(pool: &NaivePool, returned: &AtomicBool, check_torn: bool, i: usize) {
     let (old, new) = (set(&[]), set(&[A, B]));
@@ -228,7 +286,7 @@ fn naive_model(check_torn: bool) -> impl Fn() + Sync + Send + 'static {
 
 #[test]
 fn naive_pool_is_caught_tearing() {
-    loom_common::expect_caught(
+    model::expect_caught(
         "vmm/naive_pool_tearing (broken)",
         BOUND,
         "torn copy",
@@ -238,7 +296,7 @@ fn naive_pool_is_caught_tearing() {
 
 #[test]
 fn naive_pool_is_caught_running_stale() {
-    loom_common::expect_caught(
+    model::expect_caught(
         "vmm/naive_pool_stale (broken)",
         BOUND,
         "still ran the old set after the update returned",

@@ -45,7 +45,6 @@
 #![cfg(loom)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod loom_common;
 
 use hypdbg_hyp::context::KvmVcpu;
 use hypdbg_hyp::flow::{Era3, Era3Reference};
@@ -53,6 +52,7 @@ use hypdbg_hyp::smp::{OnCpu, SaveArea, SmpHost, SmpVcpu, live_block};
 use hypdbg_hyp::sync::{Arc, thread};
 use hypdbg_hyp::variants::generic::HostStateSharedSlot;
 use hypdbg_model::DebugFeatures;
+use hypdbg_model::sync::model;
 use hypdbg_model::uapi::{GuestDebugControl, KvmGuestDebug, KvmGuestDebugArch};
 
 /// The preemption bound of every model here.
@@ -149,7 +149,7 @@ fn model<F: Era3>(
 
 #[test]
 fn era3_host_registers_restored_per_cpu() {
-    loom_common::check(
+    model::check(
         "era3/host_registers_restored_per_cpu",
         BOUND,
         50,
@@ -162,7 +162,7 @@ fn era3_host_registers_restored_per_cpu() {
 
 #[test]
 fn era3_survives_migration_without_put() {
-    loom_common::check(
+    model::check(
         "era3/survives_migration_without_put",
         BOUND,
         50,
@@ -175,7 +175,7 @@ fn era3_survives_migration_without_put() {
 
 #[test]
 fn save_area_chosen_at_load_is_right_with_put_and_load() {
-    loom_common::check(
+    model::check(
         "era3/save_area_chosen_at_load_with_put",
         BOUND,
         50,
@@ -188,7 +188,7 @@ fn save_area_chosen_at_load_is_right_with_put_and_load() {
 
 #[test]
 fn save_area_chosen_at_load_is_caught() {
-    loom_common::expect_caught(
+    model::expect_caught(
         "era3/save_area_chosen_at_load (broken)",
         BOUND,
         "cross-CPU restore",
@@ -201,7 +201,7 @@ fn save_area_chosen_at_load_is_caught() {
 
 #[test]
 fn host_state_shared_slot_is_caught() {
-    loom_common::expect_caught(
+    model::expect_caught(
         "era3/host_state_shared_slot (broken)",
         BOUND,
         "cross-CPU restore",
