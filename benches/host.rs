@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use hypdbg::bench::setup::reference_flow;
-use hypdbg_hyp::vcpu::VmVcpu;
 use hypdbg_host::exit::exit_syndrome;
 use hypdbg_host::{Debugger, HwDebug, SharedHwDebug, WatchAccess, WatchRequest};
+use hypdbg_hyp::vcpu::VmVcpu;
 use hypdbg_hyp::vm::AccessMode;
 use hypdbg_hyp::workloads::{CODE_BASE, DATA_BASE};
 use hypdbg_hyp::{Era, Vm, VmConfig};

@@ -1,12 +1,20 @@
 //! hypdbg: validate, benchmark and model-check the Linux KVM arm64 debug-register world
 //! switch and a VMM's handling of guest debugging.
 //!
-//! This crate is the command-line tool's library: [`scenario`] runs guest programs and
-//! userspace actions on the `hypdbg-hyp` simulator, [`validate`] checks the nine invariants of
-//! the design notes on every entry and exit, over an exhaustive sweep and random sequences,
-//! for every variant of the kernel's logic; [`bench`](mod@bench) measures what the debug world
-//! switch costs (`hypdbg bench` and the criterion benches).
+//! This crate is the command-line tool's library, in layers that only look down:
+//!
+//! - [`checker`]: the nine invariants, checked event by event (it knows no scenario);
+//! - [`scenario`]: the scenario format: actions, expectations, files and their checks;
+//! - [`driver`]: the one scenario driver, [`driver::Engine::play`], over a backend (the
+//!   simulator, or a real kernel) reporting to observers;
+//! - [`play`]: `hypdbg run`: expectations, the checker and the trace as observers;
+//! - [`validate`]: `hypdbg check`: every variant over the sweep and random sequences;
+//! - [`bench`](mod@bench): what the debug world switch costs (`hypdbg bench` and the
+//!   criterion benches).
 
 pub mod bench;
+pub mod checker;
+pub mod driver;
+pub mod play;
 pub mod scenario;
 pub mod validate;

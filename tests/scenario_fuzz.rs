@@ -8,8 +8,8 @@
 
 use std::path::Path;
 
+use hypdbg::play::{PlayOptions, play};
 use hypdbg::scenario::Op;
-use hypdbg::scenario::play::{PlayOptions, play};
 use hypdbg::scenario::source::{ScenarioFile, SourceErrors};
 use proptest::prelude::*;
 

@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hypdbg::scenario::play::{PlayOptions, Report, play};
+use hypdbg::play::trace::{Record, TextRenderer};
+use hypdbg::play::{PlayOptions, Report, play};
 use hypdbg::scenario::source::ScenarioFile;
-use hypdbg::scenario::trace::{Record, TextRenderer};
 use hypdbg::scenario::{Scenario, to_toml};
 
 fn scenario_dir() -> PathBuf {
@@ -305,13 +305,13 @@ fn flow_override_and_expected_violations() {
 fn validator_scenarios_round_trip_through_toml() {
     use hypdbg::validate::sweep::{points, smp_scenario};
     use hypdbg_model::profiles::parse_cpu;
-    let (label, f) = parse_cpu("cortex-a57").unwrap().remove(0);
+    let cpu = parse_cpu("cortex-a57").unwrap().remove(0);
     let mut all: Vec<Scenario> = points()
         .iter()
         .enumerate()
-        .map(|(i, p)| p.scenario(&format!("sweep-{i}"), &label, &f))
+        .map(|(i, p)| p.scenario(&format!("sweep-{i}"), &cpu))
         .collect();
-    all.push(smp_scenario(&label));
+    all.push(smp_scenario(&cpu));
     for mut sc in all {
         sc.flow = Some("era2".into());
         let text = to_toml(&sc).unwrap();

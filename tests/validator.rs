@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use hypdbg::validate::Invariant;
+use hypdbg::checker::Invariant;
 use hypdbg::validate::check::{CheckOptions, VariantReport, Verdict, check};
 use hypdbg_hyp::variants::{self, VariantKind};
 use hypdbg_model::profiles::parse_cpu;
@@ -17,6 +17,7 @@ fn reports() -> &'static [VariantReport] {
         }
         let opts = CheckOptions {
             variants: variants::all(),
+            random_cpu: CheckOptions::random_cpu_of(&cpus).unwrap(),
             cpus,
             count_sweep: false,
             random_cases: 8,

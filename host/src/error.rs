@@ -321,6 +321,15 @@ pub enum DebugError {
         /// How many.
         count: usize,
     },
+    /// A single step over an event ended with an exit that is not a debug exit.
+    #[error("single-stepping: {exit}")]
+    StepInterrupted {
+        /// The exit, in words.
+        exit: String,
+    },
+    /// A single step over an event kept raising other debug exits.
+    #[error("single-stepping made no progress")]
+    StepNoProgress,
     /// Stepping over a guest event the guest had masked did not get past it.
     #[error(
         "could not step over the guest's masked {what} at {pc:#x}: it fired again with every breakpoint at the PC and every watchpoint disabled"

@@ -32,7 +32,10 @@
 use hypdbg_model::El;
 use hypdbg_model::SysReg;
 use hypdbg_model::ctrl::{OSLSR_EL1_OSLK, PSR_D_BIT, spsr_el};
-use hypdbg_model::esr::{ESR_ELX_ISV, Esr};
+use hypdbg_model::esr::{
+    ESR_ELX_EC_BREAKPT_LOW, ESR_ELX_EC_BRK64, ESR_ELX_EC_SOFTSTP_LOW, ESR_ELX_EC_WATCHPT_LOW,
+    ESR_ELX_ISV, Esr,
+};
 use hypdbg_model::gating::DebugContext;
 use hypdbg_model::uapi::{KVM_DEBUG_ARCH_HSR_HIGH_VALID, KvmDebugExitArch, core_reg};
 use serde::{Deserialize, Serialize};
@@ -179,6 +182,25 @@ pub enum GuestDebugEvent {
 }
 
 impl GuestDebugEvent {
+    /// The guest's event a debug exit reports, as EL2 saw it (`far`: the exit's FAR), or
+    /// `None` for a class that is not a debug event of the guest's (AArch32 BKPT, say).
+    pub fn from_exit(esr: Esr, far: u64) -> Option<Self> {
+        Some(match esr.ec() {
+            ESR_ELX_EC_SOFTSTP_LOW => GuestDebugEvent::Step {
+                stepped: step_isv(esr),
+            },
+            ESR_ELX_EC_BRK64 => GuestDebugEvent::Brk {
+                imm: (esr.iss() & 0xffff) as u16,
+            },
+            ESR_ELX_EC_BREAKPT_LOW => GuestDebugEvent::Breakpoint,
+            ESR_ELX_EC_WATCHPT_LOW => GuestDebugEvent::Watchpoint {
+                far,
+                wnr: esr.wnr(),
+            },
+            _ => return None,
+        })
+    }
+
     /// Whether stepping over it needs breakpoints at the PC disabled (breakpoint) or
     /// watchpoints disabled (watchpoint); steps and BRKs need nothing.
     pub const fn is_watchpoint(&self) -> bool {

@@ -11,6 +11,8 @@
 //! - [`session`]: [`Debugger`], one vcpu's gdb stub: sync before a run,
 //!   [`Debugger::handle_debug_exit`], continue and step with gdb's step-over rules, the guest's
 //!   own breakpoints mirrored and reinjected;
+//! - [`raw`]: [`RawSession`], a userspace that hands KVM raw blocks (as the kernel's selftests
+//!   do), and its exit handling;
 //! - [`snapshot`]: the debug registers through ONE_REG as a JSON snapshot (migration);
 //! - [`smp`]: [`SharedHwDebug`], one set published to many vcpu threads without tearing
 //!   (its loom model, `tests/loom_vmm.rs`, also carries QEMU's unsynchronised copy for loom
@@ -22,6 +24,7 @@ pub mod error;
 pub mod exit;
 mod hex;
 pub mod hw;
+pub mod raw;
 pub mod session;
 pub mod smp;
 pub mod snapshot;
@@ -38,6 +41,7 @@ pub use encode::{
 pub use error::{DebugError, Errno, HwDebugError, SmpError, SnapshotError, SwBpError, VcpuError};
 pub use exit::{DebugStop, GuestDebugEvent, GuestView};
 pub use hw::HwDebug;
+pub use raw::{RawSession, RawStop};
 pub use session::{Debugger, Stop};
 pub use smp::SharedHwDebug;
 pub use snapshot::DebugSnapshot;

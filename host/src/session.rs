@@ -14,9 +14,6 @@
 //! stop is ours and the guest's event is lost (as on hardware that reports one watchpoint).
 
 use hypdbg_model::ctrl::DBG_MDSCR_MDE;
-use hypdbg_model::esr::{
-    ESR_ELX_EC_BREAKPT_LOW, ESR_ELX_EC_BRK64, ESR_ELX_EC_SOFTSTP_LOW, ESR_ELX_EC_WATCHPT_LOW,
-};
 use hypdbg_model::uapi::{
     KVM_CAP_SET_GUEST_DEBUG, KvmDebugExitArch, KvmGuestDebug, KvmGuestDebugArch, core_reg,
 };
@@ -27,7 +24,7 @@ use serde::Serialize;
 
 use crate::encode::{WpSlot, distance};
 use crate::error::{DebugError, VcpuError};
-use crate::exit::{DebugStop, GuestDebugEvent, GuestView, exit_syndrome, step_isv};
+use crate::exit::{DebugStop, GuestDebugEvent, GuestView, exit_syndrome};
 use crate::hw::{HwDebug, guest_debug_for};
 use crate::sw::SwBreakpoints;
 use crate::vcpu::{DebugVcpu, RunExit};
@@ -319,52 +316,38 @@ impl Debugger {
         pc: u64,
     ) -> Result<DebugStop, GuestDebugEvent> {
         let esr = exit_syndrome(arch, flags);
-        match esr.ec() {
-            ESR_ELX_EC_SOFTSTP_LOW => {
-                if self.stepping {
-                    Ok(DebugStop::Step { pc })
-                } else {
-                    Err(GuestDebugEvent::Step {
-                        stepped: step_isv(esr),
-                    })
-                }
-            }
-            ESR_ELX_EC_BRK64 => {
-                if self.sw.contains(pc) {
-                    Ok(DebugStop::SwBreakpoint { pc })
-                } else {
-                    Err(GuestDebugEvent::Brk {
-                        imm: (esr.iss() & 0xffff) as u16,
-                    })
-                }
-            }
-            ESR_ELX_EC_BREAKPT_LOW => match self.hw.find_breakpoint(pc) {
-                Some(slot) => Ok(DebugStop::HwBreakpoint { pc, slot }),
-                None => Err(GuestDebugEvent::Breakpoint),
-            },
-            ESR_ELX_EC_WATCHPT_LOW => {
-                let (far, is_write) = (arch.far, esr.wnr());
-                let ours = self.hw.find_watchpoint(far, is_write);
-                let guest = self.nearest_guest_watch(far, is_write);
-                match ours {
-                    Some(h) if guest.is_none_or(|g| h.request.distance(far) <= g) => {
-                        Ok(DebugStop::Watchpoint {
-                            pc,
-                            far,
-                            request: h.request,
-                            slot: h.slot,
-                            is_write,
-                            exact: h.exact,
-                        })
-                    }
-                    _ => Err(GuestDebugEvent::Watchpoint { far, wnr: is_write }),
-                }
-            }
-            _ => Ok(DebugStop::Unknown {
+        let Some(event) = GuestDebugEvent::from_exit(esr, arch.far) else {
+            return Ok(DebugStop::Unknown {
                 pc,
                 esr: esr.bits(),
-            }),
-        }
+            });
+        };
+        let ours = match event {
+            GuestDebugEvent::Step { .. } => self.stepping.then_some(DebugStop::Step { pc }),
+            GuestDebugEvent::Brk { .. } => self
+                .sw
+                .contains(pc)
+                .then_some(DebugStop::SwBreakpoint { pc }),
+            GuestDebugEvent::Breakpoint => self
+                .hw
+                .find_breakpoint(pc)
+                .map(|slot| DebugStop::HwBreakpoint { pc, slot }),
+            GuestDebugEvent::Watchpoint { far, wnr } => {
+                let guest = self.nearest_guest_watch(far, wnr);
+                self.hw
+                    .find_watchpoint(far, wnr)
+                    .filter(|h| guest.is_none_or(|g| h.request.distance(far) <= g))
+                    .map(|h| DebugStop::Watchpoint {
+                        pc,
+                        far,
+                        request: h.request,
+                        slot: h.slot,
+                        is_write: wnr,
+                        exact: h.exact,
+                    })
+            }
+        };
+        ours.ok_or(event)
     }
 
     /// Handle KVM_EXIT_DEBUG: decode the syndrome (`hsr`, plus `hsr_high` when `flags` says

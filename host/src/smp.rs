@@ -216,4 +216,3 @@ impl Drop for Entry<'_> {
         self.shared.leave(self.vcpu);
     }
 }
-

@@ -10,17 +10,17 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use hypdbg_hyp::vcpu::VmVcpu;
 use hypdbg_host::{
-    DebugStop, DebugVcpu, Debugger, GuestDebugEvent, RunExit, SwBpError, VcpuError, 
-    WatchAccess, WatchRequest,
+    DebugStop, DebugVcpu, Debugger, GuestDebugEvent, RunExit, SwBpError, VcpuError, WatchAccess,
+    WatchRequest,
 };
-use hypdbg_model::insn::BRK0;
+use hypdbg_hyp::vcpu::VmVcpu;
 use hypdbg_model::SysReg;
 use hypdbg_model::ctrl::{
     DBG_MDSCR_KDE, DBG_MDSCR_MDE, DBG_MDSCR_SS, PSR_D_BIT, PSR_MODE_EL0T, PSR_MODE_EL1H,
 };
 use hypdbg_model::esr::Esr;
+use hypdbg_model::insn::BRK0;
 use hypdbg_model::uapi::{
     KVM_CAP_GUEST_DEBUG_HW_BPS, KVM_CAP_GUEST_DEBUG_HW_WPS, KVM_CAP_SET_GUEST_DEBUG,
     KvmDebugExitArch, KvmGuestDebug, core_reg,

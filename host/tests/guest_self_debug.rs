@@ -9,8 +9,8 @@
 mod common;
 
 use common::*;
-use hypdbg_hyp::vcpu::VmVcpu;
 use hypdbg_host::{DebugStop, Debugger, Stop, WatchAccess, WatchRequest};
+use hypdbg_hyp::vcpu::VmVcpu;
 use hypdbg_model::esr::{ESR_ELX_EC_BREAKPT_CUR, ESR_ELX_EC_BRK64, ESR_ELX_EC_WATCHPT_CUR};
 
 const GUEST_BP: &str = "

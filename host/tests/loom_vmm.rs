@@ -43,7 +43,6 @@
 #![cfg(loom)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-
 use hypdbg_host::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Ordering, thread};
 use hypdbg_host::{HwDebug, SharedHwDebug};
 use hypdbg_model::sync::model;

@@ -8,8 +8,8 @@
 mod common;
 
 use common::*;
-use hypdbg_hyp::vcpu::VmVcpu;
 use hypdbg_host::{DebugSnapshot, DebugVcpu, SnapshotError};
+use hypdbg_hyp::vcpu::VmVcpu;
 use hypdbg_model::esr::ESR_ELX_EC_BREAKPT_CUR;
 use hypdbg_model::uapi::core_reg;
 

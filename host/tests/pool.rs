@@ -7,8 +7,8 @@
 mod common;
 
 use common::*;
-use hypdbg_hyp::vcpu::VmVcpu;
 use hypdbg_host::{DebugVcpu, Errno, HwDebug, HwDebugError, WatchAccess, WatchRequest};
+use hypdbg_hyp::vcpu::VmVcpu;
 use hypdbg_model::matching::{DataAccess, MatchEnv, MatchResult};
 use hypdbg_model::uapi::{GuestDebugControl, KvmGuestDebugArch};
 use hypdbg_model::{DebugFeatures, El};

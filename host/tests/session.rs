@@ -7,8 +7,8 @@
 mod common;
 
 use common::*;
-use hypdbg_hyp::vcpu::VmVcpu;
 use hypdbg_host::{DebugStop, Debugger, Stop, WatchAccess, WatchRequest};
+use hypdbg_hyp::vcpu::VmVcpu;
 use hypdbg_model::insn::BRK0;
 
 const PROG: &str = "

@@ -11,12 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use common::*;
-use hypdbg_hyp::vcpu::VmVcpu;
 use hypdbg_host::{
-    DebugStop, Debugger, HwDebug, HwDebugError, SharedHwDebug, Stop, WatchAccess,
-    WatchRequest,
+    DebugStop, Debugger, HwDebug, HwDebugError, SharedHwDebug, Stop, WatchAccess, WatchRequest,
 };
 use hypdbg_hyp::VmConfig;
+use hypdbg_hyp::vcpu::VmVcpu;
 
 const VCPUS: usize = 4;
 const UPDATES: u64 = 3000;

@@ -31,8 +31,8 @@ pub mod vm;
 pub mod workloads;
 
 pub use access::{CheckingAccess, PlainAccess, RegAccess};
-/// The synchronisation types (`std`'s, or `loom`'s under `--cfg loom`), from the model crate.
-pub use hypdbg_model::sync;
 pub use fault::{HypFault, KvmError};
 pub use flow::Era;
+/// The synchronisation types (`std`'s, or `loom`'s under `--cfg loom`), from the model crate.
+pub use hypdbg_model::sync;
 pub use vm::{VcpuExit, Vm, VmConfig};

@@ -62,6 +62,17 @@ pub enum SaveArea {
     ChosenAtLoad,
 }
 
+impl SaveArea {
+    /// The CPU whose save area a switch on `current` uses, for a vcpu loaded on `loaded`.
+    fn cpu(self, current: usize, _loaded: usize) -> usize {
+        match self {
+            SaveArea::CurrentCpu => current,
+            #[cfg(feature = "broken-designs")]
+            SaveArea::ChosenAtLoad => _loaded,
+        }
+    }
+}
+
 /// One physical CPU of an [`SmpHost`].
 struct PhysCpu {
     /// The per-CPU `mdcr_el2` read at init (what `vcpu_load` computes MDCR_EL2 from).
@@ -225,11 +236,7 @@ impl<F: Era3> OnCpu<'_, F> {
                 vcpu.kvm.vcpu_id, self.cpu
             )));
         };
-        let area = match self.host.save_area {
-            SaveArea::CurrentCpu => self.cpu,
-            #[cfg(feature = "broken-designs")]
-            SaveArea::ChosenAtLoad => loaded,
-        };
+        let area = self.host.save_area.cpu(self.cpu, loaded);
         let save = self.host.cpu(area)?;
         let engine = &self.host.engine;
         {

@@ -180,7 +180,7 @@ impl Vm {
             return Err(KvmError::Inval("a VM needs at least one vcpu".into()));
         }
         for (i, f) in config.pcpus.iter().enumerate() {
-            if (f.num_brps(), f.num_wrps()) != (first.num_brps(), first.num_wrps()) {
+            if !f.same_counts(&first) {
                 return Err(KvmError::Inval(format!(
                     "physical CPU {i} has {}/{} breakpoints/watchpoints, CPU 0 has {}/{}: a guest sees one ID_AA64DFR0_EL1",
                     f.num_brps(),
@@ -426,19 +426,11 @@ impl Vm {
         let reg = SysReg::from_one_reg_id(id).map_err(|e| KvmError::NoEnt(e.to_string()))?;
         match reg {
             SysReg::Dbg(bank, n) => {
-                let implemented = if bank.is_breakpoint() {
-                    self.guest_features.num_brps()
-                } else {
-                    self.guest_features.num_wrps()
-                };
+                let implemented = self.guest_features.count(bank);
                 if usize::from(n) >= implemented {
                     return Err(KvmError::NoEnt(format!(
                         "{reg} is not implemented on this VM ({implemented} {})",
-                        if bank.is_breakpoint() {
-                            "breakpoints"
-                        } else {
-                            "watchpoints"
-                        }
+                        bank.units()
                     )));
                 }
                 Ok(reg)

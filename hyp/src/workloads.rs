@@ -382,12 +382,7 @@ pub fn kut_ss_program(f: &DebugFeatures) -> Result<Program, ProgramError> {
 pub fn migration_registers(f: &DebugFeatures) -> Vec<u64> {
     let mut ids = Vec::new();
     for bank in DbgBank::ALL {
-        let n = if bank.is_breakpoint() {
-            f.num_brps()
-        } else {
-            f.num_wrps()
-        };
-        ids.extend((0..n).map(|i| SysReg::Dbg(bank, i as u8).one_reg_id()));
+        ids.extend((0..f.count(bank)).map(|i| SysReg::Dbg(bank, i as u8).one_reg_id()));
     }
     ids.extend([SysReg::MdscrEl1, SysReg::MdccintEl1, SysReg::OslsrEl1].map(|r| r.one_reg_id()));
     ids.extend((0..31).map(core_reg::x));

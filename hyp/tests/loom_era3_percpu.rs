@@ -45,7 +45,6 @@
 #![cfg(loom)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-
 use hypdbg_hyp::context::KvmVcpu;
 use hypdbg_hyp::flow::{Era3, Era3Reference};
 use hypdbg_hyp::smp::{OnCpu, SaveArea, SmpHost, SmpVcpu, live_block};

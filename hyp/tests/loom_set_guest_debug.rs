@@ -34,7 +34,6 @@
 #![cfg(loom)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-
 use hypdbg_hyp::KvmError;
 use hypdbg_hyp::access::PhysRegs;
 use hypdbg_hyp::context::KvmVcpu;

@@ -160,6 +160,34 @@ impl DebugFeatures {
     pub const fn num_wrps(&self) -> usize {
         self.wrps as usize + 1
     }
+    /// The implemented registers of `bank`: BRPs + 1 for DBGB{C,V}R, WRPs + 1 for DBGW{C,V}R.
+    ///
+    /// ```
+    /// # use hypdbg_model::{DbgBank, DebugFeatures};
+    /// let a57 = DebugFeatures::from_counts(6, 4, 2).unwrap();
+    /// assert_eq!((a57.count(DbgBank::Bvr), a57.count(DbgBank::Wcr)), (6, 4));
+    /// ```
+    pub const fn count(&self, bank: crate::DbgBank) -> usize {
+        if bank.is_breakpoint() {
+            self.num_brps()
+        } else {
+            self.num_wrps()
+        }
+    }
+    /// Whether `other` implements as many breakpoints and watchpoints: the physical CPUs a
+    /// guest may run on must, since it sees one ID_AA64DFR0_EL1.
+    pub const fn same_counts(&self, other: &DebugFeatures) -> bool {
+        self.brps == other.brps && self.wrps == other.wrps
+    }
+    /// `6 breakpoints, 4 watchpoints` (singular where one).
+    pub fn counts_words(&self) -> String {
+        let n = |k: usize, what: &str| format!("{k} {what}{}", if k == 1 { "" } else { "s" });
+        format!(
+            "{}, {}",
+            n(self.num_brps(), "breakpoint"),
+            n(self.num_wrps(), "watchpoint")
+        )
+    }
     /// Implemented context-aware breakpoints (CTX_CMPs + 1).
     pub const fn num_ctx_cmps(&self) -> usize {
         self.ctx_cmps as usize + 1

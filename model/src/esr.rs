@@ -43,22 +43,75 @@ pub const ESR_ELX_ISV: u32 = 1 << 24;
 /// Software step ISS.EX (bit 6).
 pub const ESR_ELX_EX: u32 = 1 << 6;
 
-/// The name of an exception class, as esr.h spells it.
-pub const fn ec_name(ec: u8) -> &'static str {
-    match ec {
-        ESR_ELX_EC_UNKNOWN => "UNKNOWN",
-        ESR_ELX_EC_SVC64 => "SVC64",
-        ESR_ELX_EC_HVC64 => "HVC64",
-        ESR_ELX_EC_SYS64 => "SYS64 (trapped MSR/MRS)",
-        ESR_ELX_EC_BREAKPT_LOW => "BREAKPT_LOW (breakpoint, lower EL)",
-        ESR_ELX_EC_BREAKPT_CUR => "BREAKPT_CUR (breakpoint, same EL)",
-        ESR_ELX_EC_SOFTSTP_LOW => "SOFTSTP_LOW (software step, lower EL)",
-        ESR_ELX_EC_SOFTSTP_CUR => "SOFTSTP_CUR (software step, same EL)",
-        ESR_ELX_EC_WATCHPT_LOW => "WATCHPT_LOW (watchpoint, lower EL)",
-        ESR_ELX_EC_WATCHPT_CUR => "WATCHPT_CUR (watchpoint, same EL)",
-        ESR_ELX_EC_BKPT32 => "BKPT32",
-        ESR_ELX_EC_BRK64 => "BRK64",
-        _ => "other",
+/// The exception classes hypdbg names: (EC, esr.h's `ESR_ELx_EC_*` stem, what it is).
+pub const EC_TABLE: &[(u8, &str, &str)] = &[
+    (ESR_ELX_EC_UNKNOWN, "UNKNOWN", ""),
+    (ESR_ELX_EC_SVC64, "SVC64", ""),
+    (ESR_ELX_EC_HVC64, "HVC64", ""),
+    (ESR_ELX_EC_SYS64, "SYS64", "trapped MSR/MRS"),
+    (
+        ESR_ELX_EC_BREAKPT_LOW,
+        "BREAKPT_LOW",
+        "breakpoint, lower EL",
+    ),
+    (ESR_ELX_EC_BREAKPT_CUR, "BREAKPT_CUR", "breakpoint, same EL"),
+    (
+        ESR_ELX_EC_SOFTSTP_LOW,
+        "SOFTSTP_LOW",
+        "software step, lower EL",
+    ),
+    (
+        ESR_ELX_EC_SOFTSTP_CUR,
+        "SOFTSTP_CUR",
+        "software step, same EL",
+    ),
+    (
+        ESR_ELX_EC_WATCHPT_LOW,
+        "WATCHPT_LOW",
+        "watchpoint, lower EL",
+    ),
+    (ESR_ELX_EC_WATCHPT_CUR, "WATCHPT_CUR", "watchpoint, same EL"),
+    (ESR_ELX_EC_BKPT32, "BKPT32", ""),
+    (ESR_ELX_EC_BRK64, "BRK64", ""),
+];
+
+fn ec_entry(ec: u8) -> Option<&'static (u8, &'static str, &'static str)> {
+    EC_TABLE.iter().find(|(e, _, _)| *e == ec)
+}
+
+/// esr.h's short name of an exception class (`BREAKPT_LOW`), or `other`.
+pub fn ec_short(ec: u8) -> &'static str {
+    ec_entry(ec).map_or("other", |(_, n, _)| n)
+}
+
+/// The name of an exception class as esr.h spells it, with what it is in words:
+/// `BREAKPT_LOW (breakpoint, lower EL)`.
+pub fn ec_name(ec: u8) -> std::borrow::Cow<'static, str> {
+    match ec_entry(ec) {
+        Some((_, n, "")) => (*n).into(),
+        Some((_, n, w)) => format!("{n} ({w})").into(),
+        None => "other".into(),
+    }
+}
+
+/// An exception class by number (0..=0x3f) or by esr.h's name (`BREAKPT_CUR`, also spelled
+/// `ESR_ELx_EC_BREAKPT_CUR`), in any case.
+///
+/// ```
+/// use hypdbg_model::esr::parse_ec;
+/// assert_eq!(parse_ec("esr_elx_ec_watchpt_low"), Some(0x34));
+/// assert_eq!(parse_ec("0x3c"), Some(0x3c));
+/// assert_eq!(parse_ec("0x40"), None);
+/// ```
+pub fn parse_ec(s: &str) -> Option<u8> {
+    let up = s.trim().to_ascii_uppercase();
+    let stem = up.strip_prefix("ESR_ELX_EC_").unwrap_or(&up);
+    if let Some((ec, _, _)) = EC_TABLE.iter().find(|(_, n, _)| *n == stem) {
+        return Some(*ec);
+    }
+    match crate::parse_u64(stem) {
+        Ok(n) if n <= 0x3f => Some(n as u8),
+        _ => None,
     }
 }
 

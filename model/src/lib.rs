@@ -16,6 +16,7 @@
 //! - [`regfile`]: a physical CPU's debug register file with only the implemented registers;
 //! - [`ctrl`]: MDSCR_EL1 and MDCR_EL2 helpers;
 //! - [`uapi`]: `#[repr(C)]` mirrors of the arm64 KVM structs, layout pinned;
+//! - [`words`]: MDSCR_EL1, MDCR_EL2 and KVM_GUESTDBG_* in one line of words;
 //! - [`explain`]: every register value explained in words (the CLI's `decode`);
 //! - [`vcpu`]: the vcpu operations a debugger needs ([`vcpu::DebugVcpu`]), the seam between
 //!   the VMM side and a simulator or real kernel;
@@ -40,6 +41,7 @@ pub mod uapi;
 pub mod va;
 pub mod vcpu;
 pub mod wcr;
+pub mod words;
 
 pub use bcr::Dbgbcr;
 pub use dfr0::DebugFeatures;

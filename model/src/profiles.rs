@@ -92,31 +92,101 @@ pub fn by_name(name: &str) -> Result<&'static CpuProfile, ModelError> {
         })
 }
 
-/// Parse a `--cpu` argument: a profile name, `all`, or a raw ID_AA64DFR0_EL1 value.
-/// Returns (label, features) pairs.
+/// One physical CPU as a scenario or the command line names it: a profile name or a raw
+/// ID_AA64DFR0_EL1 value, parsed once into its label and decoded features. Written back as
+/// the label (a string in scenario files).
+///
+/// ```
+/// use hypdbg_model::profiles::CpuSpec;
+/// let a57: CpuSpec = "cortex-a57".parse().unwrap();
+/// assert_eq!((a57.label(), a57.features().num_brps()), ("cortex-a57", 6));
+/// let raw: CpuSpec = "0x10305106".parse().unwrap();
+/// assert_eq!(raw.to_string(), "0x10305106");
+/// assert!("0x5106".parse::<CpuSpec>().is_err()); // WRPs = 0
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuSpec {
+    label: String,
+    features: DebugFeatures,
+}
+
+impl CpuSpec {
+    /// A CPU known by its features only, labelled with its raw ID_AA64DFR0_EL1 value.
+    pub fn from_features(features: DebugFeatures) -> Self {
+        CpuSpec {
+            label: format!("{:#x}", features.raw()),
+            features,
+        }
+    }
+
+    /// A built-in profile.
+    pub fn from_profile(p: &CpuProfile) -> Result<Self, ModelError> {
+        Ok(CpuSpec {
+            label: p.name.to_string(),
+            features: p.features()?,
+        })
+    }
+
+    /// The name as written (a profile name, or the raw value in hex).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The decoded ID_AA64DFR0_EL1.
+    pub const fn features(&self) -> &DebugFeatures {
+        &self.features
+    }
+}
+
+impl std::str::FromStr for CpuSpec {
+    type Err = ModelError;
+
+    /// A profile name or a raw ID_AA64DFR0_EL1 value (`all` names several: see [`parse_cpu`]).
+    fn from_str(spec: &str) -> Result<Self, ModelError> {
+        let spec = spec.trim();
+        if spec.starts_with(|c: char| c.is_ascii_digit()) {
+            return DebugFeatures::new(parse_u64(spec)?).map(CpuSpec::from_features);
+        }
+        CpuSpec::from_profile(by_name(spec)?)
+    }
+}
+
+impl std::fmt::Display for CpuSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.label)
+    }
+}
+
+impl serde::Serialize for CpuSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.label)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CpuSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map_err(|e| serde::de::Error::custom(format!("cpu '{text}': {e}")))
+    }
+}
+
+/// Parse a `--cpu` argument: a profile name, `all` (every built-in profile), or a raw
+/// ID_AA64DFR0_EL1 value.
 ///
 /// ```
 /// use hypdbg_model::profiles::parse_cpu;
 /// assert_eq!(parse_cpu("all").unwrap().len(), 10);
 /// let raw = parse_cpu("0x10305106").unwrap();
-/// assert_eq!(raw[0].1.num_brps(), 6);
+/// assert_eq!(raw[0].features().num_brps(), 6);
 /// assert!(parse_cpu("0x5106").is_err()); // WRPs = 0
 /// assert!(parse_cpu("pentium").is_err());
 /// ```
-pub fn parse_cpu(spec: &str) -> Result<Vec<(String, DebugFeatures)>, ModelError> {
-    let spec = spec.trim();
-    if spec.eq_ignore_ascii_case("all") {
-        return PROFILES
-            .iter()
-            .map(|p| Ok((p.name.to_string(), p.features()?)))
-            .collect();
+pub fn parse_cpu(spec: &str) -> Result<Vec<CpuSpec>, ModelError> {
+    if spec.trim().eq_ignore_ascii_case("all") {
+        return PROFILES.iter().map(CpuSpec::from_profile).collect();
     }
-    if spec.starts_with(|c: char| c.is_ascii_digit()) {
-        let raw = parse_u64(spec)?;
-        return Ok(vec![(format!("{raw:#x}"), DebugFeatures::new(raw)?)]);
-    }
-    let p = by_name(spec)?;
-    Ok(vec![(p.name.to_string(), p.features()?)])
+    Ok(vec![spec.parse()?])
 }
 
 #[cfg(test)]

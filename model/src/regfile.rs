@@ -182,6 +182,7 @@ mod tests {
                 let mut rf = DebugRegFile::new(DebugFeatures::from_counts(b, w, 1).unwrap());
                 for bank in DbgBank::ALL {
                     let n = if bank.is_breakpoint() { b } else { w } as usize;
+                    assert_eq!(rf.features().count(bank), n);
                     assert_eq!(rf.implemented(bank), n);
                     for i in 0..16 {
                         let ok = rf.write_dbg(bank, i, i as u64 + 1).is_ok();

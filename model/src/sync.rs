@@ -37,7 +37,6 @@ pub mod model {
     //! model is always explored exhaustively within its bound: a model that stopped exploring
     //! would show up as a count below the test's floor, or as a broken variant not caught.
 
-
     use std::panic::{AssertUnwindSafe, catch_unwind};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};

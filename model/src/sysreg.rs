@@ -52,6 +52,14 @@ impl DbgBank {
     pub const fn is_breakpoint(self) -> bool {
         matches!(self, DbgBank::Bcr | DbgBank::Bvr)
     }
+    /// `breakpoints` or `watchpoints`: what the bank's registers program.
+    pub const fn units(self) -> &'static str {
+        if self.is_breakpoint() {
+            "breakpoints"
+        } else {
+            "watchpoints"
+        }
+    }
     /// The kernel's lower-case stem (`dbgbcr`), as in `save_debug(ptr, dbgbcr, nr)`.
     pub const fn stem(self) -> &'static str {
         match self {

@@ -104,4 +104,3 @@ pub trait DebugVcpu {
     /// address being the current PC.
     fn inject_debug_exception(&mut self, esr: Esr, far: Option<u64>) -> Result<(), VcpuError>;
 }
-

@@ -1,16 +1,16 @@
 //! `hypdbg check`: the main job.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
-use hypdbg_hyp::variants::{self, VariantKind};
+use hypdbg::validate::check::{CheckOptions, VariantReport, check, jobs};
+use hypdbg::validate::report::{json_lines, table};
+use hypdbg_hyp::variants::{self, Variant};
 use hypdbg_model::profiles::parse_cpu;
 
 use super::usage_error;
-use hypdbg::validate::check::{CheckOptions, Verdict, check, jobs};
-use hypdbg::validate::report::{json_lines, table};
 
 /// `hypdbg check` options.
 #[derive(Args, Debug)]
@@ -49,54 +49,74 @@ impl Default for CheckArgs {
     }
 }
 
+/// `--list`: every variant, and the catalog rows no flow can express.
+fn list() -> i32 {
+    for v in variants::all() {
+        let fix = v.fix.map(|f| format!(" [fix: {f}]")).unwrap_or_default();
+        println!(
+            "{:<32} {:<5} {:<10} {}{fix}",
+            v.name,
+            v.era().to_string(),
+            v.kind.name(),
+            v.description
+        );
+    }
+    for (name, why) in variants::NOT_EXPRESSIBLE {
+        println!("{name:<32} -     not expressible: {why}");
+    }
+    0
+}
+
+/// The variants `--variant` selects.
+fn select(name: &str) -> Result<Vec<Variant>, String> {
+    if name.eq_ignore_ascii_case("all") {
+        return Ok(variants::all());
+    }
+    variants::by_name(name).map(|v| vec![v]).ok_or_else(|| {
+        let names: Vec<&str> = variants::all().iter().map(|v| v.name).collect();
+        format!(
+            "--variant {name}: unknown; known: all, {}",
+            names.join(", ")
+        )
+    })
+}
+
+/// A progress bar on a terminal only.
+fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(total);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} scenario runs {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(b)
+}
+
 /// Run the check; 0 when every reference is clean and every mutant caught (or, for one
 /// selected reference or user variant, when it is clean), 1 otherwise, 2 for bad arguments.
 pub fn run(a: &CheckArgs) -> i32 {
     if a.list {
-        for v in variants::all() {
-            let fix = v.fix.map(|f| format!(" [fix: {f}]")).unwrap_or_default();
-            let kind = match v.kind {
-                VariantKind::Reference => "reference",
-                VariantKind::Historical => "historical",
-                VariantKind::Generic => "generic",
-                VariantKind::User => "user",
-            };
-            println!(
-                "{:<32} {:<5} {kind:<10} {}{fix}",
-                v.name,
-                v.era.to_string(),
-                v.description
-            );
-        }
-        for (name, why) in variants::NOT_EXPRESSIBLE {
-            println!("{name:<32} -     not expressible: {why}");
-        }
-        return 0;
+        return list();
     }
-    let selected = if a.variant.eq_ignore_ascii_case("all") {
-        variants::all()
-    } else {
-        match variants::by_name(&a.variant) {
-            Some(v) => vec![v],
-            None => {
-                let names: Vec<&str> = variants::all().iter().map(|v| v.name).collect();
-                return usage_error(format!(
-                    "--variant {}: unknown; known: all, {}",
-                    a.variant,
-                    names.join(", ")
-                ));
-            }
-        }
+    let selected = match select(&a.variant) {
+        Ok(v) => v,
+        Err(e) => return usage_error(e),
     };
     let cpus = match parse_cpu(&a.cpu) {
         Ok(c) => c,
         Err(e) => return usage_error(format!("--cpu {}: {e}", a.cpu)),
+    };
+    let Some(random_cpu) = CheckOptions::random_cpu_of(&cpus) else {
+        return usage_error(format!("--cpu {}: no CPU selected", a.cpu));
     };
     let opts = CheckOptions {
         variants: selected.clone(),
         cpus,
         count_sweep: a.cpu.eq_ignore_ascii_case("all"),
         random_cases: a.random,
+        random_cpu,
     };
     let total = match jobs(&opts) {
         Ok(j) => (j.len() * selected.len()) as u64,
@@ -105,16 +125,7 @@ pub fn run(a: &CheckArgs) -> i32 {
             return 1;
         }
     };
-    let bar = if std::io::stderr().is_terminal() {
-        let b = indicatif::ProgressBar::new(total);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} scenario runs {elapsed}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        Some(b)
-    } else {
-        None
-    };
+    let bar = progress_bar(total);
     let start = Instant::now();
     let progress = |n: u64| {
         if let Some(b) = &bar
@@ -145,19 +156,12 @@ pub fn run(a: &CheckArgs) -> i32 {
         eprintln!("hypdbg: error: {e}");
         return 1;
     }
-    let single = selected.len() == 1;
-    let ok = reports.iter().all(|r| match r.kind {
-        VariantKind::Reference => r.verdict == Verdict::Ok,
-        VariantKind::Historical | VariantKind::Generic => r.verdict == Verdict::Caught,
-        VariantKind::User => !single || r.verdict == Verdict::Ok,
-    });
+    let alone = selected.len() == 1;
+    let ok = reports.iter().all(|r| r.verdict.passes(r.kind, alone));
     if ok { 0 } else { 1 }
 }
 
-fn write_counterexamples(
-    dir: &std::path::Path,
-    reports: &[hypdbg::validate::check::VariantReport],
-) -> Result<(), String> {
+fn write_counterexamples(dir: &Path, reports: &[VariantReport]) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for r in reports {
         if let Some(c) = &r.counterexample {

@@ -132,9 +132,10 @@ fn unit_ctx(
     breakpoint: bool,
 ) -> Result<(hypdbg_model::DebugFeatures, usize, El), String> {
     let cpus = parse_cpu(&u.cpu).map_err(|e| e.to_string())?;
-    let [(_, f)] = cpus.as_slice() else {
+    let [cpu] = cpus.as_slice() else {
         return Err(format!("--cpu {}: name one CPU", u.cpu));
     };
+    let f = cpu.features();
     let el = El::from_number(num("el", &u.el)?).map_err(|e| e.to_string())?;
     if el == El::El2 {
         return Err("--el 2: a guest runs at EL0 or EL1".into());

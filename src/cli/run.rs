@@ -5,9 +5,9 @@
 use std::io::Write as _;
 
 use clap::Args;
-use hypdbg::scenario::play::{PlayOptions, play};
+use hypdbg::play::trace::{Record, TextRenderer};
+use hypdbg::play::{PlayOptions, play};
 use hypdbg::scenario::source::ScenarioFile;
-use hypdbg::scenario::trace::TextRenderer;
 use hypdbg_hyp::variants;
 
 use super::usage_error;
@@ -56,7 +56,7 @@ pub fn run(a: &RunArgs) -> i32 {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut text = TextRenderer::new();
     let json = a.json;
-    let mut sink = |r: hypdbg::scenario::trace::Record| {
+    let mut sink = |r: Record| {
         if json {
             if let Ok(line) = serde_json::to_string(&r) {
                 let _ = writeln!(out, "{line}");

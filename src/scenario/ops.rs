@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use hypdbg_host::WatchAccess;
+use hypdbg_model::profiles::CpuSpec;
 use hypdbg_model::uapi::GuestDebugControl;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
@@ -88,35 +89,7 @@ impl From<u64> for Value {
     }
 }
 
-/// The kernel's short names of the exception classes a scenario may name (`ESR_ELx_EC_*`).
-pub const EC_NAMES: &[(&str, u8)] = &[
-    ("UNKNOWN", 0x00),
-    ("SVC64", 0x15),
-    ("HVC64", 0x16),
-    ("SYS64", 0x18),
-    ("BREAKPT_LOW", 0x30),
-    ("BREAKPT_CUR", 0x31),
-    ("SOFTSTP_LOW", 0x32),
-    ("SOFTSTP_CUR", 0x33),
-    ("WATCHPT_LOW", 0x34),
-    ("WATCHPT_CUR", 0x35),
-    ("BKPT32", 0x38),
-    ("BRK64", 0x3c),
-];
-
-/// An exception class by number (0..=0x3f) or by the kernel's name (`"BREAKPT_CUR"`, also
-/// spelled `"ESR_ELx_EC_BREAKPT_CUR"`).
-pub fn parse_ec(s: &str) -> Option<u8> {
-    let up = s.trim().to_ascii_uppercase();
-    let stem = up.strip_prefix("ESR_ELX_EC_").unwrap_or(&up);
-    if let Some((_, ec)) = EC_NAMES.iter().find(|(n, _)| *n == stem) {
-        return Some(*ec);
-    }
-    match hypdbg_model::parse_u64(stem) {
-        Ok(n) if n <= 0x3f => Some(n as u8),
-        _ => None,
-    }
-}
+pub use hypdbg_model::esr::parse_ec;
 
 struct EcVisitor;
 
@@ -575,7 +548,7 @@ pub enum Op {
     MigrateVm {
         /// The destination's physical CPUs (same breakpoint/watchpoint counts).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        cpus: Option<Vec<String>>,
+        cpus: Option<Vec<CpuSpec>>,
         /// Expectations (vcpu 0).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expect: Option<Box<Expect>>,
@@ -772,7 +745,7 @@ pub struct Scenario {
     #[serde(default)]
     pub flow: Option<String>,
     /// The physical CPUs: profile names or raw ID_AA64DFR0_EL1 values.
-    pub cpus: Vec<String>,
+    pub cpus: Vec<CpuSpec>,
     /// Number of vcpus.
     #[serde(default = "one")]
     pub vcpus: usize,
@@ -805,7 +778,7 @@ fn one() -> usize {
 
 impl Scenario {
     /// A scenario with defaults: one vcpu, no symbols, no expected violations.
-    pub fn new(name: impl Into<String>, cpus: Vec<String>, code: impl Into<String>) -> Self {
+    pub fn new(name: impl Into<String>, cpus: Vec<CpuSpec>, code: impl Into<String>) -> Self {
         Scenario {
             name: name.into(),
             description: String::new(),

@@ -1,27 +1,23 @@
 //! Scenario files: TOML read with positions, then checked before anything runs.
 //!
 //! [`ScenarioFile::parse`] deserializes the file into a [`Scenario`] (serde, unknown keys
-//! denied), keeps a position tree of the document (every key and value with its byte span),
-//! assembles the guest program and checks everything that can be checked without running:
-//! CPU names, counts, vcpu and CPU indices, labels and symbols, register names, snapshot
-//! names, expectations that cannot be evaluated on their action. Every problem is a
-//! [`FileError`]: `FILE:LINE:COL: the rule broken`.
+//! denied; CPU names parsed then), keeps a position tree of the document (every key and value
+//! with its byte span), and runs the checks of [`super::lint`] on it: everything that can be
+//! checked without running. Every problem is a [`FileError`]: `FILE:LINE:COL: the rule
+//! broken`.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 
-use hypdbg_host::{encode_breakpoint, encode_watchpoint};
 use hypdbg_hyp::guest::Program;
-use hypdbg_hyp::variants::{self, Variant};
-use hypdbg_hyp::workloads::CODE_BASE;
-use hypdbg_model::DebugFeatures;
+use hypdbg_hyp::variants::Variant;
 use toml::de::{DeTable, DeValue};
 
-use super::ops::{ExceptionExpect, ExitKind, Expect, Op, Scenario, Value};
-use super::runner::{RegName, Resolver, parse_one_cpu};
-use crate::validate::Invariant;
+use super::lint::Lint;
+use super::ops::Scenario;
+use crate::checker::Invariant;
 
 /// One problem in a scenario file, located.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -116,11 +112,6 @@ impl From<usize> for Seg {
 
 /// A path into the document.
 pub type Path2 = Vec<Seg>;
-
-/// Build a path: `path!["ops", 3, "expect", "pc"]`.
-macro_rules! path {
-    ($($s:expr),* $(,)?) => { [$(Seg::from($s)),*] };
-}
 
 fn int_value(i: &toml::de::DeInteger<'_>) -> Option<i128> {
     let s = i.as_str().replace('_', "");
@@ -316,7 +307,8 @@ pub fn string_line_offset(text: &str, span: &Range<usize>, line: usize) -> usize
 }
 
 /// The literal an error message quotes (`` integer `70000` ``, `string "abc"`,
-/// `` boolean `true` ``), to find the offending value.
+/// `` boolean `true` ``, or `'abc'` as this crate's deserializers write it), to find the
+/// offending value.
 fn quoted_literal(msg: &str) -> Option<Scalar> {
     let grab = |prefix: &str, open: char, close: char| -> Option<String> {
         let at = msg.find(prefix)? + prefix.len();
@@ -336,7 +328,9 @@ fn quoted_literal(msg: &str) -> Option<Scalar> {
     if let Some(f) = grab("floating point ", '`', '`') {
         return Some(Scalar::Float(f));
     }
-    None
+    // Our own deserializers quote the value they refuse: `cpu 'cortex-a99': ...`.
+    let rest = &msg[msg.find('\'')? + 1..];
+    Some(Scalar::Str(rest[..rest.find('\'')?].to_string()))
 }
 
 fn scalar_matches(want: &Scalar, got: &Scalar) -> bool {
@@ -386,40 +380,12 @@ pub struct ScenarioFile {
     pub scenario: Scenario,
     /// The assembled guest program.
     pub program: Program,
-    /// The physical CPUs.
-    pub cpus: Vec<(String, DebugFeatures)>,
     /// The flow: the file's, or `era3`.
     pub variant: Variant,
     /// The invariants the file expects its own flow to break.
     pub expect_violations: BTreeSet<Invariant>,
     /// The position tree.
     pub tree: Node,
-}
-
-/// The flow a file runs when neither it nor the command line names one.
-pub const DEFAULT_FLOW: &str = "era3";
-
-/// Expanded actions a file may ask for (repeats multiplied out).
-pub const MAX_ACTIONS: u64 = 2_000_000;
-
-/// An invariant by `inv3`, `3`, `guest-reads-back` or `inv3:guest-reads-back`.
-pub fn parse_invariant(s: &str) -> Option<Invariant> {
-    let t = s.trim().to_ascii_lowercase();
-    Invariant::ALL.into_iter().find(|i| {
-        let num = i.number().to_string();
-        t == i.label()
-            || t == i.name()
-            || t == num
-            || t.strip_prefix("inv").is_some_and(|n| n == num)
-    })
-}
-
-fn known_flows() -> String {
-    variants::all()
-        .iter()
-        .map(|v| v.name)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 impl ScenarioFile {
@@ -486,28 +452,20 @@ impl ScenarioFile {
             let span = refine_span(&tree, span, &msg);
             one(span.start, msg)
         })?;
-        let mut lint = Lint {
-            file: name,
-            text,
-            tree: &tree,
-            errors: Vec::new(),
-        };
+        let mut lint = Lint::new(name, text, &tree);
         let checked = lint.scenario(&scenario);
         let mut errors = lint.errors;
         errors.sort_by_key(|e| (e.line, e.col));
         match checked {
-            Some((program, cpus, variant, expect_violations)) if errors.is_empty() => {
-                Ok(ScenarioFile {
-                    file: name.to_string(),
-                    text: text.to_string(),
-                    scenario,
-                    program,
-                    cpus,
-                    variant,
-                    expect_violations,
-                    tree,
-                })
-            }
+            Some(c) if errors.is_empty() => Ok(ScenarioFile {
+                file: name.to_string(),
+                text: text.to_string(),
+                scenario,
+                program: c.program,
+                variant: c.variant,
+                expect_violations: c.expect_violations,
+                tree,
+            }),
             _ => Err(SourceErrors { errors }),
         }
     }
@@ -534,659 +492,6 @@ pub fn op_path(indices: &[usize]) -> Path2 {
         p.push(Seg::Index(i));
     }
     p
-}
-
-fn with(p: &[Seg], more: &[Seg]) -> Path2 {
-    let mut v = p.to_vec();
-    v.extend_from_slice(more);
-    v
-}
-
-type Checked = (
-    Program,
-    Vec<(String, DebugFeatures)>,
-    Variant,
-    BTreeSet<Invariant>,
-);
-
-struct Lint<'a> {
-    file: &'a str,
-    text: &'a str,
-    tree: &'a Node,
-    errors: Vec<FileError>,
-}
-
-/// What the action checks know about the VM.
-struct Ctx<'a> {
-    vcpus: usize,
-    features: DebugFeatures,
-    ncpus: usize,
-    resolver: &'a Resolver,
-    names: String,
-    snapshots: BTreeSet<String>,
-}
-
-impl Lint<'_> {
-    fn at_offset(&mut self, offset: usize, message: String) {
-        let (line, col) = line_col(self.text, offset);
-        self.errors.push(FileError {
-            file: self.file.to_string(),
-            line,
-            col,
-            message: one_line(&message),
-        });
-    }
-
-    /// An error about the value at `path` (or the deepest part of the path the file has).
-    fn err(&mut self, path: &[Seg], message: String) {
-        let (node, _) = self.tree.walk(path);
-        self.at_offset(node.span.start, message);
-    }
-
-    /// An error about the key `path` ends with.
-    fn err_key(&mut self, path: &[Seg], message: String) {
-        match self.tree.key_span(path) {
-            Some(s) => self.at_offset(s.start, message),
-            None => self.err(path, message),
-        }
-    }
-
-    fn scenario(&mut self, sc: &Scenario) -> Option<Checked> {
-        let variant = match &sc.flow {
-            Some(f) => match variants::by_name(f) {
-                Some(v) => Some(v),
-                None => {
-                    self.err(
-                        &path!["flow"],
-                        format!("unknown flow '{f}': known flows are {}", known_flows()),
-                    );
-                    None
-                }
-            },
-            None => variants::by_name(DEFAULT_FLOW),
-        };
-        let mut cpus = Vec::new();
-        if sc.cpus.is_empty() {
-            self.err(
-                &path!["cpus"],
-                "a scenario needs at least one physical CPU (a profile name or an ID_AA64DFR0_EL1 value)".into(),
-            );
-        }
-        for (i, c) in sc.cpus.iter().enumerate() {
-            match parse_one_cpu(c) {
-                Ok(cpu) => {
-                    if let Some((_, first)) = cpus.first() {
-                        let first: &DebugFeatures = first;
-                        let f = cpu.1;
-                        if (f.num_brps(), f.num_wrps()) != (first.num_brps(), first.num_wrps()) {
-                            self.err(
-                                &path!["cpus", i],
-                                format!(
-                                    "CPU {i} ('{c}') has {}/{} breakpoints/watchpoints but CPU 0 has {}/{}: a guest sees one ID_AA64DFR0_EL1, so every physical CPU of a VM must implement the same counts",
-                                    f.num_brps(),
-                                    f.num_wrps(),
-                                    first.num_brps(),
-                                    first.num_wrps()
-                                ),
-                            );
-                        }
-                    }
-                    cpus.push(cpu);
-                }
-                Err(e) => self.err(&path!["cpus", i], e.to_string()),
-            }
-        }
-        if sc.vcpus == 0 || sc.vcpus > 64 {
-            self.err(
-                &path!["vcpus"],
-                format!("vcpus = {}: a scenario has 1 to 64 vcpus", sc.vcpus),
-            );
-        }
-        if sc.vcpu_cpus.len() > sc.vcpus {
-            self.err(
-                &path!["vcpu_cpus"],
-                format!(
-                    "vcpu_cpus lists {} entries but the VM has {} vcpu(s)",
-                    sc.vcpu_cpus.len(),
-                    sc.vcpus
-                ),
-            );
-        }
-        for (i, &c) in sc.vcpu_cpus.iter().enumerate() {
-            if !cpus.is_empty() && c >= sc.cpus.len() {
-                self.err(
-                    &path!["vcpu_cpus", i],
-                    format!(
-                        "vcpu {i} starts on physical CPU {c} but the VM has {} (0..={})",
-                        sc.cpus.len(),
-                        sc.cpus.len() - 1
-                    ),
-                );
-            }
-        }
-        if let Some(b) = sc.budget
-            && !(1..=100_000_000).contains(&b)
-        {
-            self.err(
-                &path!["budget"],
-                format!("budget = {b}: a KVM_RUN executes 1 to 100000000 guest instructions"),
-            );
-        }
-        let mut expect_violations = BTreeSet::new();
-        for (i, s) in sc.expect_violations.iter().enumerate() {
-            match parse_invariant(s) {
-                Some(inv) => {
-                    expect_violations.insert(inv);
-                }
-                None => self.err(
-                    &path!["expect_violations", i],
-                    format!(
-                        "'{s}' is not an invariant: use inv1..inv9 or a name ({})",
-                        Invariant::ALL.map(|i| i.name()).join(", ")
-                    ),
-                ),
-            }
-        }
-        let program = self.program(sc);
-        let program_ok = program.is_some();
-        let program = program.unwrap_or_default();
-        for (name, v) in &sc.symbols {
-            let p = path!["symbols", name.as_str()];
-            if !matches!(v, Value::Num(_)) {
-                self.err(
-                    &p,
-                    format!(
-                        "symbol '{name}' = '{v}': a symbol is a number (write addresses above i64::MAX as strings, \"0xffff...\")"
-                    ),
-                );
-            }
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-            {
-                self.err_key(
-                    &p,
-                    format!(
-                        "symbol '{name}': a name is letters, digits, '_' and '.' (it is used as `{name}+8`)"
-                    ),
-                );
-            } else if program.label(name).is_some() {
-                self.err_key(
-                    &p,
-                    format!("symbol '{name}' is also a label of the guest program"),
-                );
-            }
-        }
-        let resolver = Resolver::new(&program, &sc.symbols);
-        let mut names: Vec<&str> = program.labels.keys().map(String::as_str).collect();
-        names.extend(sc.symbols.keys().map(String::as_str));
-        let shown = names
-            .iter()
-            .take(12)
-            .copied()
-            .collect::<Vec<_>>()
-            .join(", ");
-        let names = if names.is_empty() {
-            "no label and no symbol".to_string()
-        } else if names.len() > 12 {
-            format!("{shown}, ... ({} names)", names.len())
-        } else {
-            shown
-        };
-        let features = cpus
-            .first()
-            .map(|(_, f)| *f)
-            .or_else(|| DebugFeatures::new(0x0010_1006).ok());
-        let features = features?;
-        let mut ctx = Ctx {
-            vcpus: sc.vcpus.max(1),
-            features,
-            ncpus: sc.cpus.len().max(1),
-            resolver: &resolver,
-            names,
-            snapshots: BTreeSet::new(),
-        };
-        if program_ok {
-            let mut total = 0u64;
-            self.ops(&sc.ops, &[], &mut ctx, 1, &mut total);
-        }
-        if !program_ok || cpus.len() != sc.cpus.len() || cpus.is_empty() {
-            return None;
-        }
-        Some((program, cpus, variant?, expect_violations))
-    }
-
-    fn program(&mut self, sc: &Scenario) -> Option<Program> {
-        match Program::assemble(CODE_BASE, &sc.code) {
-            Ok(p) if p.words.is_empty() => {
-                self.err(
-                    &path!["code"],
-                    "the guest program has no instruction".into(),
-                );
-                None
-            }
-            Ok(p) => Some(p),
-            Err(e) => {
-                let (node, _) = self.tree.walk(&path!["code"]);
-                let off = string_line_offset(self.text, &node.span, e.line);
-                self.at_offset(
-                    off,
-                    format!(
-                        "guest code line {}: `{}`: {}",
-                        e.line, e.error.text, e.error.why
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    fn value(&mut self, ctx: &Ctx<'_>, p: &[Seg], v: &Value) -> Option<u64> {
-        let r = ctx.resolver.resolve(v);
-        if r.is_none() {
-            self.err(
-                p,
-                format!(
-                    "unknown label '{v}': the program and the symbols define {}",
-                    ctx.names
-                ),
-            );
-        }
-        r
-    }
-
-    fn vcpu(&mut self, ctx: &Ctx<'_>, p: &[Seg], v: usize) {
-        if v >= ctx.vcpus {
-            self.err(
-                &with(p, &path!["vcpu"]),
-                format!(
-                    "vcpu {v} does not exist: the VM has {} vcpu(s) (0..={})",
-                    ctx.vcpus,
-                    ctx.vcpus - 1
-                ),
-            );
-        }
-    }
-
-    fn cpu(&mut self, ctx: &Ctx<'_>, p: &[Seg], key: &str, c: usize) {
-        if c >= ctx.ncpus {
-            self.err(
-                &with(p, &path![key]),
-                format!(
-                    "physical CPU {c} does not exist: the VM has {} (0..={})",
-                    ctx.ncpus,
-                    ctx.ncpus - 1
-                ),
-            );
-        }
-    }
-
-    fn reg(&mut self, ctx: &Ctx<'_>, p: &[Seg], name: &str, as_key: bool) -> Option<RegName> {
-        let report = |s: &mut Self, m: String| {
-            if as_key {
-                s.err_key(p, m);
-            } else {
-                s.err(p, m);
-            }
-        };
-        match RegName::parse(name) {
-            Ok(r) if !r.implemented(&ctx.features) => {
-                report(
-                    self,
-                    format!(
-                        "{r} is not implemented: the guest's CPU has {} breakpoints and {} watchpoints",
-                        ctx.features.num_brps(),
-                        ctx.features.num_wrps()
-                    ),
-                );
-                None
-            }
-            Ok(r) => Some(r),
-            Err(e) => {
-                report(self, e);
-                None
-            }
-        }
-    }
-
-    fn ops(&mut self, ops: &[Op], parent: &[usize], ctx: &mut Ctx<'_>, mult: u64, total: &mut u64) {
-        for (i, op) in ops.iter().enumerate() {
-            let mut idx = parent.to_vec();
-            idx.push(i);
-            let p = op_path(&idx);
-            self.op(op, &idx, &p, ctx, mult, total);
-        }
-    }
-
-    fn op(
-        &mut self,
-        op: &Op,
-        idx: &[usize],
-        p: &[Seg],
-        ctx: &mut Ctx<'_>,
-        mult: u64,
-        total: &mut u64,
-    ) {
-        *total = total.saturating_add(mult);
-        let expects_error = op.expect().is_some_and(|e| e.error.is_some());
-        match op {
-            Op::Repeat { times, ops } => {
-                if *times == 0 {
-                    self.err(
-                        &with(p, &path!["times"]),
-                        "repeat times = 0: a repeat runs its actions at least once".into(),
-                    );
-                }
-                if ops.is_empty() {
-                    self.err(p, "repeat has no actions (add [[ops.ops]] tables)".into());
-                }
-                let m = mult.saturating_mul(u64::from((*times).max(1)));
-                let before = *total;
-                self.ops(ops, idx, ctx, m, total);
-                if *total > MAX_ACTIONS && before <= MAX_ACTIONS {
-                    self.err(
-                        &with(p, &path!["times"]),
-                        format!(
-                            "this repeat expands the scenario to {} actions; the limit is {MAX_ACTIONS}",
-                            *total
-                        ),
-                    );
-                }
-                return;
-            }
-            Op::RunConcurrently { vcpus, .. } => {
-                if vcpus.is_empty() {
-                    self.err(
-                        &with(p, &path!["vcpus"]),
-                        "run_concurrently needs at least one vcpu".into(),
-                    );
-                }
-                let mut seen = BTreeSet::new();
-                for (k, &v) in vcpus.iter().enumerate() {
-                    if v >= ctx.vcpus {
-                        self.err(
-                            &with(p, &path!["vcpus", k]),
-                            format!("vcpu {v} does not exist: the VM has {} vcpu(s)", ctx.vcpus),
-                        );
-                    } else if !seen.insert(v) {
-                        self.err(
-                            &with(p, &path!["vcpus", k]),
-                            format!("vcpu {v} is listed twice: a vcpu makes one KVM_RUN at a time"),
-                        );
-                    }
-                }
-            }
-            Op::MigrateVm { cpus, .. } => {
-                if let Some(list) = cpus {
-                    if list.is_empty() {
-                        self.err(
-                            &with(p, &path!["cpus"]),
-                            "the destination needs at least one physical CPU".into(),
-                        );
-                    }
-                    for (k, c) in list.iter().enumerate() {
-                        match parse_one_cpu(c) {
-                            Ok((_, f)) => {
-                                if (f.num_brps(), f.num_wrps())
-                                    != (ctx.features.num_brps(), ctx.features.num_wrps())
-                                {
-                                    self.err(
-                                        &with(p, &path!["cpus", k]),
-                                        format!(
-                                            "'{c}' has {}/{} breakpoints/watchpoints but the guest sees {}/{}: a migration keeps the guest's ID_AA64DFR0_EL1 counts",
-                                            f.num_brps(),
-                                            f.num_wrps(),
-                                            ctx.features.num_brps(),
-                                            ctx.features.num_wrps()
-                                        ),
-                                    );
-                                }
-                            }
-                            Err(e) => self.err(&with(p, &path!["cpus", k]), e.to_string()),
-                        }
-                    }
-                    if !list.is_empty() {
-                        ctx.ncpus = list.len();
-                    }
-                }
-            }
-            Op::WriteMemory { addr, bytes, .. } => {
-                self.value(ctx, &with(p, &path!["addr"]), addr);
-                if bytes.is_empty() || bytes.len() > 4096 {
-                    self.err(
-                        &with(p, &path!["bytes"]),
-                        format!("write_memory writes 1 to 4096 bytes, not {}", bytes.len()),
-                    );
-                }
-            }
-            other => self.vcpu(ctx, p, other.vcpu()),
-        }
-        match op {
-            Op::SetGuestDebug {
-                bcr, bvr, wcr, wvr, ..
-            } => {
-                for (key, list) in [("bcr", bcr), ("bvr", bvr), ("wcr", wcr), ("wvr", wvr)] {
-                    for (k, (n, v)) in list.iter().enumerate() {
-                        if *n > 15 {
-                            self.err(
-                                &with(p, &path![key, k, 0]),
-                                format!(
-                                    "{key} index {n}: struct kvm_guest_debug_arch has 16 registers per bank (0..=15)"
-                                ),
-                            );
-                        }
-                        self.value(ctx, &with(p, &path![key, k, 1]), v);
-                    }
-                }
-            }
-            Op::Migrate { cpu, .. } | Op::Preempt { cpu, .. } => self.cpu(ctx, p, "cpu", *cpu),
-            Op::Run { count, .. } | Op::Step { count, .. } => {
-                if *count == Some(0) {
-                    self.err(
-                        &with(p, &path!["count"]),
-                        "count = 0: the action runs at least once".into(),
-                    );
-                }
-                *total = total.saturating_add(mult.saturating_mul(u64::from(count.unwrap_or(1))));
-            }
-            Op::Break { addr, .. } | Op::DeleteBreak { addr, .. } => {
-                let ap = with(p, &path!["addr"]);
-                if let Some(a) = self.value(ctx, &ap, addr)
-                    && !expects_error
-                    && let Err(e) = encode_breakpoint(a)
-                {
-                    self.err(&ap, e.to_string());
-                }
-            }
-            Op::SwBreak { addr, .. } | Op::DeleteSwBreak { addr, .. } => {
-                let ap = with(p, &path!["addr"]);
-                if let Some(a) = self.value(ctx, &ap, addr)
-                    && !expects_error
-                    && a % 4 != 0
-                {
-                    self.err(
-                        &ap,
-                        format!(
-                            "software breakpoint at {a:#x}: A64 instructions are 4-byte aligned"
-                        ),
-                    );
-                }
-            }
-            Op::Watch {
-                addr, len, access, ..
-            }
-            | Op::DeleteWatch {
-                addr, len, access, ..
-            } => {
-                let ap = with(p, &path!["addr"]);
-                if let Some(a) = self.value(ctx, &ap, addr)
-                    && !expects_error
-                    && let Err(e) = encode_watchpoint(a, *len, *access)
-                {
-                    self.err(&ap, e.to_string());
-                }
-            }
-            Op::Snapshot { name, .. } => {
-                ctx.snapshots.insert(name.clone());
-            }
-            Op::Restore { name, .. } if !ctx.snapshots.contains(name) && !expects_error => {
-                self.err(
-                    &with(p, &path!["name"]),
-                    format!("no snapshot named '{name}' is taken before this action"),
-                );
-            }
-            Op::SetOneReg { reg, value, .. } => {
-                self.reg(ctx, &with(p, &path!["reg"]), reg, false);
-                self.value(ctx, &with(p, &path!["value"]), value);
-            }
-            Op::GetOneReg { reg, value, .. } => {
-                self.reg(ctx, &with(p, &path!["reg"]), reg, false);
-                if let Some(v) = value {
-                    self.value(ctx, &with(p, &path!["value"]), v);
-                }
-            }
-            _ => {}
-        }
-        if let Some(e) = op.expect() {
-            self.expect(op, e, &with(p, &path!["expect"]), ctx);
-        }
-    }
-
-    fn expect(&mut self, op: &Op, e: &Expect, p: &[Seg], ctx: &Ctx<'_>) {
-        let kp = |k: &str| with(p, &[Seg::Key(k.to_string())]);
-        let exit_fields = [
-            ("exit", e.exit.is_some()),
-            ("hvc", e.hvc.is_some()),
-            ("ec", e.ec.is_some()),
-            ("far", e.far.is_some()),
-            ("stops", e.stops.is_some()),
-        ];
-        if !op.has_exit() {
-            for (k, present) in exit_fields {
-                if present {
-                    self.err_key(
-                        &kp(k),
-                        format!(
-                            "expect.{k} cannot be evaluated on a `{}` action: only run, kvm_run, step and run_until_hvc end with an exit",
-                            op.name()
-                        ),
-                    );
-                }
-            }
-        } else {
-            let stops_ok = matches!(
-                op,
-                Op::Run {
-                    until_hvc: Some(_),
-                    ..
-                } | Op::RunUntilHvc { .. }
-            );
-            if e.stops.is_some() && !stops_ok {
-                self.err_key(
-                    &kp("stops"),
-                    "expect.stops counts the stops passed on the way to an HVC: it applies to `run` with `until_hvc` and to `run_until_hvc`".into(),
-                );
-            }
-            if let (Some(k), Some(_)) = (e.exit, e.hvc)
-                && k != ExitKind::Hvc
-            {
-                self.err_key(
-                    &kp("hvc"),
-                    format!("expect.hvc cannot hold together with exit = \"{k}\": an hvc number belongs to an hvc exit"),
-                );
-            }
-            for (key, present) in [("ec", e.ec.is_some()), ("far", e.far.is_some())] {
-                if let Some(k) = e.exit
-                    && present
-                    && !k.is_debug()
-                {
-                    self.err_key(
-                        &kp(key),
-                        format!("expect.{key} cannot hold together with exit = \"{k}\": only debug exits have a syndrome and FAR"),
-                    );
-                }
-            }
-            if let Op::RunUntilHvc { imm, .. } = op {
-                if let Some(k) = e.exit
-                    && k != ExitKind::Hvc
-                {
-                    self.err_key(
-                        &kp("exit"),
-                        format!("run_until_hvc ends at hvc #{imm} or fails: exit = \"{k}\" cannot be met"),
-                    );
-                }
-                if let Some(h) = e.hvc
-                    && h != *imm
-                {
-                    self.err_key(
-                        &kp("hvc"),
-                        format!("run_until_hvc ends at hvc #{imm}: hvc = {h} cannot be met"),
-                    );
-                }
-            }
-            if let (
-                Op::Run {
-                    until_hvc: Some(n), ..
-                },
-                Some(h),
-            ) = (op, e.hvc)
-                && h != *n
-            {
-                self.err_key(
-                    &kp("hvc"),
-                    format!("this run ends at hvc #{n} (until_hvc): hvc = {h} cannot be met"),
-                );
-            }
-        }
-        if let Some(v) = &e.far {
-            self.value(ctx, &kp("far"), v);
-        }
-        if let Some(v) = &e.pc {
-            self.value(ctx, &kp("pc"), v);
-        }
-        for (name, v) in &e.regs {
-            let rp = with(p, &path!["regs", name.as_str()]);
-            self.reg(ctx, &rp, name, true);
-            self.value(ctx, &rp, v);
-        }
-        for (k, m) in e.memory.iter().enumerate() {
-            self.value(ctx, &with(p, &path!["memory", k, "addr"]), &m.addr);
-            if m.bytes.is_empty() || m.bytes.len() > 4096 {
-                self.err(
-                    &with(p, &path!["memory", k, "bytes"]),
-                    format!(
-                        "a memory expectation compares 1 to 4096 bytes, not {}",
-                        m.bytes.len()
-                    ),
-                );
-            }
-        }
-        for key in ["exceptions", "all_exceptions"] {
-            let list: Option<&Vec<ExceptionExpect>> = if key == "exceptions" {
-                e.exceptions.as_ref()
-            } else {
-                e.all_exceptions.as_ref()
-            };
-            for (k, x) in list.into_iter().flatten().enumerate() {
-                if let Some(v) = &x.elr {
-                    self.value(ctx, &with(p, &path![key, k, "elr"]), v);
-                }
-                if let Some(v) = &x.far {
-                    self.value(ctx, &with(p, &path![key, k, "far"]), v);
-                }
-            }
-        }
-        if let Some(s) = &e.error
-            && s.trim().is_empty()
-        {
-            self.err(
-                &kp("error"),
-                "expect.error is the text the action's error message contains: it cannot be empty"
-                    .into(),
-            );
-        }
-    }
 }
 
 #[cfg(test)]

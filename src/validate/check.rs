@@ -3,27 +3,48 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use hypdbg_hyp::guest::Program;
 use hypdbg_hyp::variants::{Variant, VariantKind};
-use hypdbg_model::DebugFeatures;
+use hypdbg_model::profiles::CpuSpec;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::invariants::{Checker, Invariant, Violation};
 use super::random;
 use super::sweep::{count_points, points, smp_scenario};
-use crate::scenario::{Scenario, run_assembled};
+use crate::checker::{Invariant, Violation};
+use crate::driver::SetupError;
+use crate::scenario::Scenario;
+
+pub use super::run::{Found, run_job};
 
 /// What to check.
 #[derive(Clone, Debug)]
 pub struct CheckOptions {
     /// The variants.
     pub variants: Vec<Variant>,
-    /// The physical CPU profiles (label, features).
-    pub cpus: Vec<(String, DebugFeatures)>,
+    /// The physical CPU profiles.
+    pub cpus: Vec<CpuSpec>,
     /// Also sweep every BRPs/WRPs field value 1..=15 with CTX_CMPs at its extremes.
     pub count_sweep: bool,
     /// Random operation sequences per variant (proptest, shrunk on failure).
     pub random_cases: u32,
+    /// The CPU the random search runs on.
+    pub random_cpu: CpuSpec,
+}
+
+/// The CPU the random search prefers: cortex-a57, 6 breakpoints and 4 watchpoints, the counts
+/// QEMU and most arm64 servers offer; the first selected CPU when it is not selected.
+pub const RANDOM_CPU: &str = "cortex-a57";
+
+impl CheckOptions {
+    /// The random search's CPU for a selection of CPUs: [`RANDOM_CPU`] if selected, else the
+    /// first (`None` when nothing is selected).
+    pub fn random_cpu_of(cpus: &[CpuSpec]) -> Option<CpuSpec> {
+        cpus.iter()
+            .find(|c| c.label() == RANDOM_CPU)
+            .or(cpus.first())
+            .cloned()
+    }
 }
 
 /// The verdict on a variant.
@@ -40,6 +61,38 @@ pub enum Verdict {
     Missed,
 }
 
+impl Verdict {
+    /// `OK`, `CAUGHT`, `VIOLATES`, `MISSED`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::Ok => "OK",
+            Verdict::Caught => "CAUGHT",
+            Verdict::Violates => "VIOLATES",
+            Verdict::Missed => "MISSED",
+        }
+    }
+
+    /// The verdict on a variant of `kind` that broke invariants (`broken`) or not.
+    pub const fn of(kind: VariantKind, broken: bool) -> Self {
+        match (kind.is_mutant(), broken) {
+            (true, true) => Verdict::Caught,
+            (true, false) => Verdict::Missed,
+            (false, false) => Verdict::Ok,
+            (false, true) => Verdict::Violates,
+        }
+    }
+
+    /// Whether this verdict is what a variant of `kind` must get for the check to pass
+    /// (`alone`: the variant was selected by itself, so a user variant must be clean).
+    pub const fn passes(self, kind: VariantKind, alone: bool) -> bool {
+        match kind {
+            VariantKind::Reference => matches!(self, Verdict::Ok),
+            VariantKind::Historical | VariantKind::Generic => matches!(self, Verdict::Caught),
+            VariantKind::User => !alone || matches!(self, Verdict::Ok),
+        }
+    }
+}
+
 /// The smallest failing case found.
 #[derive(Clone, Debug, Serialize)]
 pub struct Counterexample {
@@ -54,6 +107,11 @@ pub struct Counterexample {
 }
 
 impl Counterexample {
+    /// The index of the action, as the report shows it.
+    pub fn action_index(&self) -> u64 {
+        self.violation.action.saturating_sub(1)
+    }
+
     /// The counterexample in the kernel's words.
     pub fn text(&self) -> String {
         format!(
@@ -62,7 +120,7 @@ impl Counterexample {
             self.scenario.description,
             self.violation.message,
             self.violation.invariant.number(),
-            self.violation.step,
+            self.action_index(),
             self.step
         )
     }
@@ -100,214 +158,202 @@ pub struct VariantReport {
 /// One scenario to run, with its size for minimality.
 #[derive(Clone, Debug)]
 pub struct Job {
-    /// CPU label.
-    pub cpu: String,
-    /// CPU features (for sorting by size).
-    pub features: DebugFeatures,
+    /// The CPU.
+    pub cpu: CpuSpec,
     /// The scenario.
     pub scenario: Scenario,
     /// Its program, assembled once for every variant.
-    pub program: hypdbg_hyp::guest::Program,
+    pub program: Program,
     /// Smaller first.
     pub size: u32,
 }
 
-fn job(cpu: &str, features: DebugFeatures, scenario: Scenario, size: u32) -> Result<Job, String> {
-    let program = crate::scenario::runner::assemble(&scenario)
-        .map_err(|e| format!("{}: {e}", scenario.name))?;
-    Ok(Job {
-        cpu: cpu.to_string(),
-        features,
-        scenario,
-        program,
-        size,
-    })
+impl Job {
+    fn new(cpu: &CpuSpec, scenario: Scenario, size: u32) -> Result<Job, CheckError> {
+        let program = super::run::assemble(&scenario).map_err(|e| CheckError::Setup {
+            scenario: scenario.name.clone(),
+            error: e,
+        })?;
+        Ok(Job {
+            cpu: cpu.clone(),
+            scenario,
+            program,
+            size,
+        })
+    }
+
+    /// How a counterexample from this job ranks: smaller scenario, fewer registers, earlier.
+    fn rank(&self, index: usize) -> (u32, usize, usize) {
+        let f = self.cpu.features();
+        (self.size, f.num_brps() + f.num_wrps(), index)
+    }
+}
+
+/// Why the check could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// A generated scenario could not be set up (a defect of the sweep).
+    #[error("{scenario}: {error}")]
+    Setup {
+        /// The scenario.
+        scenario: String,
+        /// Why.
+        #[source]
+        error: SetupError,
+    },
 }
 
 /// Every scenario for the options.
-pub fn jobs(opts: &CheckOptions) -> Result<Vec<Job>, String> {
+pub fn jobs(opts: &CheckOptions) -> Result<Vec<Job>, CheckError> {
     let mut out = Vec::new();
     let pts = points();
-    for (label, f) in &opts.cpus {
+    for cpu in &opts.cpus {
         for (i, p) in pts.iter().enumerate() {
-            out.push(job(
-                label,
-                *f,
-                p.scenario(&format!("sweep-{i}"), label, f),
+            out.push(Job::new(
+                cpu,
+                p.scenario(&format!("sweep-{i}"), cpu),
                 p.size(),
             )?);
         }
-        out.push(job(label, *f, smp_scenario(label), 12)?);
+        out.push(Job::new(cpu, smp_scenario(cpu), 12)?);
     }
     if opts.count_sweep {
-        for b in 2..=16u8 {
-            for w in 2..=16u8 {
-                for ctx in [1, b] {
-                    let Ok(f) = DebugFeatures::from_counts(b, w, ctx) else {
-                        continue;
-                    };
-                    let label = format!("{:#x}", f.raw());
-                    for (i, p) in count_points().iter().enumerate() {
-                        out.push(job(
-                            &label,
-                            f,
-                            p.scenario(&format!("counts-{i}"), &label, &f),
-                            p.size() + 1,
-                        )?);
-                    }
-                }
-            }
-        }
+        count_sweep_jobs(&mut out)?;
     }
     Ok(out)
 }
 
-/// A violation and the words of the action that hit it.
-pub type Found = (Violation, String);
-
-/// The violations of one variant on one job.
-pub fn run_job(variant: &Variant, job: &Job) -> Result<Vec<Found>, String> {
-    let out = run_assembled(&job.scenario, &job.program, variant, false)
-        .map_err(|e| format!("{}: {e}", job.scenario.name))?;
-    let mut checker = Checker::new(out.era, out.features);
-    checker.check(&out.events, &out.op_of_event);
-    let step = |i: usize| {
-        out.log
-            .get(i)
-            .cloned()
-            .unwrap_or_else(|| format!("{:?}", job.scenario.ops.get(i)))
-    };
-    let mut v: Vec<Found> = checker
-        .violations
-        .into_iter()
-        .map(|x| {
-            let s = step(x.step);
-            (x, s)
-        })
-        .collect();
-    // A scenario stopped by something other than a hyp panic is a violation of what the
-    // guest was promised (its program could not finish).
-    if let Some((i, msg)) = &out.error
-        && v.is_empty()
-    {
-        let viol = Violation {
-            invariant: Invariant::GuestReadsBack,
-            register: None,
-            expected: None,
-            actual: None,
-            step: *i,
-            event: out.events.len(),
-            vcpu: 0,
-            pcpu: None,
-            message: format!("the guest could not finish: {msg}"),
-        };
-        v.push((viol, step(*i)));
+/// Every BRPs/WRPs field value 1..=15 with CTX_CMPs at its minimum and maximum.
+fn count_sweep_jobs(out: &mut Vec<Job>) -> Result<(), CheckError> {
+    for b in 2..=16u8 {
+        for w in 2..=16u8 {
+            for ctx in [1, b] {
+                let Ok(f) = hypdbg_model::DebugFeatures::from_counts(b, w, ctx) else {
+                    continue;
+                };
+                let cpu = CpuSpec::from_features(f);
+                for (i, p) in count_points().iter().enumerate() {
+                    let sc = p.scenario(&format!("counts-{i}"), &cpu);
+                    out.push(Job::new(&cpu, sc, p.size() + 1)?);
+                }
+            }
+        }
     }
-    Ok(v)
+    Ok(())
 }
 
 /// Progress reporting hook: called with the number of scenarios finished.
 pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 
+/// The best counterexample so far of one variant.
+struct Best {
+    rank: (u32, usize, usize),
+    violation: Violation,
+    step: String,
+}
+
 /// Check every variant; `progress` is told how many scenarios finished.
-pub fn check(opts: &CheckOptions, progress: Progress<'_>) -> Result<Vec<VariantReport>, String> {
+pub fn check(
+    opts: &CheckOptions,
+    progress: Progress<'_>,
+) -> Result<Vec<VariantReport>, CheckError> {
     let jobs = jobs(opts)?;
     let done = AtomicU64::new(0);
     opts.variants
         .par_iter()
         .map(|variant| {
-            let results: Vec<(usize, Result<Vec<Found>, String>)> = jobs
-                .par_iter()
-                .enumerate()
-                .map(|(i, job)| {
-                    let r = run_job(variant, job);
-                    progress(done.fetch_add(1, Ordering::Relaxed) + 1);
-                    (i, r)
-                })
-                .collect();
-            let mut invariants = BTreeSet::new();
-            let mut violations = 0u64;
-            let mut best: Option<(u32, usize, usize, Violation, String)> = None;
-            for (i, r) in results {
-                let vs = r?;
-                let job = &jobs[i];
-                for (v, step) in vs {
-                    violations += 1;
-                    invariants.insert(v.invariant);
-                    let key = (
-                        job.size,
-                        job.features.num_brps() + job.features.num_wrps(),
-                        i,
-                    );
-                    if best.as_ref().is_none_or(|b| (b.0, b.1, b.2) > key) {
-                        best = Some((key.0, key.1, key.2, v, step));
-                    }
-                }
-            }
-            let mut counterexample = best.map(|(_, _, i, violation, step)| {
-                let mut scenario = jobs[i].scenario.clone();
-                scenario.flow = Some(variant.name.to_string());
-                Counterexample {
-                    cpu: jobs[i].cpu.clone(),
-                    scenario,
-                    violation,
-                    step,
-                }
-            });
-            let random_counterexample = opts
-                .cpus
-                .iter()
-                .find(|(l, _)| l == "cortex-a57")
-                .or(opts.cpus.first())
-                .and_then(|(label, f)| {
-                    let seed = variant
-                        .name
-                        .bytes()
-                        .fold(0x9e37_79b9u64, |h, b| h.rotate_left(5) ^ u64::from(b));
-                    random::search(variant, label, f, opts.random_cases, seed).map(
-                        |(mut scenario, violation)| {
-                            scenario.flow = Some(variant.name.to_string());
-                            let step = scenario
-                                .ops
-                                .get(violation.step)
-                                .map(|o| format!("{o:?}"))
-                                .unwrap_or_default();
-                            Counterexample {
-                                cpu: label.clone(),
-                                scenario,
-                                violation,
-                                step,
-                            }
-                        },
-                    )
-                });
-            if let Some(r) = &random_counterexample {
-                invariants.insert(r.violation.invariant);
-                violations += 1;
-                if counterexample.is_none() {
-                    counterexample = Some(r.clone());
-                }
-            }
-            let verdict = match (variant.is_mutant(), invariants.is_empty()) {
-                (true, false) => Verdict::Caught,
-                (true, true) => Verdict::Missed,
-                (false, true) => Verdict::Ok,
-                (false, false) => Verdict::Violates,
-            };
-            Ok(VariantReport {
-                variant: variant.name,
-                era: variant.era.to_string(),
-                kind: variant.kind,
-                description: variant.description,
-                fix: variant.fix,
-                verdict,
-                invariants: invariants.into_iter().collect(),
-                violations,
-                scenarios: jobs.len() as u64,
-                counterexample,
-                random_cases: opts.random_cases,
-                random_counterexample,
-            })
+            let tick = || progress(done.fetch_add(1, Ordering::Relaxed) + 1);
+            check_variant(variant, &jobs, opts, &tick)
         })
         .collect()
+}
+
+/// One variant over every job, then the random search; the verdict and the smallest
+/// counterexample.
+pub fn check_variant(
+    variant: &Variant,
+    jobs: &[Job],
+    opts: &CheckOptions,
+    tick: &(dyn Fn() + Sync),
+) -> Result<VariantReport, CheckError> {
+    let results: Vec<Result<Vec<Found>, CheckError>> = jobs
+        .par_iter()
+        .map(|job| {
+            let r = run_job(variant, job);
+            tick();
+            r
+        })
+        .collect();
+    let mut invariants = BTreeSet::new();
+    let mut violations = 0u64;
+    let mut best: Option<Best> = None;
+    for (i, r) in results.into_iter().enumerate() {
+        for found in r? {
+            violations += 1;
+            invariants.insert(found.violation.invariant);
+            let rank = jobs[i].rank(i);
+            if best.as_ref().is_none_or(|b| b.rank > rank) {
+                best = Some(Best {
+                    rank,
+                    violation: found.violation,
+                    step: found.step,
+                });
+            }
+        }
+    }
+    let mut counterexample = best.map(|b| {
+        let job = &jobs[b.rank.2];
+        let mut scenario = job.scenario.clone();
+        scenario.flow = Some(variant.name.to_string());
+        Counterexample {
+            cpu: job.cpu.label().to_string(),
+            scenario,
+            violation: b.violation,
+            step: b.step,
+        }
+    });
+    let random_counterexample = random_counterexample(variant, opts);
+    if let Some(r) = &random_counterexample {
+        invariants.insert(r.violation.invariant);
+        violations += 1;
+        if counterexample.is_none() {
+            counterexample = Some(r.clone());
+        }
+    }
+    Ok(VariantReport {
+        variant: variant.name,
+        era: variant.era().to_string(),
+        kind: variant.kind,
+        description: variant.description,
+        fix: variant.fix,
+        verdict: Verdict::of(variant.kind, !invariants.is_empty()),
+        invariants: invariants.into_iter().collect(),
+        violations,
+        scenarios: jobs.len() as u64,
+        counterexample,
+        random_cases: opts.random_cases,
+        random_counterexample,
+    })
+}
+
+/// The random search for `variant` on the options' random CPU, seeded by its name.
+fn random_counterexample(variant: &Variant, opts: &CheckOptions) -> Option<Counterexample> {
+    let cpu = &opts.random_cpu;
+    let seed = variant
+        .name
+        .bytes()
+        .fold(0x9e37_79b9u64, |h, b| h.rotate_left(5) ^ u64::from(b));
+    let (mut scenario, violation) = random::search(variant, cpu, opts.random_cases, seed)?;
+    scenario.flow = Some(variant.name.to_string());
+    let step = scenario
+        .ops
+        .get(violation.action.saturating_sub(1) as usize)
+        .map(|o| format!("{o:?}"))
+        .unwrap_or_default();
+    Some(Counterexample {
+        cpu: cpu.label().to_string(),
+        scenario,
+        violation,
+        step,
+    })
 }

@@ -3,14 +3,15 @@
 //! debug changes, migrations and host-interrupt changes.
 
 use hypdbg_hyp::variants::Variant;
-use hypdbg_model::DebugFeatures;
 use hypdbg_model::ctrl::{DBG_MDSCR_KDE, DBG_MDSCR_MDE, DBG_MDSCR_SS};
+use hypdbg_model::profiles::CpuSpec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 
-use super::invariants::{Checker, Violation};
+use super::run::{assemble, run_checked};
 use super::sweep::{CleanAccess, Params, controls, sibling};
-use crate::scenario::{Op, Scenario, Value, run_scenario};
+use crate::checker::Violation;
+use crate::scenario::{Op, Scenario, Value};
 
 /// One random userspace step.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,8 +72,8 @@ fn case() -> impl Strategy<Value = Case> {
 
 impl Case {
     /// The case as a scenario on CPU `cpu` (second CPU: another profile, same counts).
-    pub fn scenario(&self, cpu: &str, f: &DebugFeatures) -> Scenario {
-        let mut sc = self.guest.scenario("random", cpu, f);
+    pub fn scenario(&self, cpu: &CpuSpec) -> Scenario {
+        let mut sc = self.guest.scenario("random", cpu);
         let runs = self.steps.iter().filter(|s| **s == Step::Run).count();
         // The sweep's program has HVC #0..#2; add one marker per further run.
         for imm in 3..runs.max(3) {
@@ -120,7 +121,7 @@ impl Case {
             Step::Irq(e) => format!("interrupts every {e:?}"),
         }));
         sc.description = format!("random sequence: {}", words.join(", "));
-        sc.cpus = vec![cpu.to_string(), format!("{:#x}", sibling(f).raw())];
+        sc.cpus = vec![cpu.clone(), CpuSpec::from_features(sibling(cpu.features()))];
         sc.ops = ops;
         sc
     }
@@ -130,8 +131,7 @@ impl Case {
 /// the minimal scenario with its first violation.
 pub fn search(
     variant: &Variant,
-    cpu: &str,
-    f: &DebugFeatures,
+    cpu: &CpuSpec,
     cases: u32,
     seed: u64,
 ) -> Option<(Scenario, Violation)> {
@@ -146,11 +146,10 @@ pub fn search(
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes);
     let mut runner = TestRunner::new_with_rng(config, rng);
     let check = |c: &Case| -> Result<Option<Violation>, String> {
-        let sc = c.scenario(cpu, f);
-        let out = run_scenario(&sc, variant, false).map_err(|e| e.to_string())?;
-        let mut k = Checker::new(out.era, out.features);
-        k.check(&out.events, &out.op_of_event);
-        Ok(k.violations.into_iter().next())
+        let sc = c.scenario(cpu);
+        let program = assemble(&sc).map_err(|e| e.to_string())?;
+        let out = run_checked(&sc, &program, variant).map_err(|e| e.to_string())?;
+        Ok(out.violations.into_iter().next())
     };
     let result = runner.run(&case(), |c| match check(&c) {
         Ok(None) => Ok(()),
@@ -159,7 +158,7 @@ pub fn search(
     });
     match result {
         Err(TestError::Fail(_, minimal)) => {
-            let sc = minimal.scenario(cpu, f);
+            let sc = minimal.scenario(cpu);
             match check(&minimal) {
                 Ok(Some(v)) => Some((sc, v)),
                 _ => None,

@@ -6,24 +6,6 @@ use hypdbg_hyp::variants::VariantKind;
 
 use super::check::{VariantReport, Verdict};
 
-fn kind(k: VariantKind) -> &'static str {
-    match k {
-        VariantKind::Reference => "reference",
-        VariantKind::Historical => "historical",
-        VariantKind::Generic => "generic",
-        VariantKind::User => "user",
-    }
-}
-
-fn verdict(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Ok => "OK",
-        Verdict::Caught => "CAUGHT",
-        Verdict::Violates => "VIOLATES",
-        Verdict::Missed => "MISSED",
-    }
-}
-
 /// The human-readable report.
 pub fn table(reports: &[VariantReport], elapsed_s: f64, scenarios: u64) -> String {
     let mut s = String::new();
@@ -61,8 +43,8 @@ pub fn table(reports: &[VariantReport], elapsed_s: f64, scenarios: u64) -> Strin
             "{:<w$}  {:<4}  {:<10}  {:<8}  {}",
             r.variant,
             r.era,
-            kind(r.kind),
-            verdict(r.verdict),
+            r.kind.name(),
+            r.verdict.name(),
             if invs.is_empty() {
                 "-".into()
             } else {
@@ -103,10 +85,10 @@ pub fn json_lines(reports: &[VariantReport]) -> String {
         let v = serde_json::json!({
             "variant": r.variant,
             "flow": r.era,
-            "kind": kind(r.kind),
+            "kind": r.kind.name(),
             "description": r.description,
             "fix": r.fix,
-            "verdict": verdict(r.verdict),
+            "verdict": r.verdict.name(),
             "invariants": r.invariants.iter().map(|i| i.label()).collect::<Vec<_>>(),
             "violations": r.violations,
             "scenarios": r.scenarios,
@@ -117,7 +99,7 @@ pub fn json_lines(reports: &[VariantReport]) -> String {
                 "register": c.violation.register,
                 "expected": c.violation.expected.map(|v| format!("{v:#x}")),
                 "actual": c.violation.actual.map(|v| format!("{v:#x}")),
-                "action": c.violation.step,
+                "action": c.action_index(),
                 "message": c.violation.message,
                 "text": c.text(),
             })),

@@ -9,7 +9,9 @@ use std::fmt::Write as _;
 
 use hypdbg_model::DebugFeatures;
 use hypdbg_model::ctrl::{DBG_MDSCR_KDE, DBG_MDSCR_MDE, DBG_MDSCR_SS};
+use hypdbg_model::profiles::CpuSpec;
 use hypdbg_model::uapi::GuestDebugControl;
+use hypdbg_model::words;
 
 use crate::scenario::{Op, Scenario, Value};
 
@@ -80,29 +82,17 @@ pub fn sibling(f: &DebugFeatures) -> DebugFeatures {
 }
 
 fn mdscr_words(m: u64) -> String {
-    let mut parts = Vec::new();
-    for (bit, name) in [
-        (DBG_MDSCR_KDE, "KDE"),
-        (DBG_MDSCR_MDE, "MDE"),
-        (DBG_MDSCR_SS, "SS"),
-    ] {
-        if m & bit != 0 {
-            parts.push(name);
-        }
-    }
-    if parts.is_empty() {
+    let names = words::mdscr_names(m);
+    if names.is_empty() {
         "0".into()
     } else {
-        parts.join("|")
+        names.join("|")
     }
 }
 
-/// KVM_GUESTDBG_* in words.
+/// KVM_GUESTDBG_* in words: `KVM_GUESTDBG_ENABLE|KVM_GUESTDBG_USE_HW`, or `none`.
 pub fn control_words(c: u32) -> String {
-    let names: Vec<&str> = GuestDebugControl::from_bits_truncate(c)
-        .iter_names()
-        .map(|(n, _)| n)
-        .collect();
+    let names = words::guest_debug_names(c);
     if names.is_empty() {
         "none".into()
     } else {
@@ -190,8 +180,9 @@ impl Params {
         n
     }
 
-    /// The guest program and userspace actions on CPUs of `f`.
-    pub fn scenario(&self, name: &str, cpu: &str, f: &DebugFeatures) -> Scenario {
+    /// The guest program and userspace actions on CPUs of `cpu`.
+    pub fn scenario(&self, name: &str, cpu: &CpuSpec) -> Scenario {
+        let f = cpu.features();
         let (bt, wt) = (f.num_brps() - 1, f.num_wrps() - 1);
         let mut c = String::new();
         match self.clean {
@@ -293,11 +284,11 @@ impl Params {
         if debug && matches!(self.session, Session::StepPauses | Session::StepResent) {
             ops.push(set(self.control));
         }
-        let mut cpus = vec![cpu.to_string()];
+        let mut cpus = vec![cpu.clone()];
         match self.migration {
             Migration::None => {}
-            Migration::Same => cpus.push(cpu.to_string()),
-            Migration::Other => cpus.push(format!("{:#x}", sibling(f).raw())),
+            Migration::Same => cpus.push(cpu.clone()),
+            Migration::Other => cpus.push(CpuSpec::from_features(sibling(f))),
         }
         if self.migration != Migration::None {
             ops.push(Op::Migrate {
@@ -416,7 +407,7 @@ pub fn count_points() -> [Params; 2] {
 
 /// Two vcpus on two physical CPUs of `cpu` entering their guests at the same time, both
 /// using their debug registers: per-CPU host state must stay per CPU.
-pub fn smp_scenario(cpu: &str) -> Scenario {
+pub fn smp_scenario(cpu: &CpuSpec) -> Scenario {
     let code = "mov x0, #0xa000\nmsr mdscr_el1, x0\nhvc #0\nnop\nhvc #1\nnop\nhvc #2\n".to_string();
     let run = || Op::RunConcurrently {
         vcpus: vec![0, 1],
@@ -426,6 +417,6 @@ pub fn smp_scenario(cpu: &str) -> Scenario {
         description: "two vcpus with MDSCR_EL1 = KDE|MDE on two physical CPUs enter their guests at the same time".into(),
         vcpus: 2,
         ops: vec![run(), run(), run()],
-        ..Scenario::new("smp", vec![cpu.to_string(), cpu.to_string()], code)
+        ..Scenario::new("smp", vec![cpu.clone(), cpu.clone()], code)
     }
 }

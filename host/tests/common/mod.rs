@@ -1,9 +1,9 @@
 //! Shared helpers of the integration tests: simulator VMs, programs, probes.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use hypdbg_hyp::vcpu::VmVcpu;
 use hypdbg_host::{DebugVcpu, RunExit};
 use hypdbg_hyp::guest::Program;
+use hypdbg_hyp::vcpu::VmVcpu;
 use hypdbg_hyp::{Vm, VmConfig};
 use hypdbg_model::DebugFeatures;
 use hypdbg_model::uapi::core_reg;

@@ -109,11 +109,7 @@ pub trait EraEngine: Send + Sync + 'static {
         let flow = self.flow();
         let outcome = match p.reg {
             SysReg::Dbg(bank, n) => {
-                let implemented = if bank.is_breakpoint() {
-                    guest.num_brps()
-                } else {
-                    guest.num_wrps()
-                };
+                let implemented = guest.count(bank);
                 if usize::from(n) >= implemented {
                     return TrapOutcome::Undef;
                 }

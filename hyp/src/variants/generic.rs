@@ -14,7 +14,7 @@ use crate::flow::era1::debug_ptr_and_ctxt;
 use crate::flow::era3::debug_block_and_ctxt;
 use crate::flow::mdcr_el2_base;
 use crate::flow::{
-    Common, DebugCounts, DebugDirty, Era, Era1, Era1Engine, Era2, Era2Engine, Era3, Era3Engine,
+    Common, DebugCounts, DebugDirty, Era1, Era1Engine, Era2, Era2Engine, Era3, Era3Engine,
 };
 use crate::sync::{Mutex, lock};
 
@@ -359,9 +359,8 @@ impl Era3 for HostStateSharedSlot {
 
 /// The generic variants.
 pub fn variants() -> Vec<Variant> {
-    let g = |name, era, description, make| Variant {
+    let g = |name, description, make| Variant {
         name,
-        era,
         kind: VariantKind::Generic,
         description,
         fix: None,
@@ -370,97 +369,81 @@ pub fn variants() -> Vec<Variant> {
     vec![
         g(
             "count-plus-one",
-            Era::Three,
             "kvm_init_host_debug_data stores BRPs + 1: the copy touches one unimplemented register per bank",
             || Box::new(Era3Engine(CountPlusOne)),
         ),
         g(
             "count-minus-one",
-            Era::Three,
             "kvm_init_host_debug_data stores BRPs - 1: the highest implemented register is never moved",
             || Box::new(Era3Engine(CountMinusOne)),
         ),
         g(
             "brps-wrps-swapped",
-            Era::One,
             "brps = (aa64dfr0 >> 20) & 0xf, wrps = (aa64dfr0 >> 12) & 0xf",
             || Box::new(Era1Engine(ShiftsSwapped)),
         ),
         g(
             "count-mask-0x7",
-            Era::Two,
             "brps = (aa64dfr0 >> 12) & 0x7: registers 8..15 are never moved",
             || Box::new(Era2Engine(CountMask7)),
         ),
         g(
             "wcr-with-brps",
-            Era::Three,
             "save_debug(dbg->dbg_wcr, dbgwcr, brps): the watchpoint controls are copied with the breakpoint count",
             || Box::new(Era3Engine(WcrWithBrps)),
         ),
         g(
             "restore-guest-before-save-host",
-            Era::Three,
             "__debug_switch_to_guest_common restores the guest's block before saving the host's",
             || Box::new(Era3Engine(RestoreBeforeSave)),
         ),
         g(
             "clear-dirty-before-restore",
-            Era::One,
             "__debug_cond_restore_host_state clears DEBUG_DIRTY before the DIRTY-gated host restore",
             || Box::new(Era1Engine(ClearDirtyFirst)),
         ),
         g(
             "never-clear-dirty",
-            Era::Two,
             "__debug_switch_to_host_common never clears DEBUG_DIRTY: the switch stays eager forever",
             || Box::new(Era2Engine(NeverClearDirty)),
         ),
         g(
             "mdccint-not-moved",
-            Era::Three,
             "__debug_save_state / __debug_restore_state do not move MDCCINT_EL1",
             || Box::new(Era3Engine(MdccintNotMoved)),
         ),
         g(
             "bcr-bvr-swapped",
-            Era::Three,
             "restore_debug writes dbg_bcr[] into DBGBVR<n>_EL1 and dbg_bvr[] into DBGBCR<n>_EL1",
             || Box::new(Era3Engine(BcrBvrSwapped)),
         ),
         g(
             "debug-ptr-ignored",
-            Era::Two,
             "USE_HW never points debug_ptr at external_debug_state: userspace's registers are never loaded",
             || Box::new(Era2Engine(DebugPtrIgnored)),
         ),
         g(
             "owner-ignored",
-            Era::Three,
             "__vcpu_debug_regs ignores debug_owner: HOST_OWNED loads the guest's block",
             || Box::new(Era3Engine(OwnerIgnored)),
         ),
         g(
             "debug-ptr-not-reset",
-            Era::One,
             "kvm_arm_reset_debug_ptr does nothing: debug_ptr stays on external_debug_state after USE_HW ends",
             || Box::new(Era1Engine(DebugPtrNotReset)),
         ),
         g(
             "tda-inverted",
-            Era::Three,
             "kvm_arm_setup_mdcr_el2 sets TDA when the guest owns the registers instead of when it does not",
             || Box::new(Era3Engine(TdaInverted)),
         ),
         g(
             "tde-not-set",
-            Era::Three,
             "kvm_arm_setup_mdcr_el2 forgets MDCR_EL2.TDE for guest_debug: debug events never reach userspace",
             || Box::new(Era3Engine(TdeNotSet)),
         ),
         g(
             "host-state-shared-slot",
-            Era::Three,
             "the host's registers are saved in one slot for all physical CPUs instead of per-CPU host_data",
             || Box::new(Era3Engine(HostStateSharedSlot::default())),
         ),

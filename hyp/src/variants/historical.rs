@@ -10,7 +10,7 @@ use crate::access::{RegAccess, Scope};
 use crate::context::{DebugFlags, DebugOwner, KvmCpuContext, KvmVcpu};
 use crate::fault::HypFault;
 use crate::flow::{
-    Common, DebugDirty, Era, Era1, Era1Engine, Era2, Era2Engine, Era3, Era3Engine, SysRegParams,
+    Common, DebugDirty, Era1, Era1Engine, Era2, Era2Engine, Era3, Era3Engine, SysRegParams,
     TrapOutcome,
 };
 
@@ -192,9 +192,8 @@ impl Era3 for SsPendingSurvives {
 
 /// The historical variants.
 pub fn variants() -> Vec<Variant> {
-    let h = |name, era, description, fix, make| Variant {
+    let h = |name, description, fix, make| Variant {
         name,
-        era,
         kind: VariantKind::Historical,
         description,
         fix: Some(fix),
@@ -203,77 +202,66 @@ pub fn variants() -> Vec<Variant> {
     vec![
         h(
             "seed-v2",
-            Era::One,
             "__debug_cond_save_host_state tests (mdscr & KDE) || (mdscr & KDE): an MDE-only guest runs on the host's registers",
             "v3 of \"arm64: KVM: Implement debug save/restore\" (merged v4.5) tests KDE || MDE",
             || Box::new(Era1Engine(SeedV2KdeTwice)),
         ),
         h(
             "debug-reg-indexing",
-            Era::Two,
             "trap and ONE_REG accessors index vcpu_debug_state by rd->reg, which is 0 for every DBG*_EL1: all alias slot 0",
             "cb853ded1d25 \"KVM: arm64: Fix debug register indexing\" (v5.13)",
             || Box::new(Era2Engine(DebugRegIndexing)),
         ),
         h(
             "pstate-ss-not-preserved",
-            Era::Two,
             "restore_guest_debug_regs restores MDSCR_EL1 only: KVM's PSTATE.SS leaks into the guest after stepping",
             "34fbdee086cf \"KVM: arm64: Preserve PSTATE.SS for the guest while single-step is enabled\" (v6.1)",
             || Box::new(Era2Engine(PstateSsNotPreserved)),
         ),
         h(
             "ss-active-pending",
-            Era::Two,
             "kvm_arm_setup_debug sets SPSR.SS on every entry: an active-pending step state is lost and the guest runs an extra instruction",
             "370531d1e95b \"KVM: arm64: Clear PSTATE.SS when the Software Step state was Active-pending\" (v6.1)",
             || Box::new(Era2Engine(SsActivePending)),
         ),
         h(
             "oslsr-write",
-            Era::Two,
             "trap_oslsr_el1 ignores writes to the read-only OSLSR_EL1 instead of injecting UNDEF",
             "e2ffceaae508 \"KVM: arm64: Correctly treat writes to OSLSR_EL1 as undefined\" (v5.18)",
             || Box::new(Era2Engine(OslsrWrite)),
         ),
         h(
             "os-lock-ignored",
-            Era::Two,
             "OSLAR_EL1 is RAZ/WI: the guest's OS lock never masks MDE or arms the traps",
             "7dabf02f43a1 \"KVM: arm64: Emulate the OS Lock\" (v5.18)",
             || Box::new(Era2Engine(OsLockIgnored)),
         ),
         h(
             "mdcr-el2-32bit",
-            Era::Two,
             "__activate_traps_common keeps the host's MDCR_EL2 in a u32: bits 32+ are lost across a run",
             "d6c850dd6ce9 \"KVM: arm64: MDCR_EL2 is a 64-bit register\" (v5.15)",
             || Box::new(Era2Engine(MdcrEl2U32)),
         ),
         h(
             "pkvm-owner-not-flushed",
-            Era::Three,
             "flush_debug_state does not copy debug_owner or the owned block to pKVM's hyp vcpu",
             "0f1a6c5c9784 \"KVM: arm64: Flush/sync debug state in protected mode\" (v6.14-rc2)",
             || Box::new(Era3Engine(PkvmOwnerNotFlushed)),
         ),
         h(
             "ownership-no-mdcr",
-            Era::Three,
             "kvm_debug_set_guest_ownership does not recompute MDCR_EL2: TDA stays set and every guest access traps",
             "the 6.14 debug-owner series (\"Compute MDCR_EL2 at vcpu_load\", kvm_debug_set_guest_ownership)",
             || Box::new(Era3Engine(OwnershipNoMdcr)),
         ),
         h(
             "ss-pending-survives",
-            Era::Three,
             "KVM_SET_GUEST_DEBUG keeps HOST_SS_ACTIVE_PENDING when SINGLESTEP is dropped but ENABLE stays: the next step after resuming reports without executing an instruction",
             "none upstream yet: v6.1+ (DBG_SS_ACTIVE_PENDING) and v6.14+ (HOST_SS_ACTIVE_PENDING) clear the flag only when ENABLE goes; found by hypdbg's random search",
             || Box::new(Era3Engine(SsPendingSurvives)),
         ),
         h(
             "ownership-on-write-only",
-            Era::Three,
             "only trapped writes promote ownership: a guest that only reads its debug registers traps forever",
             "c4a6ed85 \"KVM: arm64: Promote guest ownership for DBGxVR/DBGxCR reads\" (v6.14)",
             || Box::new(Era3Engine(OwnershipOnWriteOnly)),

@@ -5,7 +5,7 @@
 
 use crate::access::RegAccess;
 use crate::context::KvmHostData;
-use crate::flow::{Common, DebugCounts, Era, Era3, Era3Engine};
+use crate::flow::{Common, DebugCounts, Era3, Era3Engine};
 use crate::variants::{Variant, VariantKind};
 
 /// Era 3 with the counts read from the CPU on every switch.
@@ -24,7 +24,6 @@ impl Era3 for Dfr0PerSwitch {
 pub fn variant() -> Variant {
     Variant {
         name: "example-dfr0-per-switch",
-        era: Era::Three,
         kind: VariantKind::User,
         description: "worked example: era 3 reading ID_AA64DFR0_EL1 on every switch (mid-series 6.14 form)",
         fix: None,

@@ -5,9 +5,10 @@ use hypdbg_hyp::events::GuestEvent;
 use hypdbg_model::esr::ec_name;
 use hypdbg_model::uapi::core_reg;
 
-use super::ops::{ExceptionExpect, Expect, Value};
-use super::runner::{Engine, Fail, Outcome, RegName};
-use super::source::Seg;
+use crate::driver::{ActionResult, Probe};
+use crate::scenario::ops::{ExceptionExpect, Expect, Value};
+use crate::scenario::resolve::RegName;
+use crate::scenario::source::Seg;
 
 /// One expectation not met.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,11 +28,8 @@ fn key(k: &str) -> Vec<Seg> {
 }
 
 /// `0x10040 <hw_bp1>`.
-fn addr_words(engine: &Engine<'_>, a: u64) -> String {
-    match engine.resolver().symbolize(a) {
-        Some(s) => format!("{a:#x} <{s}>"),
-        None => format!("{a:#x}"),
-    }
+fn addr_words(probe: &dyn Probe, a: u64) -> String {
+    probe.resolver().describe(a)
 }
 
 /// `hw_bp1 (0x10040)` or `0x10040`.
@@ -46,8 +44,8 @@ fn ec_words(ec: u8) -> String {
     format!("{ec:#x} {}", ec_name(ec))
 }
 
-fn resolve(engine: &Engine<'_>, field: &[Seg], v: &Value) -> Result<u64, Difference> {
-    engine
+fn resolve(probe: &dyn Probe, field: &[Seg], v: &Value) -> Result<u64, Difference> {
+    probe
         .resolver()
         .resolve(v)
         .ok_or_else(|| diff(field.to_vec(), format!("'{v}' names no label or symbol")))
@@ -65,7 +63,7 @@ pub fn exception_tuples(events: &[GuestEvent]) -> Vec<(u8, u64, Option<u64>)> {
 }
 
 fn compare_exceptions(
-    engine: &Engine<'_>,
+    probe: &dyn Probe,
     field: &str,
     want: &[ExceptionExpect],
     got: &[(u8, u64, Option<u64>)],
@@ -90,12 +88,12 @@ fn compare_exceptions(
                     "{what}: exception {i}: expected EC {}, got EC {} at {}",
                     ec_words(w.ec),
                     ec_words(ec),
-                    addr_words(engine, elr)
+                    addr_words(probe, elr)
                 ),
             ));
         }
         if let Some(v) = &w.elr {
-            let a = resolve(engine, &f, v)?;
+            let a = resolve(probe, &f, v)?;
             if a != elr {
                 return Err(diff(
                     f,
@@ -103,13 +101,13 @@ fn compare_exceptions(
                         "{what}: exception {i} (EC {}): expected ELR {}, got {}",
                         ec_words(ec),
                         want_words(v, a),
-                        addr_words(engine, elr)
+                        addr_words(probe, elr)
                     ),
                 ));
             }
         }
         if let Some(v) = &w.far {
-            let a = resolve(engine, &f, v)?;
+            let a = resolve(probe, &f, v)?;
             if Some(a) != far {
                 return Err(diff(
                     f,
@@ -117,7 +115,7 @@ fn compare_exceptions(
                         "{what}: exception {i} (EC {}): expected FAR {}, got {}",
                         ec_words(ec),
                         want_words(v, a),
-                        far.map_or("none".to_string(), |x| addr_words(engine, x))
+                        far.map_or("none".to_string(), |x| addr_words(probe, x))
                     ),
                 ));
             }
@@ -132,7 +130,7 @@ fn compare_exceptions(
                 want.len(),
                 got.len(),
                 ec_words(ec),
-                addr_words(engine, elr)
+                addr_words(probe, elr)
             ),
         ));
     }
@@ -142,10 +140,10 @@ fn compare_exceptions(
 /// Check `e` after an action on vcpu `v` that ended with `outcome`; `exceptions_before` is
 /// how many exceptions the guest had taken before the action.
 pub fn evaluate(
-    engine: &mut Engine<'_>,
+    probe: &mut dyn Probe,
     v: usize,
     e: &Expect,
-    outcome: &Result<Outcome, Fail>,
+    outcome: &ActionResult,
     exceptions_before: usize,
 ) -> Result<(), Difference> {
     match (&e.error, outcome) {
@@ -204,7 +202,7 @@ pub fn evaluate(
         }
     }
     if let Some(fv) = &e.far {
-        let want = resolve(engine, &key("far"), fv)?;
+        let want = resolve(probe, &key("far"), fv)?;
         let got = exit.and_then(|x| x.far);
         if got != Some(want) {
             return Err(diff(
@@ -212,7 +210,7 @@ pub fn evaluate(
                 format!(
                     "expected FAR {}, got {}",
                     want_words(fv, want),
-                    got.map_or(format!("none ({exit_words})"), |a| addr_words(engine, a))
+                    got.map_or(format!("none ({exit_words})"), |a| addr_words(probe, a))
                 ),
             ));
         }
@@ -227,9 +225,8 @@ pub fn evaluate(
         }
     }
     if let Some(pv) = &e.pc {
-        let want = resolve(engine, &key("pc"), pv)?;
-        let got = engine
-            .vm_mut()
+        let want = resolve(probe, &key("pc"), pv)?;
+        let got = probe
             .get_one_reg(v, core_reg::PC)
             .map_err(|err| diff(key("pc"), format!("KVM_GET_ONE_REG PC: {err}")))?;
         if got != want {
@@ -238,7 +235,7 @@ pub fn evaluate(
                 format!(
                     "expected PC {}, got {}",
                     want_words(pv, want),
-                    addr_words(engine, got)
+                    addr_words(probe, got)
                 ),
             ));
         }
@@ -246,9 +243,8 @@ pub fn evaluate(
     for (name, rv) in &e.regs {
         let f = vec![Seg::Key("regs".into()), Seg::Key(name.clone())];
         let r = RegName::parse(name).map_err(|m| diff(f.clone(), m))?;
-        let want = resolve(engine, &f, rv)?;
-        let got = engine
-            .vm_mut()
+        let want = resolve(probe, &f, rv)?;
+        let got = probe
             .get_one_reg(v, r.id())
             .map_err(|err| diff(f.clone(), format!("KVM_GET_ONE_REG {r}: {err}")))?;
         if got != want {
@@ -260,9 +256,11 @@ pub fn evaluate(
     }
     for (k, m) in e.memory.iter().enumerate() {
         let f = vec![Seg::Key("memory".into()), Seg::Index(k)];
-        let a = resolve(engine, &f, &m.addr)?;
+        let a = resolve(probe, &f, &m.addr)?;
         let mut got = vec![0u8; m.bytes.len()];
-        engine.vm().memory().read(a, &mut got);
+        probe
+            .read_memory(a, &mut got)
+            .map_err(|err| diff(f.clone(), format!("reading guest memory: {err}")))?;
         if let Some(i) = (0..got.len()).find(|&i| got[i] != m.bytes[i]) {
             return Err(diff(
                 f,
@@ -277,13 +275,13 @@ pub fn evaluate(
         }
     }
     if e.exceptions.is_some() || e.all_exceptions.is_some() {
-        let all = exception_tuples(&engine.exceptions(v));
+        let all = exception_tuples(&probe.exceptions(v));
         if let Some(want) = &e.exceptions {
             let new = all.get(exceptions_before..).unwrap_or(&[]);
-            compare_exceptions(engine, "exceptions", want, new, "during this action")?;
+            compare_exceptions(probe, "exceptions", want, new, "during this action")?;
         }
         if let Some(want) = &e.all_exceptions {
-            compare_exceptions(engine, "all_exceptions", want, &all, "since the start")?;
+            compare_exceptions(probe, "all_exceptions", want, &all, "since the start")?;
         }
     }
     Ok(())

@@ -16,17 +16,13 @@ use hypdbg_hyp::context::DebugFlags;
 use hypdbg_hyp::events::{Event, ExitReason, FlowState, GuestEvent};
 use hypdbg_hyp::flow::Era;
 use hypdbg_hyp::pcpu::HostSnapshot;
-use hypdbg_model::ctrl::{
-    DBG_MDSCR_KDE, DBG_MDSCR_MDE, DBG_MDSCR_SS, DBG_SPSR_SS, MDCR_EL2_HPMFZS, MDCR_EL2_HPMN_MASK,
-    MDCR_EL2_TDA, MDCR_EL2_TDE, MDCR_EL2_TDOSA, MDCR_EL2_TDRA, MDCR_EL2_TPM, MDCR_EL2_TPMCR,
-    MDCR_EL2_TPMS, MDCR_EL2_TTRF, PSR_D_BIT,
-};
+use hypdbg_model::ctrl::{DBG_SPSR_SS, PSR_D_BIT};
 use hypdbg_model::esr::{Esr, ec_name};
-use hypdbg_model::uapi::GuestDebugControl;
+use hypdbg_model::words;
 use hypdbg_model::{DbgBank, SysReg};
 use serde::Serialize;
 
-use super::runner::Resolver;
+use crate::scenario::resolve::Resolver;
 
 /// One line of the trace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -192,11 +188,15 @@ impl TraceContext<'_> {
         if !other.is_empty() {
             let _ = write!(w, " flags={}", other.join("|"));
         }
-        let _ = write!(w, " MDCR_EL2={}", mdcr_words(s.mdcr_el2));
+        let _ = write!(w, " MDCR_EL2={}", words::mdcr_el2(s.mdcr_el2));
         if !s.guest_debug.is_empty() {
-            let _ = write!(w, " guest_debug={}", control_words(s.guest_debug.bits()));
+            let _ = write!(
+                w,
+                " guest_debug={}",
+                words::guest_debug(s.guest_debug.bits())
+            );
         }
-        let _ = write!(w, " guest MDSCR_EL1={}", mdscr_words(s.guest_mdscr_el1));
+        let _ = write!(w, " guest MDSCR_EL1={}", words::mdscr(s.guest_mdscr_el1));
         if s.os_lock {
             w.push_str(" OS-lock=locked");
         }
@@ -216,10 +216,10 @@ impl TraceContext<'_> {
     fn live_words(&self, l: &HostSnapshot) -> String {
         let mut w = format!(
             "guest runs with MDSCR_EL1={} MDCCINT_EL1={:#x} CONTEXTIDR_EL1={:#x} MDCR_EL2={}",
-            mdscr_words(l.mdscr_el1),
+            words::mdscr(l.mdscr_el1),
             l.mdccint_el1,
             l.contextidr_el1,
-            mdcr_words(l.mdcr_el2)
+            words::mdcr_el2(l.mdcr_el2)
         );
         let mut regs = Vec::new();
         for bank in DbgBank::ALL {
@@ -337,7 +337,10 @@ impl TraceContext<'_> {
                 arch,
                 ok,
             } => {
-                let mut t = format!("KVM_SET_GUEST_DEBUG control={}", control_words(*control));
+                let mut t = format!(
+                    "KVM_SET_GUEST_DEBUG control={}",
+                    words::guest_debug(*control)
+                );
                 for bank in DbgBank::ALL {
                     for (n, v) in arch.bank(bank).iter().enumerate() {
                         if *v != 0 {
@@ -521,66 +524,6 @@ fn moves_words(a: &[AccessRecord]) -> String {
 /// An ESR in words: `0xf2000000 (EC 0x3c BRK64)`.
 pub fn esr_words(e: Esr) -> String {
     format!("ESR {:#x} (EC {:#x} {})", e.bits(), e.ec(), ec_name(e.ec()))
-}
-
-/// KVM_GUESTDBG_* in words.
-pub fn control_words(c: u32) -> String {
-    let names: Vec<&str> = GuestDebugControl::from_bits_truncate(c)
-        .iter_names()
-        .map(|(n, _)| n)
-        .collect();
-    let extra = c & !GuestDebugControl::all().bits();
-    let mut s = format!("{c:#x}");
-    if !names.is_empty() || extra != 0 {
-        let mut parts: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        if extra != 0 {
-            parts.push(format!("invalid {extra:#x}"));
-        }
-        let _ = write!(s, " [{}]", parts.join("|"));
-    }
-    s
-}
-
-/// MDCR_EL2 in words: TDE and TDA always spelled, the other trap bits when set, HPMN.
-pub fn mdcr_words(v: u64) -> String {
-    let mut parts = vec![
-        format!("TDE={}", u8::from(v & MDCR_EL2_TDE != 0)),
-        format!("TDA={}", u8::from(v & MDCR_EL2_TDA != 0)),
-    ];
-    for (bit, name) in [
-        (MDCR_EL2_TDOSA, "TDOSA"),
-        (MDCR_EL2_TDRA, "TDRA"),
-        (MDCR_EL2_TPM, "TPM"),
-        (MDCR_EL2_TPMCR, "TPMCR"),
-        (MDCR_EL2_TPMS, "TPMS"),
-        (MDCR_EL2_TTRF, "TTRF"),
-        (MDCR_EL2_HPMFZS, "HPMFZS"),
-    ] {
-        if v & bit != 0 {
-            parts.push(name.to_string());
-        }
-    }
-    parts.push(format!("HPMN={}", v & MDCR_EL2_HPMN_MASK));
-    format!("{v:#x} [{}]", parts.join(" "))
-}
-
-/// MDSCR_EL1 in words.
-pub fn mdscr_words(v: u64) -> String {
-    let mut parts = Vec::new();
-    for (bit, name) in [
-        (DBG_MDSCR_KDE, "KDE"),
-        (DBG_MDSCR_MDE, "MDE"),
-        (DBG_MDSCR_SS, "SS"),
-    ] {
-        if v & bit != 0 {
-            parts.push(name);
-        }
-    }
-    if parts.is_empty() {
-        format!("{v:#x}")
-    } else {
-        format!("{v:#x} [{}]", parts.join(" "))
-    }
 }
 
 /// Renders records as ftrace-like text lines, grouping each event's register accesses under

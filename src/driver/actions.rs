@@ -1,0 +1,596 @@
+//! What each action does, one method per family: running the guest ([`Engine::run_action`]),
+//! the debugger's breakpoints, watchpoints and modes ([`Engine::debugger_action`]), registers,
+//! memory and snapshots ([`Engine::state_action`]), and where vcpus run
+//! ([`Engine::placement_action`]).
+
+use hypdbg_host::{DebugSnapshot, DebugStop, DebugVcpu, Debugger, RunExit, Stop, WatchRequest};
+use hypdbg_hyp::vm::VcpuExit;
+use hypdbg_model::uapi::{KvmGuestDebug, KvmGuestDebugArch};
+
+use super::outcome::{MAX_BUDGETS, MAX_RUN_ITERATIONS, MAX_RUNS};
+use super::tap::Tap;
+use super::{ActionError, ActionResult, Backend, Engine, ExitInfo, Outcome, SetupError};
+use crate::scenario::Op;
+use crate::scenario::ops::Value;
+use crate::scenario::resolve::RegName;
+
+/// How one KVM_RUN (or debugger stop) of a `run` ended, for its loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunEnd {
+    /// An HVC for userspace.
+    Hvc(u16),
+    /// KVM_EXIT_INTR: the instruction budget ran out.
+    Intr,
+    /// A debug stop.
+    Debug,
+    /// Anything else.
+    Other,
+}
+
+impl RunEnd {
+    fn of_exit(e: &VcpuExit) -> Self {
+        match e {
+            VcpuExit::Hvc { imm } => RunEnd::Hvc(*imm),
+            VcpuExit::Intr => RunEnd::Intr,
+            VcpuExit::Debug { .. } => RunEnd::Debug,
+            _ => RunEnd::Other,
+        }
+    }
+
+    fn of_stop(stop: &Stop, raw: Option<&VcpuExit>) -> Self {
+        match stop {
+            Stop::Exit(RunExit::Hypercall { imm }) => RunEnd::Hvc(*imm),
+            Stop::Exit(_) if matches!(raw, Some(VcpuExit::Intr)) => RunEnd::Intr,
+            Stop::Exit(_) => RunEnd::Other,
+            Stop::Debug(_) => RunEnd::Debug,
+        }
+    }
+}
+
+impl<B: Backend> Engine<B> {
+    /// Apply one action (`number`: its number, for errors); `repeat` is [`Engine::play`]'s.
+    pub(super) fn apply(&mut self, op: &Op, number: u64) -> ActionResult {
+        match op {
+            Op::RunUntilHvc { .. }
+            | Op::Run { .. }
+            | Op::KvmRun { .. }
+            | Op::Step { .. }
+            | Op::RunConcurrently { .. } => self.run_action(op),
+            Op::Break { .. }
+            | Op::DeleteBreak { .. }
+            | Op::Watch { .. }
+            | Op::DeleteWatch { .. }
+            | Op::SwBreak { .. }
+            | Op::DeleteSwBreak { .. }
+            | Op::SingleStep { .. }
+            | Op::Detach { .. } => self.debugger_action(op, number),
+            Op::SetGuestDebug { .. }
+            | Op::SetOneReg { .. }
+            | Op::GetOneReg { .. }
+            | Op::Snapshot { .. }
+            | Op::Restore { .. }
+            | Op::WriteMemory { .. } => self.state_action(op, number),
+            Op::Migrate { .. } | Op::Irq { .. } | Op::Preempt { .. } | Op::MigrateVm { .. } => {
+                self.placement_action(op)
+            }
+            Op::Check { .. } => Ok(Outcome::text("check".into())),
+            Op::Repeat { ops, times } => Ok(Outcome::text(format!(
+                "repeat of {} action(s) {times} times (played by the engine)",
+                ops.len()
+            ))),
+        }
+    }
+
+    fn vcpu_ok(&self, v: usize) -> Result<usize, ActionError> {
+        if v < self.users.len() {
+            Ok(v)
+        } else {
+            Err(ActionError::NoVcpu(v))
+        }
+    }
+
+    /// An address a scenario names.
+    fn addr(&self, v: &Value, number: u64) -> Result<u64, ActionError> {
+        self.resolver.resolve(v).ok_or_else(|| {
+            SetupError::Label {
+                op: number as usize,
+                label: v.to_string(),
+            }
+            .into()
+        })
+    }
+
+    /// `0x10040 <hw_bp1>`.
+    fn describe(&self, a: u64) -> String {
+        self.resolver.describe(a)
+    }
+
+    fn exit_words(&self, e: &VcpuExit) -> String {
+        match e {
+            VcpuExit::ProgramEnd { pc } => format!("program end at {}", self.describe(*pc)),
+            other => other.to_string(),
+        }
+    }
+
+    // ---- running ---------------------------------------------------------------------
+
+    /// `run_until_hvc`, `run`, `kvm_run`, `step`, `run_concurrently`.
+    fn run_action(&mut self, op: &Op) -> ActionResult {
+        match op {
+            Op::RunUntilHvc { vcpu, imm, .. } => self.run_until_hvc(self.vcpu_ok(*vcpu)?, *imm),
+            Op::Run {
+                vcpu,
+                until_hvc,
+                count,
+                ..
+            } => {
+                let v = self.vcpu_ok(*vcpu)?;
+                let count = count.unwrap_or(1);
+                if self.users[v].debugger.is_some() {
+                    self.run_debugger(v, *until_hvc, count)
+                } else {
+                    self.run_raw(v, *until_hvc, count)
+                }
+            }
+            Op::KvmRun { vcpu, .. } => {
+                let v = self.vcpu_ok(*vcpu)?;
+                let e = self.kvm_run(v)?;
+                Ok(Outcome {
+                    text: format!("KVM_RUN: {}", self.exit_words(&e)),
+                    exit: Some(ExitInfo::of_exit(&e)),
+                    ..Outcome::default()
+                })
+            }
+            Op::Step { vcpu, count, .. } => {
+                let v = self.vcpu_ok(*vcpu)?;
+                self.ensure_debugger(v)?;
+                let mut last = None;
+                for _ in 0..count.unwrap_or(1) {
+                    last = Some(self.with_debugger(v, |d, t| d.step(t))?);
+                }
+                let (stop, raw) = last.ok_or(ActionError::ZeroCount("step"))?;
+                Ok(self.stop_outcome("stepi", &stop, raw.as_ref(), 0))
+            }
+            Op::RunConcurrently { vcpus, .. } => {
+                let exits = self.backend.run_concurrently(vcpus)?;
+                for e in &exits {
+                    self.exits.record(e);
+                }
+                let words: Vec<String> = exits.iter().map(|e| e.to_string()).collect();
+                Ok(Outcome::text(format!(
+                    "concurrent KVM_RUN: {}",
+                    words.join("; ")
+                )))
+            }
+            other => Err(ActionError::Misrouted(other.name())),
+        }
+    }
+
+    /// One raw KVM_RUN, counted.
+    fn kvm_run(&mut self, v: usize) -> Result<VcpuExit, ActionError> {
+        Tap::new(self.backend.vcpu(v)?, &mut self.exits).run_exit()
+    }
+
+    /// The validator's loop: KVM_RUN until HVC #imm, debug exits handled by the vcpu's
+    /// [`hypdbg_host::RawSession`] as a gdb stub would.
+    fn run_until_hvc(&mut self, v: usize, imm: u16) -> ActionResult {
+        let Engine {
+            backend,
+            users,
+            exits,
+            ..
+        } = self;
+        let raw = &mut users[v].raw;
+        let mut tap = Tap::new(backend.vcpu(v)?, exits);
+        let mut debug_exits = 0u32;
+        for _ in 0..MAX_RUNS {
+            match tap.run_exit()? {
+                VcpuExit::Hvc { imm: got } if got == imm => {
+                    return Ok(Outcome {
+                        text: format!("ran to hvc #{imm} ({debug_exits} debug exits)"),
+                        exit: Some(ExitInfo::of_exit(&VcpuExit::Hvc { imm })),
+                        stops: u64::from(debug_exits),
+                        value: None,
+                    });
+                }
+                VcpuExit::Hvc { .. } => {}
+                VcpuExit::Debug { arch, flags } => {
+                    debug_exits += 1;
+                    raw.handle_debug_exit(&mut tap, &arch, flags)?;
+                }
+                other => {
+                    return Err(ActionError::UnexpectedExit {
+                        imm,
+                        exit: other.to_string(),
+                    });
+                }
+            }
+        }
+        Err(ActionError::NoProgress {
+            imm,
+            count: MAX_RUNS,
+            what: "KVM_RUNs",
+        })
+    }
+
+    /// `count` times: one exit (`until` is `None`), or every exit up to HVC #until (other
+    /// HVCs passed, interrupts passed within [`MAX_BUDGETS`], debug stops counted). Returns
+    /// the last iteration's value and the stops passed.
+    fn run_loop<T>(
+        &mut self,
+        until: Option<u16>,
+        count: u32,
+        noun: &'static str,
+        mut once: impl FnMut(&mut Self) -> Result<(T, RunEnd), ActionError>,
+    ) -> Result<(T, u64), ActionError> {
+        let (mut stops, mut budgets, mut last) = (0u64, 0u32, None);
+        for _ in 0..count {
+            let mut finished = false;
+            for _ in 0..MAX_RUN_ITERATIONS {
+                let (x, end) = once(self)?;
+                last = Some(x);
+                finished = match (end, until) {
+                    (_, None) => true,
+                    (RunEnd::Hvc(imm), Some(n)) => imm == n,
+                    (RunEnd::Intr, Some(n)) => {
+                        budgets += 1;
+                        if budgets >= MAX_BUDGETS {
+                            return Err(ActionError::OutOfBudget { imm: n });
+                        }
+                        false
+                    }
+                    (RunEnd::Debug, Some(_)) => {
+                        stops += 1;
+                        false
+                    }
+                    (RunEnd::Other, Some(_)) => true,
+                };
+                if finished {
+                    break;
+                }
+            }
+            if !finished {
+                return Err(ActionError::NoProgress {
+                    imm: until.unwrap_or(0),
+                    count: MAX_RUN_ITERATIONS,
+                    what: noun,
+                });
+            }
+        }
+        let last = last.ok_or(ActionError::ZeroCount("run"))?;
+        Ok((last, stops))
+    }
+
+    /// `run` without a debugger: raw KVM_RUNs.
+    fn run_raw(&mut self, v: usize, until: Option<u16>, count: u32) -> ActionResult {
+        let (e, stops) = self.run_loop(until, count, "KVM_RUNs", |s| {
+            let e = s.kvm_run(v)?;
+            Ok((e, RunEnd::of_exit(&e)))
+        })?;
+        let passed = if stops > 0 {
+            format!(" ({stops} debug exit(s) passed)")
+        } else {
+            String::new()
+        };
+        Ok(Outcome {
+            text: format!("KVM_RUN: {}{passed}", self.exit_words(&e)),
+            exit: Some(ExitInfo::of_exit(&e)),
+            stops,
+            value: None,
+        })
+    }
+
+    /// `run` through the debugger: its `continue`, or `stepi` in single-step mode.
+    fn run_debugger(&mut self, v: usize, until: Option<u16>, count: u32) -> ActionResult {
+        let stepping = self.users[v].stepping;
+        let what = if stepping { "stepi" } else { "continue" };
+        let ((stop, raw), stops) = self.run_loop(until, count, "stops", |s| {
+            let (stop, raw) =
+                s.with_debugger(v, |d, t| if stepping { d.step(t) } else { d.cont(t) })?;
+            let end = RunEnd::of_stop(&stop, raw.as_ref());
+            Ok(((stop, raw), end))
+        })?;
+        Ok(self.stop_outcome(what, &stop, raw.as_ref(), stops))
+    }
+
+    fn stop_words(&self, stop: &Stop, raw: Option<&VcpuExit>) -> String {
+        match stop {
+            Stop::Debug(DebugStop::Step { pc }) => format!("step to {}", self.describe(*pc)),
+            Stop::Debug(DebugStop::SwBreakpoint { pc }) => {
+                format!("software breakpoint at {}", self.describe(*pc))
+            }
+            Stop::Debug(DebugStop::HwBreakpoint { pc, slot }) => {
+                format!("hardware breakpoint {slot} at {}", self.describe(*pc))
+            }
+            Stop::Debug(DebugStop::Watchpoint {
+                pc,
+                far,
+                request,
+                slot,
+                is_write,
+                ..
+            }) => format!(
+                "watchpoint {slot} ({request}) hit by a {} to {far:#x} at {}",
+                if *is_write { "store" } else { "load" },
+                self.describe(*pc)
+            ),
+            Stop::Debug(other) => format!("{other:?}"),
+            Stop::Exit(_) => raw.map_or_else(|| "exit".into(), |e| self.exit_words(e)),
+        }
+    }
+
+    fn stop_outcome(&self, what: &str, stop: &Stop, raw: Option<&VcpuExit>, stops: u64) -> Outcome {
+        let passed = if stops > 0 {
+            format!(" ({stops} stop(s) passed)")
+        } else {
+            String::new()
+        };
+        Outcome {
+            text: format!("{what}: {}{passed}", self.stop_words(stop, raw)),
+            exit: Some(ExitInfo::of_stop(stop, raw)),
+            stops,
+            value: None,
+        }
+    }
+
+    // ---- the debugger ------------------------------------------------------------------
+
+    fn ensure_debugger(&mut self, v: usize) -> Result<&mut Debugger, ActionError> {
+        if self.users[v].debugger.is_none() {
+            let tap = Tap::new(self.backend.vcpu(v)?, &mut self.exits);
+            self.users[v].debugger = Some(Debugger::new(&tap)?);
+        }
+        self.users[v]
+            .debugger
+            .as_mut()
+            .ok_or(ActionError::NoDebugger(v))
+    }
+
+    /// Call the vcpu's debugger with the vcpu; returns the result and the last raw exit.
+    fn with_debugger<T, E: Into<ActionError>>(
+        &mut self,
+        v: usize,
+        f: impl FnOnce(&mut Debugger, &mut dyn DebugVcpu) -> Result<T, E>,
+    ) -> Result<(T, Option<VcpuExit>), ActionError> {
+        let Engine {
+            backend,
+            users,
+            exits,
+            ..
+        } = self;
+        let d = users
+            .get_mut(v)
+            .and_then(|u| u.debugger.as_mut())
+            .ok_or(ActionError::NoDebugger(v))?;
+        let mut tap = Tap::new(backend.vcpu(v)?, exits);
+        let r = f(d, &mut tap).map_err(Into::into)?;
+        Ok((r, tap.last))
+    }
+
+    /// `break`, `delete_break`, `watch`, `delete_watch`, `sw_break`, `delete_sw_break`,
+    /// `single_step`, `detach`.
+    fn debugger_action(&mut self, op: &Op, number: u64) -> ActionResult {
+        let v = self.vcpu_ok(op.vcpu())?;
+        if let Op::Detach { .. } = op {
+            if self.users[v].debugger.is_some() {
+                self.with_debugger(v, |d, t| d.detach(t))?;
+            }
+            self.users[v].debugger = None;
+            self.users[v].stepping = false;
+            return Ok(Outcome::text("debugger detached".into()));
+        }
+        self.ensure_debugger(v)?;
+        match op {
+            Op::SingleStep { on, .. } => {
+                self.users[v].stepping = *on;
+                Ok(Outcome::text(format!(
+                    "single-step {}",
+                    if *on { "on" } else { "off" }
+                )))
+            }
+            Op::Break { addr, .. } | Op::DeleteBreak { addr, .. } => {
+                let a = self.addr(addr, number)?;
+                let insert = matches!(op, Op::Break { .. });
+                let d = self.ensure_debugger(v)?;
+                let text = if insert {
+                    let slot = d.hw_mut().insert_breakpoint(a)?;
+                    format!("hardware breakpoint at {} in slot {slot}", self.describe(a))
+                } else {
+                    let slot = d.hw_mut().remove_breakpoint(a)?;
+                    format!(
+                        "removed the hardware breakpoint at {} (slot {slot})",
+                        self.describe(a)
+                    )
+                };
+                Ok(Outcome::text(text))
+            }
+            Op::Watch {
+                addr, len, access, ..
+            }
+            | Op::DeleteWatch {
+                addr, len, access, ..
+            } => {
+                let a = self.addr(addr, number)?;
+                let req = WatchRequest::new(a, *len, *access);
+                self.watch(v, req, matches!(op, Op::Watch { .. }))
+            }
+            Op::SwBreak { addr, .. } | Op::DeleteSwBreak { addr, .. } => {
+                let a = self.addr(addr, number)?;
+                let what = if matches!(op, Op::SwBreak { .. }) {
+                    self.with_debugger(v, |d, t| d.insert_sw_breakpoint(t, a))?;
+                    "software breakpoint (BRK #0) at"
+                } else {
+                    self.with_debugger(v, |d, t| d.remove_sw_breakpoint(t, a))?;
+                    "removed the software breakpoint at"
+                };
+                Ok(Outcome::text(format!("{what} {}", self.describe(a))))
+            }
+            other => Err(ActionError::Misrouted(other.name())),
+        }
+    }
+
+    /// Insert (or remove) a watch request through the debugger's pool.
+    fn watch(&mut self, v: usize, req: WatchRequest, insert: bool) -> ActionResult {
+        let where_ = self.describe(req.addr);
+        let (access, len) = (req.access, req.len);
+        let d = self.ensure_debugger(v)?;
+        if !insert {
+            let slots = d.hw_mut().remove_watchpoint(req)?;
+            return Ok(Outcome::text(format!(
+                "removed the {access} watch of {len} byte(s) at {where_} (slots {slots:?})"
+            )));
+        }
+        let slots = d.hw_mut().insert_watchpoint(req)?;
+        let arch = d.hw().arch();
+        let enc: Vec<String> = slots
+            .iter()
+            .map(|&n| {
+                format!(
+                    "slot {n}: DBGWCR={:#x} DBGWVR={:#x}",
+                    arch.dbg_wcr[n], arch.dbg_wvr[n]
+                )
+            })
+            .collect();
+        Ok(Outcome::text(format!(
+            "watch {access} of {len} byte(s) at {where_}: {}",
+            enc.join(", ")
+        )))
+    }
+
+    // ---- registers, memory, snapshots --------------------------------------------------
+
+    /// `set_guest_debug`, `set_one_reg`, `get_one_reg`, `snapshot`, `restore`,
+    /// `write_memory`.
+    fn state_action(&mut self, op: &Op, number: u64) -> ActionResult {
+        match op {
+            Op::SetGuestDebug {
+                vcpu,
+                control,
+                bcr,
+                bvr,
+                wcr,
+                wvr,
+                ..
+            } => {
+                let v = self.vcpu_ok(*vcpu)?;
+                let mut arch = KvmGuestDebugArch::default();
+                for (list, bank) in [
+                    (bcr, &mut arch.dbg_bcr),
+                    (bvr, &mut arch.dbg_bvr),
+                    (wcr, &mut arch.dbg_wcr),
+                    (wvr, &mut arch.dbg_wvr),
+                ] {
+                    for (n, val) in list {
+                        let slot = bank.get_mut(*n).ok_or(ActionError::BankIndex(*n))?;
+                        *slot = self.addr(val, number)?;
+                    }
+                }
+                let dbg = KvmGuestDebug {
+                    control: *control,
+                    pad: 0,
+                    arch,
+                };
+                let mut vcpu = self.backend.vcpu(v)?;
+                self.users[v].raw.set_guest_debug(&mut vcpu, &dbg)?;
+                Ok(Outcome::text(format!(
+                    "KVM_SET_GUEST_DEBUG control={control:#x}"
+                )))
+            }
+            Op::SetOneReg {
+                vcpu, reg, value, ..
+            } => {
+                let v = self.vcpu_ok(*vcpu)?;
+                let r = RegName::parse(reg).map_err(ActionError::Register)?;
+                let val = self.addr(value, number)?;
+                self.backend.vcpu(v)?.set_one_reg(r.id(), val)?;
+                Ok(Outcome::text(format!("KVM_SET_ONE_REG {r} = {val:#x}")))
+            }
+            Op::GetOneReg { vcpu, reg, .. } => {
+                let v = self.vcpu_ok(*vcpu)?;
+                let r = RegName::parse(reg).map_err(ActionError::Register)?;
+                let val = self.backend.vcpu(v)?.get_one_reg(r.id())?;
+                Ok(Outcome {
+                    text: format!("KVM_GET_ONE_REG {r} -> {val:#x}"),
+                    value: Some(val),
+                    ..Outcome::default()
+                })
+            }
+            Op::Snapshot { vcpu, name, .. } => self.snapshot(self.vcpu_ok(*vcpu)?, name),
+            Op::Restore { vcpu, name, .. } => {
+                let v = self.vcpu_ok(*vcpu)?;
+                let s = self
+                    .snapshots
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| ActionError::NoSnapshot(name.clone()))?;
+                let mut tap = Tap::new(self.backend.vcpu(v)?, &mut self.exits);
+                s.restore(&mut tap)?;
+                Ok(Outcome::text(format!(
+                    "restored snapshot '{name}' into vcpu {v}"
+                )))
+            }
+            Op::WriteMemory { addr, bytes, .. } => {
+                let a = self.addr(addr, number)?;
+                self.backend.write_memory(a, bytes)?;
+                Ok(Outcome::text(format!(
+                    "wrote {} byte(s) at {}",
+                    bytes.len(),
+                    self.describe(a)
+                )))
+            }
+            other => Err(ActionError::Misrouted(other.name())),
+        }
+    }
+
+    fn snapshot(&mut self, v: usize, name: &str) -> ActionResult {
+        let mut tap = Tap::new(self.backend.vcpu(v)?, &mut self.exits);
+        let s = DebugSnapshot::save(&mut tap)?;
+        let text = format!(
+            "snapshot '{name}' of vcpu {v}: {} breakpoint and {} watchpoint register pairs, MDSCR_EL1={:#x}, MDCCINT_EL1={:#x}, OSLSR_EL1={:#x}",
+            s.bcr.len(),
+            s.wcr.len(),
+            s.mdscr_el1,
+            s.mdccint_el1,
+            s.oslsr_el1
+        );
+        self.snapshots.insert(name.to_string(), s);
+        Ok(Outcome::text(text))
+    }
+
+    // ---- where vcpus run ---------------------------------------------------------------
+
+    /// `migrate`, `irq`, `preempt`, `migrate_vm`.
+    fn placement_action(&mut self, op: &Op) -> ActionResult {
+        let text = match op {
+            Op::Migrate { vcpu, cpu, .. } => {
+                let v = self.vcpu_ok(*vcpu)?;
+                self.backend.migrate(v, *cpu)?;
+                format!("vcpu {v} -> physical CPU {cpu}")
+            }
+            Op::Irq { vcpu, every, .. } => {
+                self.backend.set_irq(self.vcpu_ok(*vcpu)?, *every)?;
+                format!("host interrupt every {every:?} instructions")
+            }
+            Op::Preempt {
+                vcpu, after, cpu, ..
+            } => {
+                let v = self.vcpu_ok(*vcpu)?;
+                self.backend.preempt(v, *after, *cpu)?;
+                format!(
+                    "vcpu {v} will be preempted after {after} in-kernel exits and move to physical CPU {cpu}"
+                )
+            }
+            Op::MigrateVm { cpus, .. } => {
+                let n = self.backend.migrate_vm(cpus.as_deref())?;
+                format!(
+                    "migrated the VM: {n} registers per vcpu through KVM_GET/SET_ONE_REG, guest memory copied, onto {} physical CPU(s)",
+                    self.backend.nr_pcpus()
+                )
+            }
+            other => {
+                return Err(ActionError::Misrouted(other.name()));
+            }
+        };
+        Ok(Outcome::text(text))
+    }
+}

@@ -1,0 +1,76 @@
+//! What the scenario driver needs from whatever runs the guest: the [`Backend`] trait. The
+//! simulator ([`super::sim::SimBackend`]) is one; a real kernel behind an in-guest agent is
+//! another. Everything a debugger does goes through the host crate's [`DebugVcpu`] seam, so
+//! `hypdbg_host`'s `Debugger`, `HwDebug` and `RawSession` drive either backend the same way.
+
+use hypdbg_host::DebugVcpu;
+use hypdbg_hyp::events::{Event, GuestEvent};
+use hypdbg_hyp::flow::Era;
+use hypdbg_hyp::vm::VcpuExit;
+use hypdbg_model::DebugFeatures;
+use hypdbg_model::profiles::CpuSpec;
+
+use super::outcome::ActionError;
+
+/// One vcpu of a backend: the host crate's seam, plus the exit as the backend reports it
+/// (for expectations and counts; the debugger sees its [`hypdbg_host::RunExit`] view).
+pub trait BackendVcpu: DebugVcpu {
+    /// KVM_RUN.
+    fn run_exit(&mut self) -> Result<VcpuExit, ActionError>;
+}
+
+/// A VM the driver plays actions on.
+pub trait Backend {
+    /// A handle on one vcpu.
+    type Vcpu<'a>: BackendVcpu
+    where
+        Self: 'a;
+
+    /// Vcpu `v` (an index the VM does not have is [`ActionError::NoVcpu`]).
+    fn vcpu(&mut self, v: usize) -> Result<Self::Vcpu<'_>, ActionError>;
+
+    /// The era whose contract the checker holds the run to.
+    fn era(&self) -> Era;
+
+    /// The ID_AA64DFR0_EL1 the guest sees.
+    fn guest_features(&self) -> DebugFeatures;
+
+    /// The number of vcpus.
+    fn nr_vcpus(&self) -> usize;
+
+    /// The number of physical CPUs.
+    fn nr_pcpus(&self) -> usize;
+
+    /// Vcpu `v` runs on physical CPU `cpu` from its next KVM_RUN.
+    fn migrate(&mut self, v: usize, cpu: usize) -> Result<(), ActionError>;
+
+    /// A host interrupt every `every` guest instructions of vcpu `v` (`None`: none).
+    fn set_irq(&mut self, v: usize, every: Option<u64>) -> Result<(), ActionError>;
+
+    /// During its next KVM_RUN, vcpu `v` is preempted after `after` in-kernel exits and moves
+    /// to physical CPU `cpu`.
+    fn preempt(&mut self, v: usize, after: u32, cpu: usize) -> Result<(), ActionError>;
+
+    /// One KVM_RUN of each of `vcpus`, all entering their guests before any exits.
+    fn run_concurrently(&mut self, vcpus: &[usize]) -> Result<Vec<VcpuExit>, ActionError>;
+
+    /// Live-migrate the VM: a fresh one (on `cpus`, default the same) receives the guest
+    /// memory and every vcpu's registers through ONE_REG. Returns the registers carried per
+    /// vcpu.
+    fn migrate_vm(&mut self, cpus: Option<&[CpuSpec]>) -> Result<usize, ActionError>;
+
+    /// Write guest memory.
+    fn write_memory(&mut self, addr: u64, bytes: &[u8]) -> Result<(), ActionError>;
+
+    /// Read guest memory.
+    fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ActionError>;
+
+    /// Every exception vcpu `v`'s guest handler took since the start.
+    fn exceptions(&self, v: usize) -> Vec<GuestEvent>;
+
+    /// How many exceptions vcpu `v`'s guest handler took since the start.
+    fn exception_count(&self, v: usize) -> usize;
+
+    /// Hand `f` every event recorded since the last call, in order.
+    fn drain_events(&mut self, f: &mut dyn FnMut(&Event));
+}

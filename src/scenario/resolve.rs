@@ -1,0 +1,144 @@
+//! Names in scenario files: labels and symbols for addresses ([`Resolver`]), and the
+//! registers ONE_REG reaches ([`RegName`]).
+
+use std::collections::BTreeMap;
+
+use hypdbg_hyp::guest::Program;
+use hypdbg_model::uapi::core_reg;
+use hypdbg_model::{DebugFeatures, SysReg};
+
+use super::ops::Value;
+
+/// Labels of the program and the scenario's symbols, and how `label+8` reads.
+#[derive(Clone, Debug, Default)]
+pub struct Resolver {
+    labels: BTreeMap<String, u64>,
+}
+
+impl Resolver {
+    /// The program's labels plus `symbols` (symbols must be numbers; a symbol that is not is
+    /// ignored here and reported by the file checks).
+    pub fn new(p: &Program, symbols: &BTreeMap<String, Value>) -> Self {
+        let mut labels = p.labels.clone();
+        for (k, v) in symbols {
+            if let Value::Num(n) = v {
+                labels.insert(k.clone(), *n);
+            }
+        }
+        Resolver { labels }
+    }
+
+    /// A name's address.
+    pub fn name(&self, name: &str) -> Option<u64> {
+        self.labels.get(name.trim()).copied()
+    }
+
+    /// The value: a number, a name, or a name `+`/`-` an offset.
+    pub fn resolve(&self, v: &Value) -> Option<u64> {
+        match v {
+            Value::Num(n) => Some(*n),
+            Value::Label(l) => {
+                if let Some(a) = self.name(l) {
+                    return Some(a);
+                }
+                let i = l.rfind(['+', '-'])?;
+                let (name, off) = (&l[..i], &l[i + 1..]);
+                let base = self.name(name)?;
+                let off = hypdbg_model::parse_u64(off).ok()?;
+                Some(if l.as_bytes()[i] == b'+' {
+                    base.wrapping_add(off)
+                } else {
+                    base.wrapping_sub(off)
+                })
+            }
+        }
+    }
+
+    /// An address with its name when it has one: `0x10040 <hw_bp1>`.
+    pub fn describe(&self, addr: u64) -> String {
+        match self.symbolize(addr) {
+            Some(s) => format!("{addr:#x} <{s}>"),
+            None => format!("{addr:#x}"),
+        }
+    }
+
+    /// An address as `label` or `label+0x8` when a label is at or just before it (within
+    /// 4 KiB), for traces.
+    pub fn symbolize(&self, addr: u64) -> Option<String> {
+        let (name, base) = self
+            .labels
+            .iter()
+            .filter(|(_, a)| **a <= addr && addr - **a < 0x1000)
+            .max_by_key(|(n, a)| (**a, std::cmp::Reverse(n.len())))?;
+        Some(if *base == addr {
+            name.clone()
+        } else {
+            format!("{name}+{:#x}", addr - base)
+        })
+    }
+}
+
+/// A register a scenario names: a core register or a system register, as ONE_REG reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegName {
+    /// x0..x30, sp, pc, pstate: the ONE_REG core id and its name.
+    Core(u64, &'static str),
+    /// A debug system register.
+    Sys(SysReg),
+}
+
+const CORE_NAMES: [&str; 31] = [
+    "x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7", "x8", "x9", "x10", "x11", "x12", "x13", "x14",
+    "x15", "x16", "x17", "x18", "x19", "x20", "x21", "x22", "x23", "x24", "x25", "x26", "x27",
+    "x28", "x29", "x30",
+];
+
+impl RegName {
+    /// `x0`..`x30`, `sp`, `pc`, `pstate` (any case), or a system register ONE_REG reaches
+    /// (`DBG{B,W}{C,V}R<n>_EL1`, `MDSCR_EL1`, `MDCCINT_EL1`, `OSLSR_EL1`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let low = s.trim().to_ascii_lowercase();
+        match low.as_str() {
+            "pc" => return Ok(RegName::Core(core_reg::PC, "pc")),
+            "sp" => return Ok(RegName::Core(core_reg::SP, "sp")),
+            "pstate" => return Ok(RegName::Core(core_reg::PSTATE, "pstate")),
+            _ => {}
+        }
+        if let Some(n) = CORE_NAMES.iter().position(|c| *c == low) {
+            return Ok(RegName::Core(core_reg::x(n as u8), CORE_NAMES[n]));
+        }
+        let hint = "ONE_REG reaches x0..x30, sp, pc, pstate, DBG{B,W}{C,V}R<n>_EL1, MDSCR_EL1, MDCCINT_EL1 and OSLSR_EL1";
+        match s.parse::<SysReg>() {
+            Ok(
+                r @ (SysReg::Dbg(..) | SysReg::MdscrEl1 | SysReg::MdccintEl1 | SysReg::OslsrEl1),
+            ) => Ok(RegName::Sys(r)),
+            Ok(r) => Err(format!("{r} is not reachable through ONE_REG here: {hint}")),
+            Err(_) => Err(format!("unknown register '{}': {hint}", s.trim())),
+        }
+    }
+
+    /// The KVM_{GET,SET}_ONE_REG id.
+    pub fn id(self) -> u64 {
+        match self {
+            RegName::Core(id, _) => id,
+            RegName::Sys(r) => r.one_reg_id(),
+        }
+    }
+
+    /// Whether a guest that sees `f` implements it.
+    pub fn implemented(self, f: &DebugFeatures) -> bool {
+        match self {
+            RegName::Sys(SysReg::Dbg(bank, n)) => usize::from(n) < f.count(bank),
+            _ => true,
+        }
+    }
+}
+
+impl std::fmt::Display for RegName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegName::Core(_, n) => f.write_str(n),
+            RegName::Sys(r) => write!(f, "{r}"),
+        }
+    }
+}
