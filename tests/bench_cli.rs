@@ -24,16 +24,8 @@ fn num(v: &Value, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("'{key}' is not a number in {v}"))
 }
 
-#[test]
-fn quick_json_has_the_documented_shape_and_the_plot_one_line_per_series() {
-    let dir = std::env::temp_dir().join(format!("hypdbg-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let svg_path = dir.join("bench.svg");
-    let svg_arg = svg_path.to_str().unwrap();
-    let (code, out, err) = hypdbg(&["bench", "--quick", "--json", "--plot", svg_arg]);
-    assert_eq!(code, 0, "{err}");
-    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
-
+/// The schema, the machine, the method and the cost model.
+fn check_header(v: &Value) {
     assert_eq!(v["schema"], "hypdbg-bench/1");
     assert_eq!(v["quick"], true);
     assert!(v["machine"]["cpu"].is_string() && num(&v["machine"], "cpus") >= 1.0);
@@ -50,7 +42,10 @@ fn quick_json_has_the_documented_shape_and_the_plot_one_line_per_series() {
         assert_eq!(c["estimate"], true, "{key} must be labelled an estimate");
         assert!(num(c, "cycles") > 0.0);
     }
+}
 
+/// The rows: flow x profile x state, with the register counts a dirty switch must move.
+fn check_rows(v: &Value) {
     // Rows: flow x profile x state.
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 3 * 3 * 2);
@@ -103,7 +98,10 @@ fn quick_json_has_the_documented_shape_and_the_plot_one_line_per_series() {
     for p in ["min", "cortex-a57", "max"] {
         assert!(profiles.contains(&p), "{p}");
     }
+}
 
+/// The sweep series with their fits, and the targets with their verdicts.
+fn check_sweep_and_targets(v: &Value) {
     // Sweep: 3 flows x 2 states + the copy baseline, n = 2..=16, each with a fit.
     let sweep = v["sweep"].as_array().unwrap();
     assert_eq!(sweep.len(), 7);
@@ -128,7 +126,20 @@ fn quick_json_has_the_documented_shape_and_the_plot_one_line_per_series() {
         assert!(t["met"].is_boolean() && t["detail"].is_string());
         assert!(num(t, "value").is_finite() && num(t, "limit") > 0.0);
     }
+}
 
+#[test]
+fn quick_json_has_the_documented_shape_and_the_plot_one_line_per_series() {
+    let dir = std::env::temp_dir().join(format!("hypdbg-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg_path = dir.join("bench.svg");
+    let svg_arg = svg_path.to_str().unwrap();
+    let (code, out, err) = hypdbg(&["bench", "--quick", "--json", "--plot", svg_arg]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    check_header(&v);
+    check_rows(&v);
+    check_sweep_and_targets(&v);
     // The plot: one polyline per sweep series.
     let svg = std::fs::read_to_string(&svg_path).unwrap();
     assert!(svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"));

@@ -151,6 +151,21 @@ impl<F: Era3> SmpHost<F> {
         self.save_area
     }
 
+    /// One KVM_RUN of `vcpu` on `cpu` with one entry and exit: pin the CPU, `vcpu_load`,
+    /// run `guest`, `vcpu_put`.
+    pub fn run_once<R>(
+        &self,
+        cpu: usize,
+        vcpu: &mut SmpVcpu,
+        guest: impl FnOnce(&mut PhysRegs) -> R,
+    ) -> Result<R, KvmError> {
+        let mut on = self.pin(cpu)?;
+        on.vcpu_load(vcpu);
+        let r = on.run(vcpu, guest);
+        on.vcpu_put(vcpu);
+        r
+    }
+
     /// The number of physical CPUs.
     pub fn cpus(&self) -> usize {
         self.cpus.len()
@@ -303,11 +318,7 @@ impl VcpuFd {
         guest: impl FnOnce(&mut PhysRegs) -> R,
     ) -> Result<R, KvmError> {
         let mut v = lock(&self.vcpu);
-        let mut on = host.pin(cpu)?;
-        on.vcpu_load(&mut v);
-        let r = on.run(&mut v, guest);
-        on.vcpu_put(&mut v);
-        r
+        host.run_once(cpu, &mut v, guest)
     }
 
     /// A copy of the vcpu as it is now.

@@ -66,9 +66,32 @@ pub fn debug_exceptions_program(
     ctx_bpn: usize,
 ) -> Result<(Program, Vec<Expected>), ProgramError> {
     let reset = reset_debug_state(f);
+    let mut s = debug_exceptions_unlinked(&reset, bpn, wpn);
+    s += &debug_exceptions_linked(&reset, bpn, wpn, ctx_bpn);
+    let program = Program::assemble(CODE_BASE, &s)?;
+    let expected = vec![
+        (ESR_ELX_EC_BRK64, "sw_bp", None),
+        (ESR_ELX_EC_BREAKPT_CUR, "hw_bp1", None),
+        (ESR_ELX_EC_BREAKPT_CUR, "hw_bp2", None),
+        (ESR_ELX_EC_SVC64, "hw_bp2+4", None),
+        (ESR_ELX_EC_BREAKPT_CUR, "sw_bp2", None),
+        (ESR_ELX_EC_BRK64, "sw_bp2", None),
+        (ESR_ELX_EC_WATCHPT_CUR, "wp_store", Some("write_data")),
+        (ESR_ELX_EC_SOFTSTP_CUR, "ss_start", None),
+        (ESR_ELX_EC_SOFTSTP_CUR, "ss_start+4", None),
+        (ESR_ELX_EC_SOFTSTP_CUR, "ss_start+8", None),
+        (ESR_ELX_EC_BRK64, "os_sw_bp", None),
+        (ESR_ELX_EC_BREAKPT_CUR, "hw_bp_ctx", None),
+        (ESR_ELX_EC_WATCHPT_CUR, "wp_ctx_store", Some("write_data+8")),
+    ];
+    Ok((program, expected))
+}
+
+/// Cases 1-10 of `guest_code`: software, hardware and watch points, single step, and the
+/// same under the OS lock.
+fn debug_exceptions_unlinked(reset: &str, bpn: usize, wpn: usize) -> String {
     let bcr = 0x1fe3u64; // LEN8 | EXEC | EL1 | E, with the RES0 ones the selftest writes
     let wcr = 0x1ffbu64; // LEN8 | RD | WR | EL1 | E
-    let ctx = 0xabcdefu64;
     let mut s = String::new();
     let hw_bp = |s: &mut String, label: &str| {
         let _ = write!(
@@ -123,6 +146,14 @@ pub fn debug_exceptions_program(
         s,
         "{reset}{ENABLE_OS_LOCK}mov x0, #0x2001\nmsr mdscr_el1, x0\nisb\nmsr daifclr, #8\nnop\nnop\nmsr daifset, #8\n"
     );
+    s
+}
+
+/// Cases 11 and 12 of `guest_code`: a breakpoint and a watchpoint linked to a context
+/// breakpoint on CONTEXTIDR_EL1.
+fn debug_exceptions_linked(reset: &str, bpn: usize, wpn: usize, ctx_bpn: usize) -> String {
+    let ctx = 0xabcdefu64;
+    let mut s = String::new();
     // 11. linked context breakpoint
     let _ = write!(
         s,
@@ -142,27 +173,10 @@ pub fn debug_exceptions_program(
         mov64(0, 0x10_1ffb | (ctx_bpn as u64) << 16),
         mov64(1, ctx),
     );
-    let s = s.replace(
+    s.replace(
         "wp_ctx_store: strb w2, [x3]",
         &format!("{}wp_ctx_store: strb w2, [x3]", mov64(3, DATA_BASE + 8)),
-    );
-    let program = Program::assemble(CODE_BASE, &s)?;
-    let expected = vec![
-        (ESR_ELX_EC_BRK64, "sw_bp", None),
-        (ESR_ELX_EC_BREAKPT_CUR, "hw_bp1", None),
-        (ESR_ELX_EC_BREAKPT_CUR, "hw_bp2", None),
-        (ESR_ELX_EC_SVC64, "hw_bp2+4", None),
-        (ESR_ELX_EC_BREAKPT_CUR, "sw_bp2", None),
-        (ESR_ELX_EC_BRK64, "sw_bp2", None),
-        (ESR_ELX_EC_WATCHPT_CUR, "wp_store", Some("write_data")),
-        (ESR_ELX_EC_SOFTSTP_CUR, "ss_start", None),
-        (ESR_ELX_EC_SOFTSTP_CUR, "ss_start+4", None),
-        (ESR_ELX_EC_SOFTSTP_CUR, "ss_start+8", None),
-        (ESR_ELX_EC_BRK64, "os_sw_bp", None),
-        (ESR_ELX_EC_BREAKPT_CUR, "hw_bp_ctx", None),
-        (ESR_ELX_EC_WATCHPT_CUR, "wp_ctx_store", Some("write_data+8")),
-    ];
-    Ok((program, expected))
+    )
 }
 
 /// Resolve `label`, `label+N` and the data labels of [`debug_exceptions_program`].

@@ -28,6 +28,7 @@
 use std::fmt::Write as _;
 
 use hypdbg_hyp::Era;
+use hypdbg_hyp::access::AccessRecord;
 use hypdbg_model::DebugFeatures;
 use hypdbg_model::profiles::{PROFILES, by_name};
 use serde::Serialize;
@@ -246,21 +247,13 @@ enum Key {
     SweepBaseline(u8),
 }
 
-/// Measure and build the report.
-pub fn run(opts: &Options) -> Result<Report, BenchError> {
-    let started = std::time::Instant::now();
-    let budget = if opts.quick {
-        Budget::QUICK
-    } else {
-        Budget::NORMAL
-    };
-    let profiles: Vec<(&'static str, DebugFeatures)> = TABLE_PROFILES
-        .iter()
-        .map(|&n| Ok((n, by_name(n)?.features()?)))
-        .collect::<Result<_, BenchError>>()?;
+/// The workloads of the report, in timing order.
+type Workloads = Vec<Box<dyn Workload + Send>>;
 
+/// Every workload of the report, keyed.
+fn plan(profiles: &[(&'static str, DebugFeatures)]) -> Result<(Vec<Key>, Workloads), BenchError> {
     let mut keys = Vec::new();
-    let mut work: Vec<Box<dyn Workload + Send>> = Vec::new();
+    let mut work: Workloads = Vec::new();
     for (p, (_, f)) in profiles.iter().enumerate() {
         keys.push(Key::Baseline(p));
         work.push(Box::new(CopyBaseline::new(f)));
@@ -284,71 +277,113 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
             }
         }
     }
-    // The checking run of the same code, before timing (on a copy of each workload).
-    let mut accesses = Vec::with_capacity(work.len());
-    for w in work.iter_mut() {
-        accesses.push(w.accesses()?);
-    }
-    let timings = measure(&mut work, budget)?;
-    let timing = |k: Key| {
-        keys.iter()
+    Ok((keys, work))
+}
+
+/// What was measured, by key.
+struct Measured {
+    keys: Vec<Key>,
+    timings: Vec<Timing>,
+    accesses: Vec<Option<Vec<AccessRecord>>>,
+}
+
+impl Measured {
+    fn timing(&self, k: Key) -> Result<Timing, BenchError> {
+        self.keys
+            .iter()
             .position(|x| *x == k)
-            .and_then(|i| timings.get(i).copied())
+            .and_then(|i| self.timings.get(i).copied())
             .ok_or(BenchError::NoSamples)
-    };
-    let counts_of = |k: Key| {
-        keys.iter()
+    }
+
+    fn counts(&self, k: Key) -> AccessCounts {
+        self.keys
+            .iter()
             .position(|x| *x == k)
-            .and_then(|i| accesses.get(i).cloned().flatten())
+            .and_then(|i| self.accesses.get(i).cloned().flatten())
             .map(|log| AccessCounts::of(&log))
             .unwrap_or_default()
-    };
-
-    let mut rows = Vec::new();
-    for era in ERAS {
-        for (p, (name, f)) in profiles.iter().enumerate() {
-            let base = timing(Key::Baseline(p))?;
-            for state in SwitchState::ALL {
-                let t = timing(Key::Row(era, p, state, CopyShape::FallThrough))?;
-                let loop_t = match state {
-                    SwitchState::Dirty => Some(timing(Key::Row(era, p, state, CopyShape::Loop))?),
-                    SwitchState::Clean => None,
-                };
-                let c = counts_of(Key::Row(era, p, state, CopyShape::FallThrough));
-                let cycles = cost::modelled_cycles(&c);
-                rows.push(Row {
-                    flow: era,
-                    kernels: era.kernels(),
-                    profile: name,
-                    same_counts: PROFILES
-                        .iter()
-                        .filter(|q| q.name != *name)
-                        .filter(|q| {
-                            q.features().is_ok_and(|g| {
-                                (g.num_brps(), g.num_wrps()) == (f.num_brps(), f.num_wrps())
-                            })
-                        })
-                        .map(|q| q.name)
-                        .collect(),
-                    brps: f.num_brps(),
-                    wrps: f.num_wrps(),
-                    state,
-                    round_trip: t,
-                    loop_round_trip: loop_t,
-                    copy_baseline_ns: base.median_ns,
-                    copy_baseline_bytes: CopyBaseline::new(f).bytes(),
-                    ratio_to_copy: t.median_ns / base.median_ns,
-                    debug_state_moves: c.debug_state_moves(),
-                    accesses: c,
-                    modelled_cycles: cycles,
-                    shares: cost::shares(cycles),
-                });
-            }
-        }
     }
 
-    let mut sweep = Vec::new();
-    let series = |flow: &'static str, state: &'static str, points: Vec<SweepPoint>| {
+    /// The profiles other than `name` with the same counts as `f`.
+    fn same_counts(name: &str, f: &DebugFeatures) -> Vec<&'static str> {
+        PROFILES
+            .iter()
+            .filter(|q| q.name != name)
+            .filter(|q| q.features().is_ok_and(|g| g.same_counts(f)))
+            .map(|q| q.name)
+            .collect()
+    }
+
+    /// One row per flow, profile and state.
+    fn rows(&self, profiles: &[(&'static str, DebugFeatures)]) -> Result<Vec<Row>, BenchError> {
+        let mut rows = Vec::new();
+        for era in ERAS {
+            for (p, (name, f)) in profiles.iter().enumerate() {
+                let base = self.timing(Key::Baseline(p))?;
+                for state in SwitchState::ALL {
+                    let t = self.timing(Key::Row(era, p, state, CopyShape::FallThrough))?;
+                    let loop_t = match state {
+                        SwitchState::Dirty => {
+                            Some(self.timing(Key::Row(era, p, state, CopyShape::Loop))?)
+                        }
+                        SwitchState::Clean => None,
+                    };
+                    let c = self.counts(Key::Row(era, p, state, CopyShape::FallThrough));
+                    let cycles = cost::modelled_cycles(&c);
+                    rows.push(Row {
+                        flow: era,
+                        kernels: era.kernels(),
+                        profile: name,
+                        same_counts: Self::same_counts(name, f),
+                        brps: f.num_brps(),
+                        wrps: f.num_wrps(),
+                        state,
+                        round_trip: t,
+                        loop_round_trip: loop_t,
+                        copy_baseline_ns: base.median_ns,
+                        copy_baseline_bytes: CopyBaseline::new(f).bytes(),
+                        ratio_to_copy: t.median_ns / base.median_ns,
+                        debug_state_moves: c.debug_state_moves(),
+                        accesses: c,
+                        modelled_cycles: cycles,
+                        shares: cost::shares(cycles),
+                    });
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// The n = 2..16 series per flow and state, and the copy baseline's, each fitted.
+    fn sweep(&self) -> Result<Vec<SweepSeries>, BenchError> {
+        let points_of = |key: &dyn Fn(u8) -> Key| {
+            SWEEP
+                .map(|n| {
+                    self.timing(key(n)).map(|t| SweepPoint {
+                        count: n,
+                        ns: t.median_ns,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let mut sweep = Vec::new();
+        for era in ERAS {
+            for state in SwitchState::ALL {
+                let points = points_of(&|n| Key::Sweep(era, n, state))?;
+                sweep.push(SweepSeries::fitted(era.name(), state.name(), points));
+            }
+        }
+        let points = points_of(&Key::SweepBaseline)?;
+        sweep.push(SweepSeries::fitted("copy", "baseline", points));
+        Ok(sweep)
+    }
+}
+
+impl SweepSeries {
+    /// A series with its least-squares line (per register: 4 moves; per move: 16 of a
+    /// round trip's registers).
+    fn fitted(flow: &'static str, state: &'static str, points: Vec<SweepPoint>) -> Self {
         let xy: Vec<(f64, f64)> = points.iter().map(|p| (f64::from(p.count), p.ns)).collect();
         let fit = least_squares(&xy);
         SweepSeries {
@@ -359,32 +394,37 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
             slope_ns_per_register: fit.map(|f| f.slope / 4.0),
             slope_ns_per_move: fit.map(|f| f.slope / 16.0),
         }
-    };
-    for era in ERAS {
-        for state in SwitchState::ALL {
-            let points = SWEEP
-                .map(|n| {
-                    timing(Key::Sweep(era, n, state)).map(|t| SweepPoint {
-                        count: n,
-                        ns: t.median_ns,
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            sweep.push(series(era.name(), state.name(), points));
-        }
     }
-    let points = SWEEP
-        .map(|n| {
-            timing(Key::SweepBaseline(n)).map(|t| SweepPoint {
-                count: n,
-                ns: t.median_ns,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    sweep.push(series("copy", "baseline", points));
+}
 
-    let targets = targets(&rows, &sweep)?;
+/// Measure and build the report.
+pub fn run(opts: &Options) -> Result<Report, BenchError> {
+    let started = std::time::Instant::now();
+    let budget = if opts.quick {
+        Budget::QUICK
+    } else {
+        Budget::NORMAL
+    };
+    let profiles: Vec<(&'static str, DebugFeatures)> = TABLE_PROFILES
+        .iter()
+        .map(|&n| Ok((n, by_name(n)?.features()?)))
+        .collect::<Result<_, BenchError>>()?;
+    let (keys, mut work) = plan(&profiles)?;
+    // The checking run of the same code, before timing (on a copy of each workload).
+    let mut accesses = Vec::with_capacity(work.len());
+    for w in work.iter_mut() {
+        accesses.push(w.accesses()?);
+    }
+    let timings = measure(&mut work, budget)?;
     let min_batches = timings.iter().map(|t| t.batches).min().unwrap_or(0);
+    let m = Measured {
+        keys,
+        timings,
+        accesses,
+    };
+    let rows = m.rows(&profiles)?;
+    let sweep = m.sweep()?;
+    let targets = targets(&rows, &sweep)?;
     Ok(Report {
         schema: SCHEMA,
         quick: opts.quick,
@@ -530,6 +570,15 @@ impl Report {
     /// The human-readable report.
     pub fn to_text(&self) -> String {
         let mut o = String::new();
+        self.text_header(&mut o);
+        self.text_tables(&mut o);
+        self.text_growth(&mut o);
+        self.text_targets_and_costs(&mut o);
+        o
+    }
+
+    /// The machine, the method and the cost model's caveats.
+    fn text_header(&self, o: &mut String) {
         let m = &self.machine;
         let _ = writeln!(
             o,
@@ -556,6 +605,10 @@ impl Report {
             self.cost_model.assumed_clock_ghz,
             self.cost_model.altra_null_hypercall_ns
         );
+    }
+
+    /// One table per flow, then which profiles stand for which.
+    fn text_tables(&self, o: &mut String) {
         for era in ERAS {
             let _ = writeln!(o);
             let _ = writeln!(o, "{era} ({})", era.kernels());
@@ -611,6 +664,10 @@ impl Report {
         if !same.is_empty() {
             let _ = writeln!(o, "\n(same counts: {})", same.join("; "));
         }
+    }
+
+    /// The fitted lines of the count sweep.
+    fn text_growth(&self, o: &mut String) {
         let _ = writeln!(
             o,
             "\ngrowth with the implemented count n (n breakpoints and n watchpoints, n = {}..={}):",
@@ -637,6 +694,10 @@ impl Report {
                 }
             }
         }
+    }
+
+    /// The targets' verdicts, the cost table and the published references.
+    fn text_targets_and_costs(&self, o: &mut String) {
         let _ = writeln!(o, "\ntargets:");
         for t in &self.targets {
             let _ = writeln!(
@@ -668,6 +729,5 @@ impl Report {
              hardware time; compare them with each other and with the copy baseline.",
             self.cost_model.altra_null_hypercall_ns, self.cost_model.xgene_hypercall_cycles
         );
-        o
     }
 }

@@ -99,14 +99,24 @@ fn fmt_tick(v: f64, step: f64) -> String {
     }
 }
 
-impl Chart {
-    /// Render as a standalone SVG document. The y axis starts at 0 (costs are compared by
-    /// height); the x axis spans the data.
-    pub fn to_svg(&self) -> Result<String, SvgError> {
+/// The plotting area: the data ranges and where they land.
+struct Frame {
+    x0: f64,
+    x1: f64,
+    y1: f64,
+    xstep: f64,
+    ystep: f64,
+    pw: f64,
+    ph: f64,
+}
+
+impl Frame {
+    /// The frame of `series` (y from 0; x over the data): every value finite, at least one.
+    fn of(series: &[Series]) -> Result<Frame, SvgError> {
         let mut xs = (f64::INFINITY, f64::NEG_INFINITY);
         let mut ymax = 0.0f64;
         let mut any = false;
-        for s in &self.series {
+        for s in series {
             for &(x, y) in &s.points {
                 if !x.is_finite() || !y.is_finite() {
                     return Err(SvgError::NonFinite {
@@ -126,13 +136,147 @@ impl Chart {
             x1 = x0 + 1.0;
         }
         let ystep = nice_step(if ymax > 0.0 { ymax } else { 1.0 }, 6.0);
-        let y1 = ((ymax / ystep).ceil() * ystep).max(ystep);
-        let xstep = nice_step(x1 - x0, 8.0).max(if x1 - x0 >= 2.0 { 1.0 } else { 0.0 });
-        let pw = WIDTH - LEFT - RIGHT;
-        let ph = HEIGHT - TOP - BOTTOM;
-        let px = |x: f64| LEFT + (x - x0) / (x1 - x0) * pw;
-        let py = |y: f64| TOP + ph - (y / y1) * ph;
+        Ok(Frame {
+            x0,
+            x1,
+            y1: ((ymax / ystep).ceil() * ystep).max(ystep),
+            xstep: nice_step(x1 - x0, 8.0).max(if x1 - x0 >= 2.0 { 1.0 } else { 0.0 }),
+            ystep,
+            pw: WIDTH - LEFT - RIGHT,
+            ph: HEIGHT - TOP - BOTTOM,
+        })
+    }
 
+    fn px(&self, x: f64) -> f64 {
+        LEFT + (x - self.x0) / (self.x1 - self.x0) * self.pw
+    }
+
+    fn py(&self, y: f64) -> f64 {
+        TOP + self.ph - (y / self.y1) * self.ph
+    }
+
+    /// Grid lines and y ticks.
+    fn y_axis(&self, o: &mut String) {
+        let _ = writeln!(o, r#"<g class="y-axis">"#);
+        let mut y = 0.0;
+        while y <= self.y1 + self.ystep / 2.0 {
+            let yy = self.py(y);
+            let _ = writeln!(
+                o,
+                r##"<line x1="{LEFT}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#dddddd"/>"##,
+                LEFT + self.pw
+            );
+            let _ = writeln!(
+                o,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                LEFT - 6.0,
+                yy + 4.0,
+                fmt_tick(y, self.ystep)
+            );
+            y += self.ystep;
+        }
+        let _ = writeln!(o, "</g>");
+    }
+
+    /// X ticks.
+    fn x_axis(&self, o: &mut String) {
+        let _ = writeln!(o, r#"<g class="x-axis">"#);
+        let mut x = (self.x0 / self.xstep).ceil() * self.xstep;
+        let bottom = TOP + self.ph;
+        while x <= self.x1 + self.xstep / 1e6 {
+            let xx = self.px(x);
+            let _ = writeln!(
+                o,
+                r#"<line x1="{xx:.1}" y1="{bottom:.1}" x2="{xx:.1}" y2="{:.1}" stroke="black"/>"#,
+                bottom + 5.0
+            );
+            let _ = writeln!(
+                o,
+                r#"<text x="{xx:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                bottom + 18.0,
+                fmt_tick(x, self.xstep)
+            );
+            x += self.xstep;
+        }
+        let _ = writeln!(o, "</g>");
+    }
+
+    /// The two axes and their labels.
+    fn axes(&self, o: &mut String, x_label: &str, y_label: &str) {
+        let bottom = TOP + self.ph;
+        let _ = writeln!(
+            o,
+            r#"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{bottom:.1}" stroke="black"/>"#
+        );
+        let _ = writeln!(
+            o,
+            r#"<line x1="{LEFT}" y1="{bottom:.1}" x2="{:.1}" y2="{bottom:.1}" stroke="black"/>"#,
+            LEFT + self.pw
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            LEFT + self.pw / 2.0,
+            HEIGHT - 15.0,
+            escape(x_label)
+        );
+        let mid = TOP + self.ph / 2.0;
+        let _ = writeln!(
+            o,
+            r#"<text x="20" y="{mid:.1}" text-anchor="middle" transform="rotate(-90 20 {mid:.1})">{}</text>"#,
+            escape(y_label)
+        );
+    }
+
+    /// Series `i`: its line, its points and its legend entry.
+    fn series(&self, o: &mut String, i: usize, s: &Series) {
+        let colour = COLOURS[i % COLOURS.len()];
+        let dash = if s.dashed {
+            r#" stroke-dasharray="6 4""#
+        } else {
+            ""
+        };
+        let pts: Vec<String> = s
+            .points
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", self.px(x), self.py(y)))
+            .collect();
+        let _ = writeln!(
+            o,
+            r#"<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="{}"><title>{}</title></polyline>"#,
+            pts.join(" "),
+            escape(&s.label)
+        );
+        for &(x, y) in &s.points {
+            let _ = writeln!(
+                o,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{colour}"/>"#,
+                self.px(x),
+                self.py(y)
+            );
+        }
+        let ly = TOP + 10.0 + 20.0 * i as f64;
+        let lx = LEFT + self.pw + 20.0;
+        let _ = writeln!(
+            o,
+            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="2"{dash}/>"#,
+            lx + 24.0
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+            lx + 30.0,
+            ly + 4.0,
+            escape(&s.label)
+        );
+    }
+}
+
+impl Chart {
+    /// Render as a standalone SVG document. The y axis starts at 0 (costs are compared by
+    /// height); the x axis spans the data.
+    pub fn to_svg(&self) -> Result<String, SvgError> {
+        let f = Frame::of(&self.series)?;
         let mut o = String::new();
         let _ = writeln!(o, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
         let _ = writeln!(
@@ -147,118 +291,14 @@ impl Chart {
         let _ = writeln!(
             o,
             r#"<text x="{}" y="28" text-anchor="middle" font-size="15" font-weight="bold">{}</text>"#,
-            LEFT + pw / 2.0,
+            LEFT + f.pw / 2.0,
             escape(&self.title)
         );
-        // Grid and y ticks.
-        let _ = writeln!(o, r#"<g class="y-axis">"#);
-        let mut y = 0.0;
-        while y <= y1 + ystep / 2.0 {
-            let yy = py(y);
-            let _ = writeln!(
-                o,
-                r##"<line x1="{LEFT}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#dddddd"/>"##,
-                LEFT + pw
-            );
-            let _ = writeln!(
-                o,
-                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-                LEFT - 6.0,
-                yy + 4.0,
-                fmt_tick(y, ystep)
-            );
-            y += ystep;
-        }
-        let _ = writeln!(o, "</g>");
-        // X ticks.
-        let _ = writeln!(o, r#"<g class="x-axis">"#);
-        let first = (x0 / xstep).ceil() * xstep;
-        let mut x = first;
-        while x <= x1 + xstep / 1e6 {
-            let xx = px(x);
-            let _ = writeln!(
-                o,
-                r#"<line x1="{xx:.1}" y1="{:.1}" x2="{xx:.1}" y2="{:.1}" stroke="black"/>"#,
-                TOP + ph,
-                TOP + ph + 5.0
-            );
-            let _ = writeln!(
-                o,
-                r#"<text x="{xx:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-                TOP + ph + 18.0,
-                fmt_tick(x, xstep)
-            );
-            x += xstep;
-        }
-        let _ = writeln!(o, "</g>");
-        // Axes.
-        let _ = writeln!(
-            o,
-            r#"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{:.1}" stroke="black"/>"#,
-            TOP + ph
-        );
-        let _ = writeln!(
-            o,
-            r#"<line x1="{LEFT}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="black"/>"#,
-            TOP + ph,
-            LEFT + pw,
-            TOP + ph
-        );
-        let _ = writeln!(
-            o,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            LEFT + pw / 2.0,
-            HEIGHT - 15.0,
-            escape(&self.x_label)
-        );
-        let _ = writeln!(
-            o,
-            r#"<text x="20" y="{:.1}" text-anchor="middle" transform="rotate(-90 20 {:.1})">{}</text>"#,
-            TOP + ph / 2.0,
-            TOP + ph / 2.0,
-            escape(&self.y_label)
-        );
-        // Lines and legend.
+        f.y_axis(&mut o);
+        f.x_axis(&mut o);
+        f.axes(&mut o, &self.x_label, &self.y_label);
         for (i, s) in self.series.iter().enumerate() {
-            let colour = COLOURS[i % COLOURS.len()];
-            let dash = if s.dashed {
-                r#" stroke-dasharray="6 4""#
-            } else {
-                ""
-            };
-            let pts: Vec<String> = s
-                .points
-                .iter()
-                .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
-                .collect();
-            let _ = writeln!(
-                o,
-                r#"<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="{}"><title>{}</title></polyline>"#,
-                pts.join(" "),
-                escape(&s.label)
-            );
-            for &(x, y) in &s.points {
-                let _ = writeln!(
-                    o,
-                    r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{colour}"/>"#,
-                    px(x),
-                    py(y)
-                );
-            }
-            let ly = TOP + 10.0 + 20.0 * i as f64;
-            let lx = LEFT + pw + 20.0;
-            let _ = writeln!(
-                o,
-                r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="2"{dash}/>"#,
-                lx + 24.0
-            );
-            let _ = writeln!(
-                o,
-                r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
-                lx + 30.0,
-                ly + 4.0,
-                escape(&s.label)
-            );
+            f.series(&mut o, i, s);
         }
         o.push_str("</svg>\n");
         Ok(o)

@@ -28,6 +28,23 @@ pub(super) fn debug_moves(accesses: &[AccessRecord]) -> usize {
 }
 
 impl Checker {
+    /// A violation seen in a live register while the guest ran on `pcpu`.
+    fn live_violation(
+        &mut self,
+        inv: Invariant,
+        vcpu: usize,
+        pcpu: usize,
+        register: &str,
+        live: u64,
+        message: String,
+    ) {
+        self.violation(inv, vcpu, message)
+            .cpu(pcpu)
+            .register(register)
+            .actual(live)
+            .push();
+    }
+
     pub(super) fn on_entered(
         &mut self,
         vcpu: usize,
@@ -171,11 +188,7 @@ impl Checker {
                 "the guest owns its debug registers but MDCR_EL2 = {:#x} still traps them (TDA): every access exits to EL2",
                 live.mdcr_el2
             );
-            self.violation(Invariant::Lazy, vcpu, msg)
-                .cpu(pcpu)
-                .register("MDCR_EL2")
-                .actual(live.mdcr_el2)
-                .push();
+            self.live_violation(Invariant::Lazy, vcpu, pcpu, "MDCR_EL2", live.mdcr_el2, msg);
         }
     }
 
@@ -204,11 +217,7 @@ impl Checker {
                 "the guest's debug registers are not loaded but MDCR_EL2 = {:#x} does not trap them (TDA clear): a first use would be missed",
                 live.mdcr_el2
             );
-            self.violation(Invariant::Lazy, vcpu, msg)
-                .cpu(pcpu)
-                .register("MDCR_EL2")
-                .actual(live.mdcr_el2)
-                .push();
+            self.live_violation(Invariant::Lazy, vcpu, pcpu, "MDCR_EL2", live.mdcr_el2, msg);
         }
     }
 
@@ -252,11 +261,7 @@ impl Checker {
         for (broken, inv, asked, bit) in rules {
             if broken {
                 let msg = format!("{asked} ran with MDSCR_EL1 = {mdscr:#x} ({bit})");
-                self.violation(inv, vcpu, msg)
-                    .cpu(pcpu)
-                    .register("MDSCR_EL1")
-                    .actual(mdscr)
-                    .push();
+                self.live_violation(inv, vcpu, pcpu, "MDSCR_EL1", mdscr, msg);
             }
         }
     }
@@ -268,11 +273,7 @@ impl Checker {
             let msg = format!(
                 "userspace debugs the guest but MDCR_EL2 = {mdcr:#x} has TDE clear: debug events stay in the guest"
             );
-            self.violation(Invariant::EventDelivery, vcpu, msg)
-                .cpu(pcpu)
-                .register("MDCR_EL2")
-                .actual(mdcr)
-                .push();
+            self.live_violation(Invariant::EventDelivery, vcpu, pcpu, "MDCR_EL2", mdcr, msg);
         }
     }
 

@@ -146,30 +146,41 @@ pub fn evaluate(
     outcome: &ActionResult,
     exceptions_before: usize,
 ) -> Result<(), Difference> {
+    check_error(e, outcome)?;
+    check_exit(probe, e, outcome)?;
+    check_registers(probe, v, e)?;
+    check_memory(probe, e)?;
+    check_all_exceptions(probe, v, e, exceptions_before)
+}
+
+/// `error`: the action failed with that text, or (absent) it succeeded.
+fn check_error(e: &Expect, outcome: &ActionResult) -> Result<(), Difference> {
     match (&e.error, outcome) {
-        (Some(want), Ok(o)) => {
-            return Err(diff(
-                key("error"),
-                format!(
-                    "expected the action to fail with \"{want}\", but it succeeded: {}",
-                    o.text
-                ),
-            ));
-        }
+        (Some(want), Ok(o)) => Err(diff(
+            key("error"),
+            format!(
+                "expected the action to fail with \"{want}\", but it succeeded: {}",
+                o.text
+            ),
+        )),
         (Some(want), Err(f)) => {
             let msg = f.to_string();
-            if !msg.contains(want.as_str()) {
-                return Err(diff(
+            if msg.contains(want.as_str()) {
+                Ok(())
+            } else {
+                Err(diff(
                     key("error"),
                     format!("expected an error containing \"{want}\", got: {msg}"),
-                ));
+                ))
             }
         }
-        (None, Err(f)) => {
-            return Err(diff(Vec::new(), format!("the action failed: {f}")));
-        }
-        (None, Ok(_)) => {}
+        (None, Err(f)) => Err(diff(Vec::new(), format!("the action failed: {f}"))),
+        (None, Ok(_)) => Ok(()),
     }
+}
+
+/// `exit`, `hvc`, `ec`, `far`, `stops`: how the running action ended.
+fn check_exit(probe: &dyn Probe, e: &Expect, outcome: &ActionResult) -> Result<(), Difference> {
     let exit = outcome.as_ref().ok().and_then(|o| o.exit);
     let exit_words = exit.map_or("no exit".to_string(), |x| x.to_string());
     if let Some(k) = e.exit
@@ -224,6 +235,11 @@ pub fn evaluate(
             ));
         }
     }
+    Ok(())
+}
+
+/// `pc` and `regs`, read with KVM_GET_ONE_REG.
+fn check_registers(probe: &mut dyn Probe, v: usize, e: &Expect) -> Result<(), Difference> {
     if let Some(pv) = &e.pc {
         let want = resolve(probe, &key("pc"), pv)?;
         let got = probe
@@ -254,6 +270,11 @@ pub fn evaluate(
             ));
         }
     }
+    Ok(())
+}
+
+/// `memory`: guest bytes.
+fn check_memory(probe: &mut dyn Probe, e: &Expect) -> Result<(), Difference> {
     for (k, m) in e.memory.iter().enumerate() {
         let f = vec![Seg::Key("memory".into()), Seg::Index(k)];
         let a = resolve(probe, &f, &m.addr)?;
@@ -274,15 +295,26 @@ pub fn evaluate(
             ));
         }
     }
-    if e.exceptions.is_some() || e.all_exceptions.is_some() {
-        let all = exception_tuples(&probe.exceptions(v));
-        if let Some(want) = &e.exceptions {
-            let new = all.get(exceptions_before..).unwrap_or(&[]);
-            compare_exceptions(probe, "exceptions", want, new, "during this action")?;
-        }
-        if let Some(want) = &e.all_exceptions {
-            compare_exceptions(probe, "all_exceptions", want, &all, "since the start")?;
-        }
+    Ok(())
+}
+
+/// `exceptions` (during this action) and `all_exceptions` (since the start).
+fn check_all_exceptions(
+    probe: &dyn Probe,
+    v: usize,
+    e: &Expect,
+    exceptions_before: usize,
+) -> Result<(), Difference> {
+    if e.exceptions.is_none() && e.all_exceptions.is_none() {
+        return Ok(());
+    }
+    let all = exception_tuples(&probe.exceptions(v));
+    if let Some(want) = &e.exceptions {
+        let new = all.get(exceptions_before..).unwrap_or(&[]);
+        compare_exceptions(probe, "exceptions", want, new, "during this action")?;
+    }
+    if let Some(want) = &e.all_exceptions {
+        compare_exceptions(probe, "all_exceptions", want, &all, "since the start")?;
     }
     Ok(())
 }

@@ -331,11 +331,55 @@ impl TraceContext<'_> {
             text,
         };
         match e {
+            Event::SetGuestDebug { vcpu, .. }
+            | Event::SetOneReg { vcpu, .. }
+            | Event::GetOneReg { vcpu, .. }
+            | Event::Inject { vcpu, .. } => {
+                out.push(ev(None, *vcpu, "userspace", self.userspace_words(e)));
+            }
+            Event::UserExit { vcpu, exit } => out.push(ev(
+                None,
+                *vcpu,
+                "KVM_RUN",
+                format!("returns to userspace: {exit}"),
+            )),
+            Event::Load { vcpu, pcpu, state } => out.push(ev(
+                Some(*pcpu),
+                *vcpu,
+                "kvm_arch_vcpu_load",
+                self.state_words(state),
+            )),
+            Event::Put { vcpu, pcpu, state } => out.push(ev(
+                Some(*pcpu),
+                *vcpu,
+                "kvm_arch_vcpu_put",
+                self.state_words(state),
+            )),
+            Event::BeforeEntry {
+                vcpu, pcpu, state, ..
+            } => out.push(ev(
+                Some(*pcpu),
+                *vcpu,
+                "kvm_arm_setup_debug",
+                self.state_words(state),
+            )),
+            Event::Guest { vcpu, what } => {
+                out.push(ev(running_on, *vcpu, "guest", self.guest_words(what)));
+            }
+            Event::Trap { vcpu, .. } => {
+                out.push(ev(running_on, *vcpu, "kvm_handle_sys_reg", trap_words(e)));
+            }
+            Event::Entered { .. } | Event::Exited { .. } | Event::HypPanic { .. } => {
+                self.switch_records(seq, e, out)
+            }
+        }
+    }
+
+    /// What userspace asked of KVM (an ioctl, or an injected exception), in words.
+    fn userspace_words(&self, e: &Event) -> String {
+        match e {
             Event::SetGuestDebug {
-                vcpu,
-                control,
-                arch,
-                ok,
+                control, arch, ok, ..
             } => {
                 let mut t = format!(
                     "KVM_SET_GUEST_DEBUG control={}",
@@ -351,89 +395,43 @@ impl TraceContext<'_> {
                 if !ok {
                     t.push_str(" -> refused (-EINVAL)");
                 }
-                out.push(ev(None, *vcpu, "userspace", t));
+                t
             }
-            Event::SetOneReg { vcpu, reg, value } => out.push(ev(
-                None,
-                *vcpu,
-                "userspace",
-                format!("KVM_SET_ONE_REG {reg} = {value:#x}"),
-            )),
-            Event::GetOneReg { vcpu, reg, value } => out.push(ev(
-                None,
-                *vcpu,
-                "userspace",
-                format!("KVM_GET_ONE_REG {reg} -> {value:#x}"),
-            )),
-            Event::Load { vcpu, pcpu, state } => out.push(ev(
-                Some(*pcpu),
-                *vcpu,
-                "kvm_arch_vcpu_load",
-                self.state_words(state),
-            )),
-            Event::Put { vcpu, pcpu, state } => out.push(ev(
-                Some(*pcpu),
-                *vcpu,
-                "kvm_arch_vcpu_put",
-                self.state_words(state),
-            )),
-            Event::Inject { vcpu, esr, far } => {
+            Event::SetOneReg { reg, value, .. } => format!("KVM_SET_ONE_REG {reg} = {value:#x}"),
+            Event::GetOneReg { reg, value, .. } => format!("KVM_GET_ONE_REG {reg} -> {value:#x}"),
+            Event::Inject { esr, far, .. } => {
                 let mut t = format!("inject {} into the guest", esr_words(*esr));
                 if let Some(f) = far {
                     let _ = write!(t, ", FAR_EL1={}", self.addr(*f));
                 }
-                out.push(ev(None, *vcpu, "userspace", t));
+                t
             }
-            Event::BeforeEntry {
-                vcpu, pcpu, state, ..
-            } => out.push(ev(
-                Some(*pcpu),
-                *vcpu,
-                "kvm_arm_setup_debug",
-                self.state_words(state),
-            )),
+            _ => String::new(),
+        }
+    }
+
+    /// A world switch: the entry, exit or hyp panic line, its register accesses grouped
+    /// under the kernel function that made them, and what the guest runs with or the host got.
+    fn switch_records(&self, seq: usize, e: &Event, out: &mut Vec<Record>) {
+        let ev = |cpu: usize, vcpu: usize, func: &str, text: String| Record::Event {
+            seq,
+            cpu: Some(cpu),
+            vcpu,
+            func: func.to_string(),
+            text,
+        };
+        match e {
             Event::Entered {
                 vcpu,
                 pcpu,
                 live,
                 accesses,
             } => {
-                out.push(ev(
-                    Some(*pcpu),
-                    *vcpu,
-                    "__kvm_vcpu_run",
-                    format!("switch to the guest: {}", moves_words(accesses)),
-                ));
+                let text = format!("switch to the guest: {}", moves_words(accesses));
+                out.push(ev(*pcpu, *vcpu, "__kvm_vcpu_run", text));
                 access_records(seq, *pcpu, *vcpu, accesses, out);
-                out.push(ev(
-                    Some(*pcpu),
-                    *vcpu,
-                    "__kvm_vcpu_run",
-                    self.live_words(&live.regs),
-                ));
-            }
-            Event::Guest { vcpu, what } => {
-                out.push(ev(running_on, *vcpu, "guest", self.guest_words(what)));
-            }
-            Event::Trap {
-                vcpu,
-                reg,
-                is_write,
-                value,
-                undef,
-            } => {
-                let r = reg.map_or("an unknown register".to_string(), |r| r.to_string());
-                let t = if *undef {
-                    format!(
-                        "{} {r}: UNDEFINED, an exception is injected",
-                        if *is_write { "MSR" } else { "MRS" }
-                    )
-                } else if *is_write {
-                    format!("emulate MSR {r}, {value:#x}")
-                } else {
-                    format!("emulate MRS {r} -> {value:#x}")
-                };
-                out.push(ev(running_on, *vcpu, "kvm_handle_sys_reg", t));
+                let live = self.live_words(&live.regs);
+                out.push(ev(*pcpu, *vcpu, "__kvm_vcpu_run", live));
             }
             Event::Exited {
                 vcpu,
@@ -444,23 +442,15 @@ impl TraceContext<'_> {
                 state,
                 ..
             } => {
-                out.push(ev(
-                    Some(*pcpu),
-                    *vcpu,
-                    "__kvm_vcpu_run",
-                    format!(
-                        "exit after {instructions} instruction(s): {}; switch to the host: {}",
-                        self.reason_words(reason),
-                        moves_words(accesses)
-                    ),
-                ));
+                let text = format!(
+                    "exit after {instructions} instruction(s): {}; switch to the host: {}",
+                    self.reason_words(reason),
+                    moves_words(accesses)
+                );
+                out.push(ev(*pcpu, *vcpu, "__kvm_vcpu_run", text));
                 access_records(seq, *pcpu, *vcpu, accesses, out);
-                out.push(ev(
-                    Some(*pcpu),
-                    *vcpu,
-                    "__kvm_vcpu_run",
-                    format!("back in the host: {}", self.state_words(state)),
-                ));
+                let back = format!("back in the host: {}", self.state_words(state));
+                out.push(ev(*pcpu, *vcpu, "__kvm_vcpu_run", back));
             }
             Event::HypPanic {
                 vcpu,
@@ -468,21 +458,37 @@ impl TraceContext<'_> {
                 fault,
                 accesses,
             } => {
-                out.push(ev(
-                    Some(*pcpu),
-                    *vcpu,
-                    "hyp_panic",
-                    format!("the world switch faulted: {fault}"),
-                ));
+                let text = format!("the world switch faulted: {fault}");
+                out.push(ev(*pcpu, *vcpu, "hyp_panic", text));
                 access_records(seq, *pcpu, *vcpu, accesses, out);
             }
-            Event::UserExit { vcpu, exit } => out.push(ev(
-                None,
-                *vcpu,
-                "KVM_RUN",
-                format!("returns to userspace: {exit}"),
-            )),
+            _ => {}
         }
+    }
+}
+
+/// What `kvm_handle_sys_reg` did with a trapped access, in words.
+fn trap_words(e: &Event) -> String {
+    let Event::Trap {
+        reg,
+        is_write,
+        value,
+        undef,
+        ..
+    } = e
+    else {
+        return String::new();
+    };
+    let r = reg.map_or("an unknown register".to_string(), |r| r.to_string());
+    if *undef {
+        format!(
+            "{} {r}: UNDEFINED, an exception is injected",
+            if *is_write { "MSR" } else { "MRS" }
+        )
+    } else if *is_write {
+        format!("emulate MSR {r}, {value:#x}")
+    } else {
+        format!("emulate MRS {r} -> {value:#x}")
     }
 }
 
@@ -553,52 +559,7 @@ impl TextRenderer {
 
     /// The text of one record (one or more lines, each ending in a newline).
     pub fn render(&mut self, r: &Record) -> String {
-        let mut s = String::new();
-        if !matches!(r, Record::Access { .. }) {
-            self.group = None;
-        }
         match r {
-            Record::Start {
-                file,
-                scenario,
-                flow,
-                era,
-                cpus,
-                vcpus,
-            } => {
-                let _ = writeln!(
-                    s,
-                    "# hypdbg run {file}: scenario '{scenario}', flow {flow} ({era}), {} physical CPU(s): {}, {vcpus} vcpu(s)",
-                    cpus.len(),
-                    cpus.join(", ")
-                );
-                let _ = writeln!(s, "{}", Self::header());
-            }
-            Record::Action {
-                action,
-                location,
-                vcpu,
-                op,
-            } => {
-                let _ = writeln!(
-                    s,
-                    "{} userspace: ==== action {action} `{op}` at {location}",
-                    prefix(None, None, Some(*vcpu))
-                );
-            }
-            Record::Event {
-                seq,
-                cpu,
-                vcpu,
-                func,
-                text,
-            } => {
-                let _ = writeln!(
-                    s,
-                    "{}  {func}: {text}",
-                    prefix(Some(*seq), *cpu, Some(*vcpu))
-                );
-            }
             Record::Access {
                 seq,
                 cpu,
@@ -608,6 +569,7 @@ impl TextRenderer {
                 reg,
                 value,
             } => {
+                let mut s = String::new();
                 let p = prefix(Some(*seq), Some(*cpu), Some(*vcpu));
                 let key = (*seq, func.clone());
                 if self.group.as_ref() != Some(&key) {
@@ -616,60 +578,95 @@ impl TextRenderer {
                 }
                 let dir = if access == "write" { "write" } else { "read " };
                 let _ = writeln!(s, "{p}      {dir} {reg:<15} = {value}");
+                s
             }
-            Record::Violation {
-                seq,
-                action,
-                location,
-                vcpu,
-                cpu,
-                invariant,
-                message,
-                expected_by_file,
-                ..
-            } => {
-                let tag = if *expected_by_file {
-                    "VIOLATION (expected by the file)"
-                } else {
-                    "VIOLATION"
-                };
-                let _ = writeln!(
-                    s,
-                    "{}  !!! {tag} {invariant} (action {action} at {location}): {message}",
-                    prefix(Some(*seq), *cpu, Some(*vcpu))
-                );
-            }
-            Record::Done {
-                action,
-                location,
-                ok,
-                text,
-            } => {
-                let _ = writeln!(
-                    s,
-                    "{} userspace: action {action} {}: {text} ({location})",
-                    prefix(None, None, None),
-                    if *ok { "done" } else { "FAILED" }
-                );
-            }
-            Record::Expectation {
-                action,
-                location,
-                met,
-                difference,
-            } => {
-                let _ = writeln!(
-                    s,
-                    "{} userspace: action {action} expectation {} ({location}){}",
-                    prefix(None, None, None),
-                    if *met { "met" } else { "NOT MET" },
-                    difference
-                        .as_ref()
-                        .map(|d| format!(": {d}"))
-                        .unwrap_or_default()
-                );
+            other => {
+                self.group = None;
+                line(other)
             }
         }
-        s
+    }
+}
+
+/// The text of a record other than a register access.
+fn line(r: &Record) -> String {
+    let anon = prefix(None, None, None);
+    match r {
+        Record::Start {
+            file,
+            scenario,
+            flow,
+            era,
+            cpus,
+            vcpus,
+        } => format!(
+            "# hypdbg run {file}: scenario '{scenario}', flow {flow} ({era}), {} physical CPU(s): {}, {vcpus} vcpu(s)\n{}\n",
+            cpus.len(),
+            cpus.join(", "),
+            TextRenderer::header()
+        ),
+        Record::Action {
+            action,
+            location,
+            vcpu,
+            op,
+        } => format!(
+            "{} userspace: ==== action {action} `{op}` at {location}\n",
+            prefix(None, None, Some(*vcpu))
+        ),
+        Record::Event {
+            seq,
+            cpu,
+            vcpu,
+            func,
+            text,
+        } => format!(
+            "{}  {func}: {text}\n",
+            prefix(Some(*seq), *cpu, Some(*vcpu))
+        ),
+        Record::Violation {
+            seq,
+            action,
+            location,
+            vcpu,
+            cpu,
+            invariant,
+            message,
+            expected_by_file,
+            ..
+        } => {
+            let tag = if *expected_by_file {
+                "VIOLATION (expected by the file)"
+            } else {
+                "VIOLATION"
+            };
+            format!(
+                "{}  !!! {tag} {invariant} (action {action} at {location}): {message}\n",
+                prefix(Some(*seq), *cpu, Some(*vcpu))
+            )
+        }
+        Record::Done {
+            action,
+            location,
+            ok,
+            text,
+        } => format!(
+            "{anon} userspace: action {action} {}: {text} ({location})\n",
+            if *ok { "done" } else { "FAILED" }
+        ),
+        Record::Expectation {
+            action,
+            location,
+            met,
+            difference,
+        } => format!(
+            "{anon} userspace: action {action} expectation {} ({location}){}\n",
+            if *met { "met" } else { "NOT MET" },
+            difference
+                .as_ref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        ),
+        Record::Access { .. } => String::new(),
     }
 }

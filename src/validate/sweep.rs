@@ -184,6 +184,36 @@ impl Params {
     pub fn scenario(&self, name: &str, cpu: &CpuSpec) -> Scenario {
         let f = cpu.features();
         let (bt, wt) = (f.num_brps() - 1, f.num_wrps() - 1);
+        let c = self.program(bt, wt);
+        let mut ops = self.ops(bt, wt);
+        let mut cpus = vec![cpu.clone()];
+        match self.migration {
+            Migration::None => {}
+            Migration::Same => cpus.push(cpu.clone()),
+            Migration::Other => cpus.push(CpuSpec::from_features(sibling(f))),
+        }
+        if self.migration != Migration::None {
+            ops.push(Op::Migrate {
+                vcpu: 0,
+                cpu: 1,
+                expect: None,
+            });
+        }
+        ops.push(Op::RunUntilHvc {
+            vcpu: 0,
+            imm: 2,
+            expect: None,
+        });
+        Scenario {
+            description: self.describe(),
+            ops,
+            ..Scenario::new(name, cpus, c)
+        }
+    }
+
+    /// The guest: its debug set-up, then three runs to HVC #0, #1 and #2 that read its
+    /// registers back (`bt`, `wt`: the highest breakpoint and watchpoint index).
+    fn program(&self, bt: usize, wt: usize) -> String {
         let mut c = String::new();
         match self.clean {
             CleanAccess::None => {}
@@ -238,6 +268,12 @@ impl Params {
                 "str x0, [x5]\nmrs x12, dbgbcr0_el1\nmrs x13, dbgbvr{bt}_el1\nmrs x14, dbgwcr{wt}_el1\nmrs x15, mdscr_el1\nmrs x16, mdccint_el1\nhvc #{imm}"
             );
         }
+        c
+    }
+
+    /// What userspace does around the three runs (the last run is the caller's, after any
+    /// migration).
+    fn ops(&self, bt: usize, wt: usize) -> Vec<Op> {
         let set = |control: u32| Op::SetGuestDebug {
             vcpu: 0,
             control,
@@ -284,25 +320,7 @@ impl Params {
         if debug && matches!(self.session, Session::StepPauses | Session::StepResent) {
             ops.push(set(self.control));
         }
-        let mut cpus = vec![cpu.clone()];
-        match self.migration {
-            Migration::None => {}
-            Migration::Same => cpus.push(cpu.clone()),
-            Migration::Other => cpus.push(CpuSpec::from_features(sibling(f))),
-        }
-        if self.migration != Migration::None {
-            ops.push(Op::Migrate {
-                vcpu: 0,
-                cpu: 1,
-                expect: None,
-            });
-        }
-        ops.push(run(2));
-        Scenario {
-            description: self.describe(),
-            ops,
-            ..Scenario::new(name, cpus, c)
-        }
+        ops
     }
 }
 

@@ -231,6 +231,24 @@ impl GuestRun<'_> {
 
     fn execute(&mut self, insn: Insn, gate: &DebugContext, pc: u64) -> Step {
         match insn {
+            Insn::Ldr { .. }
+            | Insn::Str { .. }
+            | Insn::Ldp { .. }
+            | Insn::Stp { .. }
+            | Insn::DcZva { .. } => self.data_access(insn, gate, pc),
+            Insn::Brk(_)
+            | Insn::Svc(_)
+            | Insn::Hvc(_)
+            | Insn::Eret
+            | Insn::Msr { .. }
+            | Insn::Mrs { .. } => self.exception_or_system(insn, gate, pc),
+            _ => self.compute(insn, pc),
+        }
+    }
+
+    /// Data processing, branches and DAIF: registers only.
+    fn compute(&mut self, insn: Insn, pc: u64) -> Step {
+        match insn {
             Insn::Nop | Insn::Isb => self.advance(),
             Insn::Movz { rd, imm16, shift } => {
                 self.set_x(rd, u64::from(imm16) << shift);
@@ -296,6 +314,13 @@ impl GuestRun<'_> {
                 }
                 self.advance()
             }
+            _ => self.advance(),
+        }
+    }
+
+    /// Loads and stores (AArch64.CheckWatchpoint first, then the access).
+    fn data_access(&mut self, insn: Insn, gate: &DebugContext, pc: u64) -> Step {
+        match insn {
             Insn::Ldr { size, rt, rn, imm } => {
                 let addr = self.xsp(rn).wrapping_add(u64::from(imm));
                 if let Some(s) = self.watch(gate, addr, size, false, pc) {
@@ -360,6 +385,13 @@ impl GuestRun<'_> {
                 });
                 self.advance()
             }
+            _ => self.advance(),
+        }
+    }
+
+    /// Exception-generating instructions, ERET, and system register accesses.
+    fn exception_or_system(&mut self, insn: Insn, gate: &DebugContext, pc: u64) -> Step {
+        match insn {
             Insn::Brk(imm) => self.debug_exception(DebugEvent::Brk(imm), pc, 0),
             Insn::Svc(imm) => {
                 // CallSupervisor advances the step state machine before the exception.
@@ -385,6 +417,7 @@ impl GuestRun<'_> {
                 let is_write = matches!(insn, Insn::Msr { .. });
                 self.sysreg(enc, rt, is_write, pc)
             }
+            _ => self.advance(),
         }
     }
 

@@ -84,11 +84,6 @@ impl UnlockedVcpuFd {
         cpu: usize,
         guest: impl FnOnce(&mut PhysRegs) -> R,
     ) -> Result<R, KvmError> {
-        let mut v = SmpVcpu::new(self.read());
-        let mut on = host.pin(cpu)?;
-        on.vcpu_load(&mut v);
-        let r = on.run(&mut v, guest);
-        on.vcpu_put(&mut v);
-        r
+        host.run_once(cpu, &mut SmpVcpu::new(self.read()), guest)
     }
 }
