@@ -9,9 +9,9 @@
 //! ([`Checker::on_event`]).
 //!
 //! - [`shadow`]: the expected state per vcpu, and what the era's contract says is in use;
-//! - [`entry`]: the checks at a guest entry (invariants 1, 5, 6, 7, 8, 9 on the live state);
-//! - [`exit`]: the checks at an exit (invariants 2, 5, 6, 7, 8, 9);
-//! - [`guest`]: the guest's MSR/MRS, traps and exceptions, and ONE_REG reads (3, 8).
+//! - `entry`: the checks at a guest entry (invariants 1, 5, 6, 7, 8, 9 on the live state);
+//! - `exit`: the checks at an exit (invariants 2, 5, 6, 7, 8, 9);
+//! - `guest`: the guest's MSR/MRS, traps and exceptions, and ONE_REG reads (3, 8).
 
 mod entry;
 mod exit;

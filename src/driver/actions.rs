@@ -1,7 +1,6 @@
-//! What each action does, one method per family: running the guest ([`Engine::run_action`]),
-//! the debugger's breakpoints, watchpoints and modes ([`Engine::debugger_action`]), registers,
-//! memory and snapshots ([`Engine::state_action`]), and where vcpus run
-//! ([`Engine::placement_action`]).
+//! What each action does, one method per family: running the guest (`run_action`), the
+//! debugger's breakpoints, watchpoints and modes (`debugger_action`), registers, memory and
+//! snapshots (`state_action`), and where vcpus run (`placement_action`).
 
 use hypdbg_host::{DebugSnapshot, DebugStop, DebugVcpu, Debugger, RunExit, Stop, WatchRequest};
 use hypdbg_hyp::vm::VcpuExit;

@@ -6,7 +6,7 @@
 //! - [`source`]: scenario files: TOML with positions, every error as `FILE:LINE:COL: rule`;
 //! - [`lint`]: the checks a file passes before anything runs.
 //!
-//! Playing a scenario is [`crate::driver`]'s; `hypdbg run` is [`crate::play`]. The file
+//! Playing a scenario is the driver's (`driver`); `hypdbg run` is `play`. The file
 //! format is described in `scenarios/README.md`.
 
 pub mod lint;

@@ -1,7 +1,7 @@
 //! What a scenario says: the VM, the guest, the userspace actions and what to expect of them.
 //!
 //! These are the types both a scenario file (`hypdbg run FILE`, see [`crate::scenario::source`])
-//! and the validator's generated scenarios ([`crate::validate::sweep`]) use. Every action is a
+//! and the validator's generated scenarios (`validate::sweep`) use. Every action is a
 //! TOML table with a `do` key naming it; every action but `repeat` may carry an `expect`
 //! table ([`Expect`]).
 
