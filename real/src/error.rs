@@ -218,7 +218,6 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Join the last `n` lines with " | " for a one-line error.
-#[allow(dead_code)] // the machine's console uses it
 pub(crate) fn last_lines<'a>(
     lines: impl DoubleEndedIterator<Item = &'a String>,
     n: usize,
