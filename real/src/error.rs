@@ -71,8 +71,10 @@ pub enum ErrorKind {
         last_lines: String,
     },
     /// The kernel panicked.
-    #[error("the kernel panicked: {last_lines}")]
+    #[error("the kernel panicked: {message}; last console lines: {last_lines}")]
     Panicked {
+        /// The "Kernel panic - not syncing: ..." line.
+        message: String,
         /// The last console lines, joined with " | ".
         last_lines: String,
     },
@@ -246,15 +248,14 @@ mod tests {
             Some("debian:6.1"),
             Stage::Boot,
             ErrorKind::Panicked {
-                last_lines: last_lines(
-                    ["a".to_string(), "Kernel panic - not syncing".to_string()].iter(),
-                    5,
-                ),
+                message: "Kernel panic - not syncing: VFS: Unable to mount root fs".into(),
+                last_lines: last_lines(["a".to_string(), "b".to_string()].iter(), 5),
             },
         );
         assert_eq!(
             e.to_string(),
-            "debian:6.1: boot: the kernel panicked: a | Kernel panic - not syncing"
+            "debian:6.1: boot: the kernel panicked: Kernel panic - not syncing: VFS: Unable to \
+             mount root fs; last console lines: a | b"
         );
         let e = Error::new(
             None,

@@ -282,7 +282,7 @@ impl Machine {
         self.mode
     }
 
-    /// What the kernel said about its KVM mode ("kvm [1]: VHE mode initialized successfully").
+    /// What the kernel said about its KVM mode (`kvm [1]: VHE mode initialized successfully`).
     pub fn mode_line(&self) -> &str {
         &self.mode_line
     }

@@ -68,10 +68,7 @@ impl Agent {
                         let panicked = is_panic(&c);
                         qemu.log(c);
                         if panicked {
-                            drain_after_panic(&mut qemu);
-                            let e = boot_err(ErrorKind::Panicked {
-                                last_lines: qemu.last_lines(12),
-                            });
+                            let e = boot_err(panicked_kind(&mut qemu));
                             return Err(e);
                         }
                     }
@@ -210,10 +207,7 @@ impl Agent {
                         let panicked = is_panic(&c);
                         self.qemu.log(c);
                         if panicked {
-                            drain_after_panic(&mut self.qemu);
-                            let kind = ErrorKind::Panicked {
-                                last_lines: self.qemu.last_lines(12),
-                            };
+                            let kind = panicked_kind(&mut self.qemu);
                             return Err(self.poison(kind));
                         }
                     }
@@ -331,11 +325,26 @@ impl Agent {
     }
 }
 
-/// After "Kernel panic", keep the lines that follow (the backtrace) for up to a second.
-fn drain_after_panic(qemu: &mut Qemu) {
+/// After "Kernel panic", keep the lines that follow for up to a second; the panic line and the
+/// last lines.
+fn panicked_kind(qemu: &mut Qemu) -> ErrorKind {
     let deadline = Instant::now() + Duration::from_secs(1);
     while let Recv::Line(l) = qemu.recv(deadline) {
         qemu.log(l);
+    }
+    let message = qemu
+        .log_lines()
+        .iter()
+        .rev()
+        .find(|l| is_panic(l))
+        .map(|l| match l.find("Kernel panic") {
+            Some(i) => l[i..].trim().to_string(),
+            None => l.trim().to_string(),
+        })
+        .unwrap_or_default();
+    ErrorKind::Panicked {
+        message,
+        last_lines: qemu.last_lines(4),
     }
 }
 
