@@ -13,6 +13,15 @@
  * written with one write(2) each; the console log level is lowered to KERN_EMERG so kernel
  * messages do not split them. The commands are listed in dispatch() and vcpu_dispatch().
  *
+ * Bulk data (guest memory) does not go over the serial line, which QEMU's PL011 feeds one byte
+ * per main-loop iteration (~80 KB/s): QEMU backs guest RAM with a file the host also has open,
+ * and the agent reports the physical pages of a locked buffer ("shm" in the hello). The host
+ * writes into those pages through the file and sends mem_write_shm; mem_read_shm is the
+ * reverse. Both carry an FNV-1a hash of the bytes, so a page that moved is an error, not
+ * silent corruption. Requests and replies can take the same way: the host puts the request
+ * line in the request mailbox and sends "@\n"; the agent puts the reply in the reply mailbox
+ * and prints PREFIX "@". Same text, two bytes in and thirteen out on the serial line.
+ *
  * Every vcpu has its own thread (as in a real VMM): all ioctls on a vcpu fd, KVM_RUN included,
  * are issued by that thread, so sched_setaffinity on it pins the vcpu. The main thread reads
  * commands, hands vcpu work to the vcpu threads and waits; when a KVM_RUN outlives its timeout
@@ -144,6 +153,24 @@ static void sb_hex(struct sb *s, const uint8_t *b, size_t n)
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* The shared buffer: SHM_PAGES locked pages whose physical frames the host reads and writes
+ * through QEMU's RAM file. Pages [0, 32) carry guest memory, [32, 36) the request mailbox,
+ * [36, 64) the reply mailbox; a mailbox is a u64 length followed by the bytes. */
+#define PAGE 4096
+#define SHM_PAGES 64
+#define SHM_DATA_PAGES 32
+#define SHM_REQ_PAGES 4
+#define SHM_REP_PAGES 28
+#define SHM_REQ_OFF (SHM_DATA_PAGES * PAGE)
+#define SHM_REP_OFF ((SHM_DATA_PAGES + SHM_REQ_PAGES) * PAGE)
+static uint8_t *shm;
+static uint64_t shm_pfn[SHM_PAGES];
+static int shm_ok;
+static char shm_why[96];
+/* The request being served came through the mailbox: so goes its reply. */
+static int mbox_reply;
+
+/* ------------------------------------------------------------------------------------------ */
 /* Console output: one write per reply line. */
 
 static void write_all(int fd, const char *p, size_t n)
@@ -162,18 +189,37 @@ static void write_all(int fd, const char *p, size_t n)
 
 static struct sb out;
 
+/* Send a reply (JSON, no newline): into the reply mailbox with a short "@" line on the console
+ * when the request came through the mailbox and the reply fits, else as a whole console line. */
+static void emit_reply(const char *json, size_t len)
+{
+	if (mbox_reply && len + 8 <= SHM_REP_PAGES * PAGE) {
+		uint64_t l = len;
+		memcpy(shm + SHM_REP_OFF, &l, 8);
+		memcpy(shm + SHM_REP_OFF + 8, json, len);
+		__sync_synchronize();
+		static const char line[] = PREFIX "@\n";
+		write_all(1, line, sizeof line - 1);
+		return;
+	}
+	struct sb l = {0};
+	sb_printf(&l, PREFIX "%.*s\n", (int)len, json);
+	write_all(1, l.p, l.len);
+	free(l.p);
+}
+
 /* Send `{"seq":seq,"ok":true<body>}` where body is "" or ",\"k\":v...". */
 static void reply_ok(long seq, const char *body)
 {
 	sb_reset(&out);
-	sb_printf(&out, PREFIX "{\"seq\":%ld,\"ok\":true%s}\n", seq, body ? body : "");
-	write_all(1, out.p, out.len);
+	sb_printf(&out, "{\"seq\":%ld,\"ok\":true%s}", seq, body ? body : "");
+	emit_reply(out.p, out.len);
 }
 
 static void reply_err(long seq, const char *op, int err, const char *msg)
 {
 	struct sb e = {0};
-	sb_printf(&e, PREFIX "{\"seq\":%ld,\"ok\":false", seq);
+	sb_printf(&e, "{\"seq\":%ld,\"ok\":false", seq);
 	if (op)
 		sb_printf(&e, ",\"op\":\"%s\"", op);
 	if (err)
@@ -181,8 +227,8 @@ static void reply_err(long seq, const char *op, int err, const char *msg)
 	sb_printf(&e, ",\"error\":");
 	const char *m = msg ? msg : strerror(err);
 	sb_json_str(&e, m, strlen(m));
-	sb_printf(&e, "}\n");
-	write_all(1, e.p, e.len);
+	sb_printf(&e, "}");
+	emit_reply(e.p, e.len);
 	free(e.p);
 }
 
@@ -327,6 +373,58 @@ static struct slot *slot_for(uint64_t gpa, uint64_t len)
 			return s;
 	}
 	return NULL;
+}
+
+
+static void setup_shm(void)
+{
+	/* Keep locked pages where they are (compaction may otherwise migrate them). */
+	int fd = open("/proc/sys/vm/compact_unevictable_allowed", O_WRONLY);
+	if (fd >= 0) {
+		if (write(fd, "0", 1) != 1)
+			snprintf(shm_why, sizeof shm_why, "compact_unevictable_allowed: %s", strerror(errno));
+		close(fd);
+	}
+	shm = mmap(NULL, SHM_PAGES * PAGE, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE | MAP_LOCKED, -1, 0);
+	if (shm == MAP_FAILED) {
+		snprintf(shm_why, sizeof shm_why, "mmap: %s", strerror(errno));
+		shm = NULL;
+		return;
+	}
+	madvise(shm, SHM_PAGES * PAGE, MADV_NOHUGEPAGE);
+	memset(shm, 0, SHM_PAGES * PAGE);
+	if (mlock(shm, SHM_PAGES * PAGE) < 0) {
+		snprintf(shm_why, sizeof shm_why, "mlock: %s", strerror(errno));
+		return;
+	}
+	fd = open("/proc/self/pagemap", O_RDONLY);
+	if (fd < 0) {
+		snprintf(shm_why, sizeof shm_why, "pagemap: %s", strerror(errno));
+		return;
+	}
+	for (int i = 0; i < SHM_PAGES; i++) {
+		uint64_t e = 0;
+		off_t off = (off_t)(((uintptr_t)shm / PAGE + (uintptr_t)i) * 8);
+		if (pread(fd, &e, 8, off) != 8 || !(e >> 63) || !(e & ((1ull << 55) - 1))) {
+			snprintf(shm_why, sizeof shm_why, "pagemap: page %d not present", i);
+			close(fd);
+			return;
+		}
+		shm_pfn[i] = e & ((1ull << 55) - 1);
+	}
+	close(fd);
+	shm_ok = 1;
+}
+
+static uint64_t fnv1a64(const uint8_t *p, size_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	for (size_t i = 0; i < n; i++) {
+		h ^= p[i];
+		h *= 0x100000001b3ull;
+	}
+	return h;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -904,6 +1002,16 @@ static void info_body(struct sb *o)
 			  run_size);
 	else
 		sb_printf(o, ",\"kvm\":null,\"kvm_errno\":%d", kvm_open_errno);
+	if (shm_ok) {
+		sb_printf(o, ",\"shm\":{\"page\":%d,\"data_pages\":%d,\"req_pages\":%d,\"rep_pages\":%d,\"pfns\":[",
+			  PAGE, SHM_DATA_PAGES, SHM_REQ_PAGES, SHM_REP_PAGES);
+		for (int i = 0; i < SHM_PAGES; i++)
+			sb_printf(o, "%s%llu", i ? "," : "", (unsigned long long)shm_pfn[i]);
+		sb_printf(o, "]}");
+	} else {
+		sb_printf(o, ",\"shm\":null,\"shm_why\":");
+		sb_json_str(o, shm_why, strlen(shm_why));
+	}
 	sb_printf(o, ",\"kvm_log\":");
 	kernel_log(o, "kvm", 40);
 }
@@ -1045,6 +1153,55 @@ static void cmd_mem_read(const struct args *a, long seq)
 	sb_hex(&o, s->host + (gpa - s->gpa), (size_t)n);
 	reply_ok(seq, o.p);
 	free(o.p);
+}
+
+/* mem_write_shm <gpa> <len> <fnv1a64>: copy len bytes from the shared buffer. */
+static void cmd_mem_write_shm(const struct args *a, long seq)
+{
+	uint64_t gpa, n, hash;
+	if (!shm_ok) {
+		reply_err(seq, NULL, 0, "no shared buffer");
+		return;
+	}
+	if (a->n < 5 || parse_u64(a->t[2], &gpa) || parse_u64(a->t[3], &n) || parse_u64(a->t[4], &hash) ||
+	    n > SHM_DATA_PAGES * PAGE) {
+		reply_err(seq, NULL, 0, "usage: mem_write_shm <gpa> <len up to 128 KiB> <fnv1a64>");
+		return;
+	}
+	struct slot *s = slot_for(gpa, n);
+	if (!s) {
+		reply_err(seq, NULL, 0, "mem_write_shm: range not inside one memslot");
+		return;
+	}
+	if (fnv1a64(shm, (size_t)n) != hash) {
+		reply_err(seq, NULL, 0, "mem_write_shm: the shared buffer does not hold the bytes sent (hash)");
+		return;
+	}
+	memcpy(s->host + (gpa - s->gpa), shm, (size_t)n);
+	reply_ok(seq, NULL);
+}
+
+/* mem_read_shm <gpa> <len>: copy len bytes into the shared buffer; reply with their hash. */
+static void cmd_mem_read_shm(const struct args *a, long seq)
+{
+	uint64_t gpa, n;
+	if (!shm_ok) {
+		reply_err(seq, NULL, 0, "no shared buffer");
+		return;
+	}
+	if (a->n < 4 || parse_u64(a->t[2], &gpa) || parse_u64(a->t[3], &n) || n > SHM_DATA_PAGES * PAGE) {
+		reply_err(seq, NULL, 0, "usage: mem_read_shm <gpa> <len up to 128 KiB>");
+		return;
+	}
+	struct slot *s = slot_for(gpa, n);
+	if (!s) {
+		reply_err(seq, NULL, 0, "mem_read_shm: range not inside one memslot");
+		return;
+	}
+	memcpy(shm, s->host + (gpa - s->gpa), (size_t)n);
+	char body[48];
+	snprintf(body, sizeof body, ",\"hash\":%llu", (unsigned long long)fnv1a64(shm, (size_t)n));
+	reply_ok(seq, body);
 }
 
 static void cmd_smccc_filter(const struct args *a, long seq)
@@ -1202,6 +1359,10 @@ static void dispatch(struct args *a)
 		cmd_mem_write(a, seq);
 	} else if (!strcmp(cmd, "mem_read")) {
 		cmd_mem_read(a, seq);
+	} else if (!strcmp(cmd, "mem_write_shm")) {
+		cmd_mem_write_shm(a, seq);
+	} else if (!strcmp(cmd, "mem_read_shm")) {
+		cmd_mem_read_shm(a, seq);
 	} else if (!strcmp(cmd, "smccc_filter")) {
 		cmd_smccc_filter(a, seq);
 	} else if (!strcmp(cmd, "vcpu_create")) {
@@ -1256,6 +1417,8 @@ static void setup(void)
 	sa.sa_flags = 0; /* no SA_RESTART: KVM_RUN returns -EINTR */
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGALRM, &sa, NULL);
+
+	setup_shm();
 
 	kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (kvm_fd < 0)
@@ -1329,12 +1492,28 @@ int main(void)
 			}
 			line[len] = 0;
 			len = 0;
+			mbox_reply = 0;
+			if (!strcmp(line, "@")) {
+				/* The request is in the mailbox. */
+				uint64_t l = 0;
+				if (shm_ok)
+					memcpy(&l, shm + SHM_REQ_OFF, 8);
+				if (!shm_ok || l == 0 || l + 8 > SHM_REQ_PAGES * PAGE || l >= sizeof line) {
+					reply_err(-1, NULL, 0, "bad request mailbox");
+					continue;
+				}
+				__sync_synchronize();
+				memcpy(line, shm + SHM_REQ_OFF + 8, l);
+				line[l] = 0;
+				mbox_reply = 1;
+			}
 			struct args a = {0};
 			for (char *tok = strtok(line, " \t"); tok && a.n < MAX_TOKENS; tok = strtok(NULL, " \t"))
 				a.t[a.n++] = tok;
 			if (a.n == 0)
 				continue;
 			dispatch(&a);
+			mbox_reply = 0;
 		}
 	}
 }

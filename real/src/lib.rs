@@ -36,6 +36,7 @@ pub mod kernel;
 pub mod machine;
 pub mod proto;
 mod qemu;
+mod shm;
 pub mod vm;
 
 pub use agent::Agent;

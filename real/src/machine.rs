@@ -12,11 +12,14 @@ use crate::error::{Error, ErrorKind, Result, Stage};
 use crate::kernel::KernelImage;
 use crate::proto::Hello;
 use crate::qemu::Qemu;
+use crate::shm::{RamFile, SharedBuffer};
 
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-aarch64";
 /// The Debian package that provides it.
 pub const QEMU_PACKAGE: &str = "qemu-system-arm";
+/// Guest-host memory, MiB.
+pub const MEMORY_MIB: u64 = 1024;
 
 /// The KVM mode to boot the kernel in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -109,6 +112,9 @@ pub struct BootOptions {
     pub verify_mode: bool,
     /// More kernel command-line arguments.
     pub extra_append: String,
+    /// Back guest RAM with a file the host shares, for guest memory transfers (else they go
+    /// over the serial line, about 100 ms per 4 KiB).
+    pub shared_memory: bool,
 }
 
 impl BootOptions {
@@ -125,12 +131,20 @@ impl BootOptions {
             agent_idle: Duration::from_secs(600),
             verify_mode: true,
             extra_append: String::new(),
+            shared_memory: true,
         }
     }
 }
 
-/// The QEMU arguments for booting `image` with `initrd` in `mode`.
-pub fn qemu_args(image: &Path, initrd: &Path, mode: Mode, opts: &BootOptions) -> Vec<String> {
+/// The QEMU arguments for booting `image` with `initrd` in `mode`; guest RAM backed by the
+/// file `ram` (shared with the host) when given.
+pub fn qemu_args(
+    image: &Path,
+    initrd: &Path,
+    mode: Mode,
+    opts: &BootOptions,
+    ram: Option<&Path>,
+) -> Vec<String> {
     let mut append = format!(
         "console=ttyAMA0 panic=-1 quiet hypdbg.idle={}",
         opts.agent_idle.as_secs().max(1)
@@ -141,18 +155,29 @@ pub fn qemu_args(image: &Path, initrd: &Path, mode: Mode, opts: &BootOptions) ->
             append.push_str(a);
         }
     }
-    let mut args: Vec<String> = [
-        "-M",
-        "virt,virtualization=on,gic-version=3",
-        "-cpu",
-        "max,pauth-impdef=on",
-        "-smp",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.push(opts.smp.to_string());
-    for a in ["-m", "1024", "-nographic", "-monitor", "none", "-no-reboot"] {
+    let mut machine = "virt,virtualization=on,gic-version=3".to_string();
+    if ram.is_some() {
+        machine.push_str(",memory-backend=ram");
+    }
+    let mut args: Vec<String> = vec![
+        "-M".into(),
+        machine,
+        "-cpu".into(),
+        "max,pauth-impdef=on".into(),
+        "-smp".into(),
+        opts.smp.to_string(),
+        "-m".into(),
+        MEMORY_MIB.to_string(),
+    ];
+    if let Some(ram) = ram {
+        // QEMU's option syntax escapes a comma by doubling it.
+        let path = ram.display().to_string().replace(',', ",,");
+        args.push("-object".into());
+        args.push(format!(
+            "memory-backend-file,id=ram,size={MEMORY_MIB}M,mem-path={path},share=on"
+        ));
+    }
+    for a in ["-nographic", "-monitor", "none", "-no-reboot"] {
         args.push(a.to_string());
     }
     if opts.icount {
@@ -193,7 +218,28 @@ impl Machine {
         }
         let bin = agent::build(&opts.cache).map_err(|e| e.for_kernel(&name))?;
         let initrd = bin.initramfs().map_err(|e| e.for_kernel(&name))?;
-        let args = qemu_args(&kernel.path, &initrd, mode, opts);
+        let mut ram = if opts.shared_memory {
+            let dir = if Path::new("/dev/shm").is_dir() {
+                Path::new("/dev/shm").to_path_buf()
+            } else {
+                opts.cache.root().join("run")
+            };
+            Some(RamFile::create(&dir, MEMORY_MIB << 20).map_err(|source| {
+                boot_err(ErrorKind::Io {
+                    what: format!("creating the guest RAM file in {}", dir.display()),
+                    source,
+                })
+            })?)
+        } else {
+            None
+        };
+        let args = qemu_args(
+            &kernel.path,
+            &initrd,
+            mode,
+            opts,
+            ram.as_ref().and_then(|r| r.path()),
+        );
         let started = Instant::now();
         let child = Command::new(QEMU)
             .args(&args)
@@ -218,6 +264,15 @@ impl Machine {
         let mut agent = Agent::connect(qemu, &name, opts.boot_timeout, opts.command_timeout)?;
         let boot_time = started.elapsed();
         let hello = agent.hello().clone();
+        if let Some(mut ram) = ram.take() {
+            // QEMU has it mapped: no name left behind, whatever happens next.
+            ram.unlink();
+            if let Some(pages) = &hello.shm
+                && let Some(shared) = SharedBuffer::new(ram, pages)
+            {
+                agent.set_shared(shared);
+            }
+        }
         if hello.agent != bin.hash {
             agent.kill();
             return Err(boot_err(ErrorKind::Protocol(format!(
@@ -361,12 +416,14 @@ mod tests {
             Path::new("/c/i.cpio"),
             Mode::ProtectedNvhe,
             &o,
+            Some(Path::new("/dev/shm/r,1")),
         );
         let s = a.join(" ");
         assert!(s.starts_with(
-            "-M virt,virtualization=on,gic-version=3 -cpu max,pauth-impdef=on -smp 2 -m 1024 \
-             -nographic -monitor none -no-reboot -icount shift=0,sleep=off -kernel /k/Image \
-             -initrd /c/i.cpio -append"
+            "-M virt,virtualization=on,gic-version=3,memory-backend=ram -cpu max,pauth-impdef=on \
+             -smp 2 -m 1024 -object memory-backend-file,id=ram,size=1024M,mem-path=/dev/shm/r,,1,\
+             share=on -nographic -monitor none -no-reboot -icount shift=0,sleep=off \
+             -kernel /k/Image -initrd /c/i.cpio -append"
         ));
         assert_eq!(
             a.last().unwrap(),
@@ -378,6 +435,7 @@ mod tests {
             Path::new("/i"),
             Mode::Vhe,
             &BootOptions::new(Cache::at("/c")),
+            None,
         );
         assert!(!v.join(" ").contains("icount"));
         assert_eq!(

@@ -145,6 +145,23 @@ pub enum Request {
         /// The bytes (at most [`MAX_MEMORY_CHUNK`]).
         data: Vec<u8>,
     },
+    /// Copy `len` bytes the host put in the shared buffer into guest memory at `gpa`;
+    /// `hash` is [`data_hash`] of them.
+    WriteMemoryShared {
+        /// Guest-physical address.
+        gpa: u64,
+        /// Bytes (at most the shared buffer).
+        len: u64,
+        /// [`data_hash`] of the bytes.
+        hash: u64,
+    },
+    /// Copy guest memory into the shared buffer; the reply has their [`data_hash`].
+    ReadMemoryShared {
+        /// Guest-physical address.
+        gpa: u64,
+        /// Bytes (at most the shared buffer).
+        len: u64,
+    },
     /// Read guest memory.
     ReadMemory {
         /// Guest-physical address.
@@ -269,6 +286,16 @@ pub enum Request {
     PowerOff,
 }
 
+/// FNV-1a (64 bits) of bytes moved through the shared buffer, as the agent computes it.
+pub fn data_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -303,6 +330,8 @@ impl Request {
             Request::MapMemory { .. } => "mem_map",
             Request::WriteMemory { .. } => "mem_write",
             Request::ReadMemory { .. } => "mem_read",
+            Request::WriteMemoryShared { .. } => "mem_write_shm",
+            Request::ReadMemoryShared { .. } => "mem_read_shm",
             Request::SmcccFilter { .. } => "smccc_filter",
             Request::CreateVcpu(_) => "vcpu_create",
             Request::VcpuInit { .. } => "vcpu_init",
@@ -348,8 +377,11 @@ impl Request {
             Request::WriteMemory { gpa, data } => {
                 let _ = write!(w, " {gpa:#x} {}", hex(data));
             }
-            Request::ReadMemory { gpa, len } => {
+            Request::ReadMemory { gpa, len } | Request::ReadMemoryShared { gpa, len } => {
                 let _ = write!(w, " {gpa:#x} {len}");
+            }
+            Request::WriteMemoryShared { gpa, len, hash } => {
+                let _ = write!(w, " {gpa:#x} {len} {hash:#x}");
             }
             Request::SmcccFilter {
                 base,
@@ -466,6 +498,11 @@ pub struct Reply {
     pub body: Result<Map<String, Value>, Failure>,
 }
 
+/// The payload after [`REPLY_PREFIX`] that says "the reply is in the reply mailbox".
+pub const MAILBOX_MARK: &str = "@";
+/// The request line that says "the request is in the request mailbox".
+pub const MAILBOX_REQUEST: &str = "@\n";
+
 /// A console line split into what the kernel (or anything else) printed and the agent's reply.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParsedLine {
@@ -473,6 +510,8 @@ pub struct ParsedLine {
     pub console: Option<String>,
     /// The reply on this line, if any, or why it could not be decoded.
     pub reply: Option<Result<Reply, String>>,
+    /// The line says the reply is in the reply mailbox.
+    pub mailbox: bool,
 }
 
 /// Split one console line (`\r` stripped) into console text and a reply.
@@ -482,18 +521,28 @@ pub fn parse_line(line: &str) -> ParsedLine {
         return ParsedLine {
             console: Some(line),
             reply: None,
+            mailbox: false,
         };
     };
     let before = line[..at].trim();
     let console = (!before.is_empty()).then(|| before.to_string());
-    let json = &line[at + REPLY_PREFIX.len()..];
+    let payload = line[at + REPLY_PREFIX.len()..].trim();
+    if payload == MAILBOX_MARK {
+        return ParsedLine {
+            console,
+            reply: None,
+            mailbox: true,
+        };
+    }
     ParsedLine {
         console,
-        reply: Some(decode_reply(json)),
+        reply: Some(decode_reply(payload)),
+        mailbox: false,
     }
 }
 
-fn decode_reply(json: &str) -> Result<Reply, String> {
+/// Decode a reply's JSON (what follows [`REPLY_PREFIX`], or the reply mailbox).
+pub fn decode_reply(json: &str) -> Result<Reply, String> {
     let v: Value =
         serde_json::from_str(json).map_err(|e| format!("bad reply JSON ({e}): {json}"))?;
     let Value::Object(mut m) = v else {
@@ -552,11 +601,33 @@ pub struct Hello {
     pub uptime_ms: u64,
     /// `/dev/kvm`, if it opened.
     pub kvm: Option<KvmInfo>,
+    /// The shared buffer's physical pages, if the agent could lock and find them.
+    #[serde(default)]
+    pub shm: Option<SharedPages>,
+    /// Why there is no shared buffer.
+    #[serde(default)]
+    pub shm_why: Option<String>,
     /// errno of open("/dev/kvm") when it failed.
     #[serde(default)]
     pub kvm_errno: Option<i32>,
     /// The kernel log lines that contain "kvm".
     pub kvm_log: Vec<String>,
+}
+
+/// The agent's shared buffer: physical frames, in buffer order: `data_pages` for guest memory,
+/// then `req_pages` of request mailbox, then `rep_pages` of reply mailbox.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct SharedPages {
+    /// The page size.
+    pub page: u64,
+    /// Pages for guest memory transfers.
+    pub data_pages: usize,
+    /// Pages of the request mailbox.
+    pub req_pages: usize,
+    /// Pages of the reply mailbox.
+    pub rep_pages: usize,
+    /// The page frame numbers.
+    pub pfns: Vec<u64>,
 }
 
 /// What `/dev/kvm` reported.
@@ -786,6 +857,31 @@ mod tests {
             "14 dmesg match=kvm max=20"
         );
         assert_eq!(Request::PowerOff.encode(15), "15 poweroff");
+        assert_eq!(
+            Request::WriteMemoryShared {
+                gpa: 0x4000_0000,
+                len: 4096,
+                hash: data_hash(b"")
+            }
+            .encode(16),
+            "16 mem_write_shm 0x40000000 4096 0xcbf29ce484222325"
+        );
+        assert_eq!(
+            Request::ReadMemoryShared {
+                gpa: 0x4000_0000,
+                len: 8
+            }
+            .encode(17),
+            "17 mem_read_shm 0x40000000 8"
+        );
+    }
+
+    #[test]
+    fn data_hash_is_plain_fnv1a() {
+        // The published FNV-1a 64 test vectors.
+        assert_eq!(data_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(data_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(data_hash(b"foobar"), 0x8594_4171_f739_67e8);
     }
 
     #[test]
@@ -831,6 +927,11 @@ mod tests {
             p.console.as_deref(),
             Some("[    0.000000] Booting Linux on physical CPU 0x0000000000 [0x000f0510]")
         );
+
+        // The reply is in the mailbox.
+        let p = parse_line("##hypdbg/1 @\r");
+        assert!(p.mailbox && p.reply.is_none() && p.console.is_none());
+        assert!(!parse_line("##hypdbg/1 {\"seq\":1,\"ok\":true}").mailbox);
 
         // A reply cut short is an error, not console text.
         let p = parse_line("##hypdbg/1 {\"seq\":6,\"ok\":tr");

@@ -10,7 +10,9 @@ use serde::Deserialize;
 use crate::agent::Agent;
 use crate::error::{ErrorKind, Result};
 use crate::exit::VcpuExit;
-use crate::proto::{MAX_MEMORY_CHUNK, PerfKind, RawExit, Request, RunOptions, SmcccAction, unhex};
+use crate::proto::{
+    MAX_MEMORY_CHUNK, PerfKind, RawExit, Request, RunOptions, SmcccAction, data_hash, unhex,
+};
 
 /// KVM_ARM_VCPU_PSCI_0_2 in `kvm_vcpu_init.features[0]`.
 pub const KVM_ARM_VCPU_PSCI_0_2: u32 = 1 << 2;
@@ -114,8 +116,20 @@ impl<'a> RealVm<'a> {
             .map(|_| ())
     }
 
-    /// Copy `data` into guest memory at `gpa` (inside one slot).
+    /// Copy `data` into guest memory at `gpa` (inside one slot): through the shared buffer
+    /// when the machine has one, else as hex over the serial line.
     pub fn write_memory(&mut self, gpa: u64, data: &[u8]) -> Result<()> {
+        if let Some(cap) = self.agent.shared_capacity() {
+            for (i, chunk) in data.chunks(cap).enumerate() {
+                self.agent.shared_write(chunk)?;
+                self.agent.request(&Request::WriteMemoryShared {
+                    gpa: gpa + (i * cap) as u64,
+                    len: chunk.len() as u64,
+                    hash: data_hash(chunk),
+                })?;
+            }
+            return Ok(());
+        }
         for (i, chunk) in data.chunks(MAX_MEMORY_CHUNK).enumerate() {
             self.agent.request(&Request::WriteMemory {
                 gpa: gpa + (i * MAX_MEMORY_CHUNK) as u64,
@@ -131,9 +145,30 @@ impl<'a> RealVm<'a> {
         self.write_memory(gpa, &bytes)
     }
 
-    /// Read `len` bytes of guest memory at `gpa`.
+    /// Read `len` bytes of guest memory at `gpa` (through the shared buffer when there is
+    /// one).
     pub fn read_memory(&mut self, gpa: u64, len: usize) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(len);
+        if let Some(cap) = self.agent.shared_capacity() {
+            let mut off = 0;
+            while off < len {
+                let n = (len - off).min(cap);
+                let b = self.agent.request(&Request::ReadMemoryShared {
+                    gpa: gpa + off as u64,
+                    len: n as u64,
+                })?;
+                let hash = self.agent.field_u64(&b, "hash")?;
+                let d = self.agent.shared_read(n)?;
+                if data_hash(&d) != hash {
+                    return Err(self.agent.err(ErrorKind::Protocol(
+                        "the shared buffer does not hold what the agent put there (hash)".into(),
+                    )));
+                }
+                out.extend_from_slice(&d);
+                off += n;
+            }
+            return Ok(out);
+        }
         let mut off = 0;
         while off < len {
             let n = (len - off).min(MAX_MEMORY_CHUNK);

@@ -738,6 +738,28 @@ fn bench_and_timeout(agent: &mut Agent, r: &mut Report) {
     agent.ping().unwrap();
 }
 
+/// Guest memory in and out, through the shared buffer (several transfers) and back.
+fn memory_round_trip(agent: &mut Agent, r: &mut Report) {
+    let shared = agent.has_shared_buffer();
+    let mut vm = agent.create_vm().unwrap();
+    vm.map_memory(0, RAM, 0x4_0000).unwrap();
+    let data: Vec<u8> = (0..0x3_0000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    vm.write_memory(RAM + 0x100, &data).unwrap();
+    let back = vm.read_memory(RAM + 0x100, data.len()).unwrap();
+    r.expect(
+        "guest memory 192 KiB in and out",
+        format!(
+            "{} ({})",
+            if back == data { "equal" } else { "DIFFERENT" },
+            if shared { "shared buffer" } else { "serial" }
+        ),
+        "equal (shared buffer)",
+    );
+    vm.destroy().unwrap();
+}
+
 fn behaviours(spec: &str, mode: Mode) {
     let _l = qemu_lock();
     let k = kernel(spec);
@@ -763,6 +785,7 @@ fn behaviours(spec: &str, mode: Mode) {
     one_reg_high_slots(a, &mut r);
     guest_owned_and_perf(a, &mut r);
     bench_and_timeout(a, &mut r);
+    memory_round_trip(a, &mut r);
     let pid = m.qemu_pid();
     m.power_off().unwrap();
     assert!(
@@ -915,8 +938,16 @@ fn boot_failures_are_one_line_and_leave_no_qemu() {
 fn a_command_timeout_poisons_the_agent() {
     let _l = qemu_lock();
     let k = kernel("debian:6.1");
-    let mut m = boot(&k, Mode::Vhe, 1);
+    // Without the shared buffer: guest memory and requests go over the serial line.
+    let mut o = BootOptions::new(cache());
+    o.shared_memory = false;
+    let mut m = Machine::boot(&k, Mode::Vhe, &o).unwrap();
+    assert!(!m.agent().has_shared_buffer());
     let mut g = guest(m.agent(), LOOP);
+    let data: Vec<u8> = (0..3000u32).map(|i| (i % 253) as u8).collect();
+    g.vm.write_memory(DATA, &data).unwrap();
+    assert_eq!(g.vm.read_memory(DATA, data.len()).unwrap(), data);
+    assert!(g.run().is_mmio_at(DOORBELL));
     // No reply can come within 1 ms: the request times out.
     g.vm.agent().set_command_timeout(Duration::from_millis(1));
     let e = g.vm.read_memory(RAM, 32 * 1024).unwrap_err();

@@ -183,6 +183,8 @@ mod tests {
             "perf_check",
             "bench",
             "poweroff",
+            "mem_write_shm",
+            "mem_read_shm",
         ] {
             assert!(
                 AGENT_C.contains(&format!("!strcmp(cmd, \"{cmd}\")")),

@@ -12,6 +12,7 @@ pub use build::{AGENT_C, AgentBinary, CROSS_CC, CROSS_PACKAGES, KVM_COMPAT_H, bu
 use crate::error::{Error, ErrorKind, Result, Stage};
 use crate::proto::{self, Failure, Hello, MAX_REQUEST_LINE, PROTOCOL_VERSION, Request};
 use crate::qemu::{Qemu, Recv};
+use crate::shm::SharedBuffer;
 use crate::vm::RealVm;
 
 /// The host's end of the agent's serial protocol, on a booted machine.
@@ -28,6 +29,7 @@ pub struct Agent {
     command_timeout: Duration,
     hello: Hello,
     requests: u64,
+    shared: Option<SharedBuffer>,
 }
 
 fn is_panic(line: &str) -> bool {
@@ -102,10 +104,53 @@ impl Agent {
                         command_timeout,
                         hello,
                         requests: 0,
+                        shared: None,
                     });
                 }
             }
         }
+    }
+
+    pub(crate) fn set_shared(&mut self, shared: SharedBuffer) {
+        self.shared = Some(shared);
+    }
+
+    /// Whether guest memory moves through the shared buffer (else as hex over the serial line).
+    pub fn has_shared_buffer(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The shared buffer's capacity, if there is one.
+    pub(crate) fn shared_capacity(&self) -> Option<usize> {
+        self.shared.as_ref().map(SharedBuffer::capacity)
+    }
+
+    /// Put bytes at the start of the shared buffer.
+    pub(crate) fn shared_write(&mut self, data: &[u8]) -> Result<()> {
+        let r = match &self.shared {
+            Some(s) => s.write(data),
+            None => return Err(self.err(ErrorKind::Rejected("no shared buffer".into()))),
+        };
+        r.map_err(|source| {
+            self.err(ErrorKind::Io {
+                what: "writing the shared buffer".into(),
+                source,
+            })
+        })
+    }
+
+    /// The first `len` bytes of the shared buffer.
+    pub(crate) fn shared_read(&mut self, len: usize) -> Result<Vec<u8>> {
+        let r = match &self.shared {
+            Some(s) => s.read(len),
+            None => return Err(self.err(ErrorKind::Rejected("no shared buffer".into()))),
+        };
+        r.map_err(|source| {
+            self.err(ErrorKind::Io {
+                what: "reading the shared buffer".into(),
+                source,
+            })
+        })
     }
 
     /// The agent's greeting: kernel release, `/dev/kvm`, the kernel's KVM log lines.
@@ -173,9 +218,24 @@ impl Agent {
                 line.len()
             ))));
         }
-        line.push('\n');
         self.requests += 1;
-        if !self.qemu.send(line.into_bytes()) {
+        // Through the request mailbox when there is one (two bytes on the serial line).
+        let wire = match &self.shared {
+            Some(s) if line.len() <= s.request_capacity() => match s.put_request(line.as_bytes()) {
+                Ok(()) => proto::MAILBOX_REQUEST.as_bytes().to_vec(),
+                Err(source) => {
+                    return Err(self.poison(ErrorKind::Io {
+                        what: "writing the request mailbox".into(),
+                        source,
+                    }));
+                }
+            },
+            _ => {
+                line.push('\n');
+                line.into_bytes()
+            }
+        };
+        if !self.qemu.send(wire) {
             let kind = ErrorKind::QemuExited {
                 status: self.qemu.exit_text(),
                 last_lines: self.qemu.last_lines(8),
@@ -211,7 +271,21 @@ impl Agent {
                             return Err(self.poison(kind));
                         }
                     }
-                    let Some(reply) = p.reply else { continue };
+                    let reply = if p.mailbox {
+                        let from_box = match &self.shared {
+                            Some(s) => s.take_reply().map_err(|e| e.to_string()),
+                            None => Err("a mailbox reply without a shared buffer".to_string()),
+                        };
+                        match from_box {
+                            Ok(bytes) => proto::decode_reply(&String::from_utf8_lossy(&bytes)),
+                            Err(e) => Err(format!("reply mailbox: {e}")),
+                        }
+                    } else {
+                        match p.reply {
+                            Some(r) => r,
+                            None => continue,
+                        }
+                    };
                     let reply = match reply {
                         Ok(r) => r,
                         Err(e) => return Err(self.poison(ErrorKind::Protocol(e))),
