@@ -1,7 +1,8 @@
 //! The bulk-data channel: QEMU backs guest RAM with a file the host keeps open; the agent
 //! reports the physical frames of a locked buffer; the host reads and writes those frames
-//! through the file. QEMU's PL011 takes one byte per main-loop iteration (about 80 KB/s), so
-//! guest memory does not go over the serial line when this is available.
+//! through the file. Serial input into the guest was measured at about 12 us per byte
+//! (80 KB/s), so guest memory, requests and replies do not go over the serial line when this
+//! is available.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;

@@ -55,6 +55,17 @@ pub struct PerfCheck {
     pub cpu: i32,
 }
 
+/// Where the time of a VM's destruction went, measured in the agent (guest CLOCK_MONOTONIC).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Teardown {
+    /// Stopping the vcpu threads and closing the vcpu fds.
+    pub vcpus: Duration,
+    /// Closing the VM fd: the kernel's VM teardown (about 1.4 s in protected mode under TCG).
+    pub vm_fd: Duration,
+    /// Unmapping the memory slots.
+    pub unmap: Duration,
+}
+
 /// A VM created by [`Agent::create_vm`]. Dropping it destroys the VM (best effort; use
 /// [`RealVm::destroy`] to see errors).
 #[derive(Debug)]
@@ -427,10 +438,17 @@ impl<'a> RealVm<'a> {
         Ok(self.agent.decode::<Ns>(&b)?.ns)
     }
 
-    /// Destroy the VM: vcpu threads joined, fds closed, memory unmapped.
-    pub fn destroy(mut self) -> Result<()> {
+    /// Destroy the VM: vcpu threads joined, fds closed, memory unmapped; how long each part
+    /// took in the agent.
+    pub fn destroy(mut self) -> Result<Teardown> {
         self.destroyed = true;
-        self.agent.request(&Request::DestroyVm).map(|_| ())
+        let b = self.agent.request(&Request::DestroyVm)?;
+        let ns = |k: &str| Duration::from_nanos(b.get(k).and_then(|v| v.as_u64()).unwrap_or(0));
+        Ok(Teardown {
+            vcpus: ns("vcpus_ns"),
+            vm_fd: ns("vm_fd_ns"),
+            unmap: ns("unmap_ns"),
+        })
     }
 }
 

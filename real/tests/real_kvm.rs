@@ -831,6 +831,33 @@ fn debian_7_3_protected_nvhe() {
     behaviours("debian:7.3", Mode::ProtectedNvhe);
 }
 
+// The other two series of issue 14. CI fetches 6.1 and 7.3 only and skips these
+// (`--skip extra_`); run them with `cargo test -p hypdbg-real -- --ignored extra_`.
+
+#[test]
+#[ignore = "needs qemu-system-aarch64 and a Debian arm64 kernel: run by .ci/run"]
+fn extra_debian_6_12_vhe() {
+    behaviours("debian:6.12", Mode::Vhe);
+}
+
+#[test]
+#[ignore = "needs qemu-system-aarch64 and a Debian arm64 kernel: run by .ci/run"]
+fn extra_debian_6_12_nvhe() {
+    behaviours("debian:6.12", Mode::Nvhe);
+}
+
+#[test]
+#[ignore = "needs qemu-system-aarch64 and a Debian arm64 kernel: run by .ci/run"]
+fn extra_debian_6_18_vhe() {
+    behaviours("debian:6.18", Mode::Vhe);
+}
+
+#[test]
+#[ignore = "needs qemu-system-aarch64 and a Debian arm64 kernel: run by .ci/run"]
+fn extra_debian_6_18_nvhe() {
+    behaviours("debian:6.18", Mode::Nvhe);
+}
+
 /// Two vcpus on two physical CPUs: pinned, run at once, migrated.
 fn two_vcpus(spec: &str) {
     let _l = qemu_lock();
