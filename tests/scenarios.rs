@@ -35,8 +35,8 @@ fn load(name: &str) -> ScenarioFile {
 fn play_traced(f: &ScenarioFile) -> (Report, Vec<Record>) {
     let mut records = Vec::new();
     let opts = PlayOptions {
-        flow: None,
         trace: true,
+        ..PlayOptions::default()
     };
     let report = play(f, &opts, &mut |r| records.push(r)).unwrap();
     (report, records)

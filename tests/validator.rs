@@ -21,6 +21,7 @@ fn reports() -> &'static [VariantReport] {
             cpus,
             count_sweep: false,
             random_cases: 8,
+            deadline: None,
         };
         check(&opts, &|_| {}).unwrap()
     })

@@ -509,6 +509,26 @@ impl Vm {
 
     /// KVM_RUN.
     pub fn run(&mut self, i: usize) -> Result<VcpuExit, KvmError> {
+        self.run_streamed(i, None)
+    }
+
+    /// Hand `sink` (if any) every event recorded so far.
+    fn flush(&mut self, sink: &mut Option<&mut dyn FnMut(Event)>) {
+        if let Some(s) = sink.as_mut() {
+            for e in self.events.drain(..) {
+                s(e);
+            }
+        }
+    }
+
+    /// KVM_RUN, handing `sink` the recorded events as the run goes (after every entry and
+    /// every exit, the events recorded before the run first), so that a long run holds at most
+    /// one world switch's events; without a sink they stay in [`Vm::events`].
+    pub fn run_streamed(
+        &mut self,
+        i: usize,
+        mut sink: Option<&mut dyn FnMut(Event)>,
+    ) -> Result<VcpuExit, KvmError> {
         self.vcpu(i)?;
         if let Some(f) = &self.dead {
             return Err(KvmError::Hyp(f.clone()));
@@ -519,10 +539,14 @@ impl Vm {
         let mut budget = self.config.budget_per_run;
         let mut exits = 0u32;
         let result = loop {
-            if let Err(f) = self.enter(i) {
+            let entered = self.enter(i);
+            self.flush(&mut sink);
+            if let Err(f) = entered {
                 break Err(f);
             }
-            match self.exit_and_handle(i, &mut budget) {
+            let handled = self.exit_and_handle(i, &mut budget);
+            self.flush(&mut sink);
+            match handled {
                 Err(f) => break Err(f),
                 Ok(Handled::User(e)) => break Ok(e),
                 Ok(Handled::Resume) => {
@@ -539,7 +563,7 @@ impl Vm {
                 }
             }
         };
-        match result {
+        let r = match result {
             Ok(e) => {
                 self.vcpu_put(i);
                 self.record(Event::UserExit {
@@ -549,13 +573,25 @@ impl Vm {
                 Ok(e)
             }
             Err(f) => Err(KvmError::Hyp(f)),
-        }
+        };
+        self.flush(&mut sink);
+        r
     }
 
     /// One KVM_RUN of each vcpu in `vcpus` (on distinct physical CPUs), with the first world
     /// switch of each interleaved: every vcpu enters its guest before any of them exits, as
     /// on an SMP host. Later iterations of each run proceed one vcpu at a time.
     pub fn run_concurrently(&mut self, vcpus: &[usize]) -> Result<Vec<VcpuExit>, KvmError> {
+        self.run_concurrently_streamed(vcpus, None)
+    }
+
+    /// [`Vm::run_concurrently`], handing `sink` the events as they come (as
+    /// [`Vm::run_streamed`] does).
+    pub fn run_concurrently_streamed(
+        &mut self,
+        vcpus: &[usize],
+        mut sink: Option<&mut dyn FnMut(Event)>,
+    ) -> Result<Vec<VcpuExit>, KvmError> {
         let mut cpus = BTreeSet::new();
         for &i in vcpus {
             self.vcpu(i)?;
@@ -573,18 +609,23 @@ impl Vm {
             let cpu = self.vcpus[i].cpu;
             self.vcpus[i].last_run_stats = SwitchStats::default();
             self.vcpu_load(i, cpu);
-            self.enter(i).map_err(KvmError::Hyp)?;
+            let entered = self.enter(i);
+            self.flush(&mut sink);
+            entered.map_err(KvmError::Hyp)?;
         }
         let mut out = Vec::new();
         for &i in vcpus {
             let mut budget = self.config.budget_per_run;
             let exit = loop {
-                match self
-                    .exit_and_handle(i, &mut budget)
-                    .map_err(KvmError::Hyp)?
-                {
+                let handled = self.exit_and_handle(i, &mut budget);
+                self.flush(&mut sink);
+                match handled.map_err(KvmError::Hyp)? {
                     Handled::User(e) => break e,
-                    Handled::Resume => self.enter(i).map_err(KvmError::Hyp)?,
+                    Handled::Resume => {
+                        let entered = self.enter(i);
+                        self.flush(&mut sink);
+                        entered.map_err(KvmError::Hyp)?
+                    }
                 }
             };
             self.vcpu_put(i);
@@ -592,6 +633,7 @@ impl Vm {
                 vcpu: i,
                 exit: exit.to_string(),
             });
+            self.flush(&mut sink);
             out.push(exit);
         }
         Ok(out)

@@ -24,24 +24,10 @@ pub struct BenchArgs {
 
 /// Check the arguments before spending seconds measuring.
 fn validate(a: &BenchArgs) -> Result<(), String> {
-    if let Some(p) = &a.plot {
-        if p.as_os_str().is_empty() {
-            return Err("--plot: empty file name".into());
-        }
-        if p.is_dir() {
-            return Err(format!("--plot {}: is a directory", p.display()));
-        }
-        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty())
-            && !dir.is_dir()
-        {
-            return Err(format!(
-                "--plot {}: directory {} does not exist",
-                p.display(),
-                dir.display()
-            ));
-        }
+    match &a.plot {
+        Some(p) => super::output::writable_file("--plot", p),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn write_plot(report: &Report, path: &std::path::Path) -> Result<(), BenchError> {

@@ -2,15 +2,21 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Args;
-use hypdbg::validate::check::{CheckOptions, VariantReport, check, jobs};
+use hypdbg::validate::check::{CheckError, CheckOptions, VariantReport, check, jobs};
 use hypdbg::validate::report::{json_lines, table};
 use hypdbg_hyp::variants::{self, Variant};
-use hypdbg_model::profiles::parse_cpu;
+use hypdbg_model::profiles::{CpuSpec, parse_cpu};
 
-use super::usage_error;
+use super::{num_arg, usage_error};
+
+/// Random sequences per variant one check may ask for (`--random`).
+pub const MAX_RANDOM: u64 = 10_000;
+
+/// The exit status of a run stopped by its wall-clock limit (`--timeout`).
+pub const EXIT_TIMEOUT: i32 = 3;
 
 /// `hypdbg check` options.
 #[derive(Args, Debug)]
@@ -21,7 +27,7 @@ pub struct CheckArgs {
     /// A CPU profile name, `all`, or a raw ID_AA64DFR0_EL1 value (0x...).
     #[arg(long, default_value = "all")]
     pub cpu: String,
-    /// One JSON object per variant.
+    /// One JSON object per variant (with --list: per catalog entry).
     #[arg(long)]
     pub json: bool,
     /// List the variants and exit.
@@ -30,9 +36,12 @@ pub struct CheckArgs {
     /// Write each counterexample as a replayable scenario file (`hypdbg run FILE --trace`).
     #[arg(long, value_name = "DIR")]
     pub write_counterexamples: Option<PathBuf>,
-    /// Random operation sequences per variant (proptest; shrunk on failure).
-    #[arg(long, default_value_t = 48)]
+    /// Random operation sequences per variant (proptest; shrunk on failure), at most 10000.
+    #[arg(long, default_value = "48", value_parser = num_arg::<u32>)]
     pub random: u32,
+    /// Stop after this many seconds (exit status 3); no limit by default.
+    #[arg(long, value_name = "SECONDS", value_parser = num_arg::<u64>)]
+    pub timeout: Option<u64>,
 }
 
 impl Default for CheckArgs {
@@ -45,13 +54,25 @@ impl Default for CheckArgs {
             list: false,
             write_counterexamples: None,
             random: 48,
+            timeout: None,
         }
     }
 }
 
 /// `--list`: every variant, and the catalog rows no flow can express.
-fn list() -> i32 {
+fn list(json: bool) -> i32 {
     for v in variants::all() {
+        if json {
+            let row = serde_json::json!({
+                "variant": v.name,
+                "flow": v.era().to_string(),
+                "kind": v.kind.name(),
+                "description": v.description,
+                "fix": v.fix,
+            });
+            println!("{row}");
+            continue;
+        }
         let fix = v.fix.map(|f| format!(" [fix: {f}]")).unwrap_or_default();
         println!(
             "{:<32} {:<5} {:<10} {}{fix}",
@@ -62,7 +83,12 @@ fn list() -> i32 {
         );
     }
     for (name, why) in variants::NOT_EXPRESSIBLE {
-        println!("{name:<32} -     not expressible: {why}");
+        if json {
+            let row = serde_json::json!({"variant": name, "kind": "not_expressible", "why": why});
+            println!("{row}");
+        } else {
+            println!("{name:<32} -     not expressible: {why}");
+        }
     }
     0
 }
@@ -88,38 +114,54 @@ fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
     }
     let b = indicatif::ProgressBar::new(total);
     b.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} scenario runs {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} sweep scenario runs {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     Some(b)
 }
 
-/// Run the check; 0 when every reference is clean and every mutant caught (or, for one
-/// selected reference or user variant, when it is clean), 1 otherwise, 2 for bad arguments.
-pub fn run(a: &CheckArgs) -> i32 {
-    if a.list {
-        return list();
+/// Every argument checked before any work: the variants, the CPUs, the counts, the output
+/// directory.
+fn options(a: &CheckArgs) -> Result<(CheckOptions, Vec<CpuSpec>), String> {
+    let variants = select(&a.variant)?;
+    let cpus = parse_cpu(&a.cpu).map_err(|e| format!("--cpu {}: {e}", a.cpu))?;
+    let random_cpu = CheckOptions::random_cpu_of(&cpus)
+        .ok_or_else(|| format!("--cpu {}: no CPU selected", a.cpu))?;
+    if u64::from(a.random) > MAX_RANDOM {
+        return Err(format!(
+            "--random {}: at most {MAX_RANDOM} random sequences per variant",
+            a.random
+        ));
     }
-    let selected = match select(&a.variant) {
-        Ok(v) => v,
-        Err(e) => return usage_error(e),
-    };
-    let cpus = match parse_cpu(&a.cpu) {
-        Ok(c) => c,
-        Err(e) => return usage_error(format!("--cpu {}: {e}", a.cpu)),
-    };
-    let Some(random_cpu) = CheckOptions::random_cpu_of(&cpus) else {
-        return usage_error(format!("--cpu {}: no CPU selected", a.cpu));
-    };
+    if let Some(dir) = &a.write_counterexamples {
+        super::output::writable_dir("--write-counterexamples", dir)?;
+    }
     let opts = CheckOptions {
-        variants: selected.clone(),
-        cpus,
+        variants,
+        cpus: cpus.clone(),
         count_sweep: a.cpu.eq_ignore_ascii_case("all"),
         random_cases: a.random,
         random_cpu,
+        deadline: a.timeout.map(|s| Instant::now() + Duration::from_secs(s)),
     };
+    Ok((opts, cpus))
+}
+
+/// Run the check; 0 when every reference is clean and every mutant caught (or, for one
+/// selected reference or user variant, when it is clean), 1 otherwise, 2 for bad arguments,
+/// 3 when stopped by `--timeout`.
+pub fn run(a: &CheckArgs) -> i32 {
+    let (opts, _) = match options(a) {
+        Ok(o) => o,
+        Err(e) => return usage_error(e),
+    };
+    if a.list {
+        return list(a.json);
+    }
     let total = match jobs(&opts) {
-        Ok(j) => (j.len() * selected.len()) as u64,
+        Ok(j) => (j.len() * opts.variants.len()) as u64,
         Err(e) => {
             eprintln!("hypdbg: error: {e}");
             return 1;
@@ -134,21 +176,30 @@ pub fn run(a: &CheckArgs) -> i32 {
             b.set_position(n);
         }
     };
-    let reports = match check(&opts, &progress) {
+    let result = check(&opts, &progress);
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let reports = match result {
         Ok(r) => r,
+        Err(CheckError::Deadline) => {
+            eprintln!(
+                "hypdbg: error: stopped by --timeout {} after {:.1} s, before the check finished",
+                a.timeout.unwrap_or(0),
+                start.elapsed().as_secs_f64()
+            );
+            return EXIT_TIMEOUT;
+        }
         Err(e) => {
             eprintln!("hypdbg: error: {e}");
             return 1;
         }
     };
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
     let elapsed = start.elapsed().as_secs_f64();
     if a.json {
         print!("{}", json_lines(&reports));
     } else {
-        print!("{}", table(&reports, elapsed, total));
+        print!("{}", table(&reports, elapsed));
     }
     if let Some(dir) = &a.write_counterexamples
         && let Err(e) = write_counterexamples(dir, &reports)
@@ -156,13 +207,12 @@ pub fn run(a: &CheckArgs) -> i32 {
         eprintln!("hypdbg: error: {e}");
         return 1;
     }
-    let alone = selected.len() == 1;
+    let alone = opts.variants.len() == 1;
     let ok = reports.iter().all(|r| r.verdict.passes(r.kind, alone));
     if ok { 0 } else { 1 }
 }
 
 fn write_counterexamples(dir: &Path, reports: &[VariantReport]) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for r in reports {
         if let Some(c) = &r.counterexample {
             let text = hypdbg::scenario::to_toml(&c.scenario)

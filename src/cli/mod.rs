@@ -4,6 +4,7 @@ pub mod bench;
 pub mod check;
 pub mod decode;
 pub mod encode;
+pub mod output;
 pub mod run;
 
 use clap::{Parser, Subcommand};
@@ -38,19 +39,27 @@ pub enum Command {
 
 /// Run the CLI; returns the exit status.
 pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
-    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let mut args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    // `hypdbg --variant era1` is `hypdbg check --variant era1`: the main job's options work
+    // without naming it.
+    if args
+        .get(1)
+        .and_then(|a| a.to_str())
+        .is_some_and(|a| a.starts_with("--") && !matches!(a, "--help" | "--version"))
+    {
+        args.insert(1, "check".into());
+    }
     let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
-        Err(e) if e.use_stderr() && args.get(1).is_some_and(|a| a == "bench") => {
-            // `hypdbg bench` promises a one-line error for bad arguments.
+        Err(e) if e.use_stderr() => {
+            // Every bad argument is one line: the parser's first, with the usage left out.
             let text = e.to_string();
             let first = text.lines().next().unwrap_or("bad arguments");
             return usage_error(first.trim_start_matches("error: "));
         }
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
-            return code;
+            return 0;
         }
     };
     match cli.command {
@@ -62,6 +71,12 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
         Some(Command::Run(a)) => run::run(&a),
         Some(Command::Bench(a)) => bench::run(&a),
     }
+}
+
+/// A number on the command line: 0x-hex, 0b-binary or decimal, as everywhere else.
+pub fn num_arg<T: TryFrom<u64>>(s: &str) -> Result<T, String> {
+    let n = hypdbg_model::parse_u64(s).map_err(|e| e.to_string())?;
+    T::try_from(n).map_err(|_| format!("{s} is too large ({n})"))
 }
 
 /// Print a one-line error and return exit status 2 (bad input).

@@ -1,16 +1,20 @@
 //! `hypdbg run FILE [--trace] [--json] [--flow NAME]`: play a scenario file, check its
 //! expectations and the nine invariants, print a summary (and with `--trace` every world
-//! switch). Exit status 0 when everything holds, 1 when not, 2 for a bad file or argument.
+//! switch). Exit status 0 when everything holds, 1 when not, 2 for a bad file or argument,
+//! 3 when stopped by `--timeout`.
 
-use std::io::Write as _;
+use std::io::{IsTerminal, LineWriter, Write as _};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use hypdbg::play::trace::{Record, TextRenderer};
 use hypdbg::play::{PlayOptions, play};
+use hypdbg::scenario::lint::Limits;
 use hypdbg::scenario::source::ScenarioFile;
 use hypdbg_hyp::variants;
 
-use super::usage_error;
+use super::check::EXIT_TIMEOUT;
+use super::{num_arg, usage_error};
 
 /// `hypdbg run` options.
 #[derive(Args, Debug)]
@@ -28,6 +32,31 @@ pub struct RunArgs {
     /// Run this flow (variant) instead of the file's (see `hypdbg check --list`).
     #[arg(long, value_name = "NAME")]
     pub flow: Option<String>,
+    /// Stop after this many seconds (exit status 3); no limit by default.
+    #[arg(long, value_name = "SECONDS", value_parser = num_arg::<u64>)]
+    pub timeout: Option<u64>,
+    /// The largest scenario file read, in bytes (default 1 MiB).
+    #[arg(long, value_name = "BYTES", value_parser = num_arg::<u64>)]
+    pub max_file_bytes: Option<u64>,
+    /// The most actions a file may expand to, repeats and counts multiplied out (default
+    /// 2000000).
+    #[arg(long, value_name = "N", value_parser = num_arg::<u64>)]
+    pub max_actions: Option<u64>,
+    /// The largest `budget` (guest instructions per KVM_RUN) a file may set (default 1000000).
+    #[arg(long, value_name = "N", value_parser = num_arg::<u64>)]
+    pub max_budget: Option<u64>,
+}
+
+impl RunArgs {
+    /// The limits the file is held to: the defaults, raised or lowered by the flags.
+    pub fn limits(&self) -> Limits {
+        let d = Limits::default();
+        Limits {
+            file_bytes: self.max_file_bytes.unwrap_or(d.file_bytes),
+            actions: self.max_actions.unwrap_or(d.actions),
+            budget: self.max_budget.unwrap_or(d.budget),
+        }
+    }
 }
 
 /// Run a scenario file.
@@ -45,15 +74,17 @@ pub fn run(a: &RunArgs) -> i32 {
             }
         },
     };
-    let file = match ScenarioFile::load(&a.file) {
+    let file = match ScenarioFile::load_with(&a.file, &a.limits()) {
         Ok(f) => f,
         Err(errs) => {
             eprintln!("{errs}");
             return 2;
         }
     };
+    // Records go out as they happen, a line at a time, so a stuck run shows how far it got.
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let terminal = stdout.is_terminal();
+    let mut out = LineWriter::new(stdout.lock());
     let mut text = TextRenderer::new();
     let json = a.json;
     let mut sink = |r: Record| {
@@ -64,10 +95,15 @@ pub fn run(a: &RunArgs) -> i32 {
         } else if a.trace {
             let _ = write!(out, "{}", text.render(&r));
         }
+        if terminal {
+            let _ = out.flush();
+        }
     };
     let opts = PlayOptions {
         flow,
         trace: a.trace,
+        deadline: a.timeout.map(|s| Instant::now() + Duration::from_secs(s)),
+        progress: std::io::stderr().is_terminal(),
     };
     let report = match play(&file, &opts, &mut sink) {
         Ok(r) => r,
@@ -89,5 +125,11 @@ pub fn run(a: &RunArgs) -> i32 {
         let _ = write!(out, "{}", report.text());
     }
     let _ = out.flush();
-    if report.passed { 0 } else { 1 }
+    if report.timed_out {
+        EXIT_TIMEOUT
+    } else if report.passed {
+        0
+    } else {
+        1
+    }
 }

@@ -3,6 +3,7 @@
 //! snapshots (`state_action`), and where vcpus run (`placement_action`).
 
 use hypdbg_host::{DebugSnapshot, DebugStop, DebugVcpu, Debugger, RunExit, Stop, WatchRequest};
+use hypdbg_hyp::events::Event;
 use hypdbg_hyp::vm::VcpuExit;
 use hypdbg_model::uapi::{KvmGuestDebug, KvmGuestDebugArch};
 
@@ -48,13 +49,18 @@ impl RunEnd {
 
 impl<B: Backend> Engine<B> {
     /// Apply one action (`number`: its number, for errors); `repeat` is [`Engine::play`]'s.
-    pub(super) fn apply(&mut self, op: &Op, number: u64) -> ActionResult {
+    pub(super) fn apply(
+        &mut self,
+        op: &Op,
+        number: u64,
+        sink: &mut dyn FnMut(&Event),
+    ) -> ActionResult {
         match op {
             Op::RunUntilHvc { .. }
             | Op::Run { .. }
             | Op::KvmRun { .. }
             | Op::Step { .. }
-            | Op::RunConcurrently { .. } => self.run_action(op),
+            | Op::RunConcurrently { .. } => self.run_action(op, sink),
             Op::Break { .. }
             | Op::DeleteBreak { .. }
             | Op::Watch { .. }
@@ -62,13 +68,13 @@ impl<B: Backend> Engine<B> {
             | Op::SwBreak { .. }
             | Op::DeleteSwBreak { .. }
             | Op::SingleStep { .. }
-            | Op::Detach { .. } => self.debugger_action(op, number),
+            | Op::Detach { .. } => self.debugger_action(op, number, sink),
             Op::SetGuestDebug { .. }
             | Op::SetOneReg { .. }
             | Op::GetOneReg { .. }
             | Op::Snapshot { .. }
             | Op::Restore { .. }
-            | Op::WriteMemory { .. } => self.state_action(op, number),
+            | Op::WriteMemory { .. } => self.state_action(op, number, sink),
             Op::Migrate { .. } | Op::Irq { .. } | Op::Preempt { .. } | Op::MigrateVm { .. } => {
                 self.placement_action(op)
             }
@@ -114,9 +120,11 @@ impl<B: Backend> Engine<B> {
     // ---- running ---------------------------------------------------------------------
 
     /// `run_until_hvc`, `run`, `kvm_run`, `step`, `run_concurrently`.
-    fn run_action(&mut self, op: &Op) -> ActionResult {
+    fn run_action(&mut self, op: &Op, sink: &mut dyn FnMut(&Event)) -> ActionResult {
         match op {
-            Op::RunUntilHvc { vcpu, imm, .. } => self.run_until_hvc(self.vcpu_ok(*vcpu)?, *imm),
+            Op::RunUntilHvc { vcpu, imm, .. } => {
+                self.run_until_hvc(self.vcpu_ok(*vcpu)?, *imm, sink)
+            }
             Op::Run {
                 vcpu,
                 until_hvc,
@@ -126,14 +134,14 @@ impl<B: Backend> Engine<B> {
                 let v = self.vcpu_ok(*vcpu)?;
                 let count = count.unwrap_or(1);
                 if self.users[v].debugger.is_some() {
-                    self.run_debugger(v, *until_hvc, count)
+                    self.run_debugger(v, *until_hvc, count, sink)
                 } else {
-                    self.run_raw(v, *until_hvc, count)
+                    self.run_raw(v, *until_hvc, count, sink)
                 }
             }
             Op::KvmRun { vcpu, .. } => {
                 let v = self.vcpu_ok(*vcpu)?;
-                let e = self.kvm_run(v)?;
+                let e = self.kvm_run(v, sink)?;
                 Ok(Outcome {
                     text: format!("KVM_RUN: {}", self.exit_words(&e)),
                     exit: Some(ExitInfo::of_exit(&e)),
@@ -142,16 +150,17 @@ impl<B: Backend> Engine<B> {
             }
             Op::Step { vcpu, count, .. } => {
                 let v = self.vcpu_ok(*vcpu)?;
-                self.ensure_debugger(v)?;
+                self.ensure_debugger(v, sink)?;
                 let mut last = None;
                 for _ in 0..count.unwrap_or(1) {
-                    last = Some(self.with_debugger(v, |d, t| d.step(t))?);
+                    self.check_deadline()?;
+                    last = Some(self.with_debugger(v, sink, |d, t| d.step(t))?);
                 }
                 let (stop, raw) = last.ok_or(ActionError::ZeroCount("step"))?;
                 Ok(self.stop_outcome("stepi", &stop, raw.as_ref(), 0))
             }
             Op::RunConcurrently { vcpus, .. } => {
-                let exits = self.backend.run_concurrently(vcpus)?;
+                let exits = self.backend.run_concurrently(vcpus, sink)?;
                 for e in &exits {
                     self.exits.record(e);
                 }
@@ -166,23 +175,28 @@ impl<B: Backend> Engine<B> {
     }
 
     /// One raw KVM_RUN, counted.
-    fn kvm_run(&mut self, v: usize) -> Result<VcpuExit, ActionError> {
-        Tap::new(self.backend.vcpu(v)?, &mut self.exits).run_exit()
+    fn kvm_run(&mut self, v: usize, sink: &mut dyn FnMut(&Event)) -> Result<VcpuExit, ActionError> {
+        Tap::new(self.backend.vcpu(v)?, &mut self.exits, sink).run_exit()
     }
 
     /// The validator's loop: KVM_RUN until HVC #imm, debug exits handled by the vcpu's
     /// [`hypdbg_host::RawSession`] as a gdb stub would.
-    fn run_until_hvc(&mut self, v: usize, imm: u16) -> ActionResult {
+    fn run_until_hvc(&mut self, v: usize, imm: u16, sink: &mut dyn FnMut(&Event)) -> ActionResult {
         let Engine {
             backend,
             users,
             exits,
+            deadline,
             ..
         } = self;
+        let deadline = *deadline;
         let raw = &mut users[v].raw;
-        let mut tap = Tap::new(backend.vcpu(v)?, exits);
+        let mut tap = Tap::new(backend.vcpu(v)?, exits, sink);
         let mut debug_exits = 0u32;
         for _ in 0..MAX_RUNS {
+            if deadline.is_some_and(|d| std::time::Instant::now() > d) {
+                return Err(ActionError::Deadline);
+            }
             match tap.run_exit()? {
                 VcpuExit::Hvc { imm: got } if got == imm => {
                     return Ok(Outcome {
@@ -226,6 +240,7 @@ impl<B: Backend> Engine<B> {
         for _ in 0..count {
             let mut finished = false;
             for _ in 0..MAX_RUN_ITERATIONS {
+                self.check_deadline()?;
                 let (x, end) = once(self)?;
                 last = Some(x);
                 finished = match (end, until) {
@@ -261,9 +276,15 @@ impl<B: Backend> Engine<B> {
     }
 
     /// `run` without a debugger: raw KVM_RUNs.
-    fn run_raw(&mut self, v: usize, until: Option<u16>, count: u32) -> ActionResult {
+    fn run_raw(
+        &mut self,
+        v: usize,
+        until: Option<u16>,
+        count: u32,
+        sink: &mut dyn FnMut(&Event),
+    ) -> ActionResult {
         let (e, stops) = self.run_loop(until, count, "KVM_RUNs", |s| {
-            let e = s.kvm_run(v)?;
+            let e = s.kvm_run(v, sink)?;
             Ok((e, RunEnd::of_exit(&e)))
         })?;
         let passed = if stops > 0 {
@@ -280,12 +301,18 @@ impl<B: Backend> Engine<B> {
     }
 
     /// `run` through the debugger: its `continue`, or `stepi` in single-step mode.
-    fn run_debugger(&mut self, v: usize, until: Option<u16>, count: u32) -> ActionResult {
+    fn run_debugger(
+        &mut self,
+        v: usize,
+        until: Option<u16>,
+        count: u32,
+        sink: &mut dyn FnMut(&Event),
+    ) -> ActionResult {
         let stepping = self.users[v].stepping;
         let what = if stepping { "stepi" } else { "continue" };
         let ((stop, raw), stops) = self.run_loop(until, count, "stops", |s| {
             let (stop, raw) =
-                s.with_debugger(v, |d, t| if stepping { d.step(t) } else { d.cont(t) })?;
+                s.with_debugger(v, sink, |d, t| if stepping { d.step(t) } else { d.cont(t) })?;
             let end = RunEnd::of_stop(&stop, raw.as_ref());
             Ok(((stop, raw), end))
         })?;
@@ -334,9 +361,13 @@ impl<B: Backend> Engine<B> {
 
     // ---- the debugger ------------------------------------------------------------------
 
-    fn ensure_debugger(&mut self, v: usize) -> Result<&mut Debugger, ActionError> {
+    fn ensure_debugger(
+        &mut self,
+        v: usize,
+        sink: &mut dyn FnMut(&Event),
+    ) -> Result<&mut Debugger, ActionError> {
         if self.users[v].debugger.is_none() {
-            let tap = Tap::new(self.backend.vcpu(v)?, &mut self.exits);
+            let tap = Tap::new(self.backend.vcpu(v)?, &mut self.exits, sink);
             self.users[v].debugger = Some(Debugger::new(&tap)?);
         }
         self.users[v]
@@ -349,6 +380,7 @@ impl<B: Backend> Engine<B> {
     fn with_debugger<T, E: Into<ActionError>>(
         &mut self,
         v: usize,
+        sink: &mut dyn FnMut(&Event),
         f: impl FnOnce(&mut Debugger, &mut dyn DebugVcpu) -> Result<T, E>,
     ) -> Result<(T, Option<VcpuExit>), ActionError> {
         let Engine {
@@ -361,24 +393,29 @@ impl<B: Backend> Engine<B> {
             .get_mut(v)
             .and_then(|u| u.debugger.as_mut())
             .ok_or(ActionError::NoDebugger(v))?;
-        let mut tap = Tap::new(backend.vcpu(v)?, exits);
+        let mut tap = Tap::new(backend.vcpu(v)?, exits, sink);
         let r = f(d, &mut tap).map_err(Into::into)?;
         Ok((r, tap.last))
     }
 
     /// `break`, `delete_break`, `watch`, `delete_watch`, `sw_break`, `delete_sw_break`,
     /// `single_step`, `detach`.
-    fn debugger_action(&mut self, op: &Op, number: u64) -> ActionResult {
+    fn debugger_action(
+        &mut self,
+        op: &Op,
+        number: u64,
+        sink: &mut dyn FnMut(&Event),
+    ) -> ActionResult {
         let v = self.vcpu_ok(op.vcpu())?;
         if let Op::Detach { .. } = op {
             if self.users[v].debugger.is_some() {
-                self.with_debugger(v, |d, t| d.detach(t))?;
+                self.with_debugger(v, sink, |d, t| d.detach(t))?;
             }
             self.users[v].debugger = None;
             self.users[v].stepping = false;
             return Ok(Outcome::text("debugger detached".into()));
         }
-        self.ensure_debugger(v)?;
+        self.ensure_debugger(v, sink)?;
         match op {
             Op::SingleStep { on, .. } => {
                 self.users[v].stepping = *on;
@@ -390,7 +427,7 @@ impl<B: Backend> Engine<B> {
             Op::Break { addr, .. } | Op::DeleteBreak { addr, .. } => {
                 let a = self.addr(addr, number)?;
                 let insert = matches!(op, Op::Break { .. });
-                let d = self.ensure_debugger(v)?;
+                let d = self.ensure_debugger(v, sink)?;
                 let text = if insert {
                     let slot = d.hw_mut().insert_breakpoint(a)?;
                     format!("hardware breakpoint at {} in slot {slot}", self.describe(a))
@@ -411,15 +448,15 @@ impl<B: Backend> Engine<B> {
             } => {
                 let a = self.addr(addr, number)?;
                 let req = WatchRequest::new(a, *len, *access);
-                self.watch(v, req, matches!(op, Op::Watch { .. }))
+                self.watch(v, req, matches!(op, Op::Watch { .. }), sink)
             }
             Op::SwBreak { addr, .. } | Op::DeleteSwBreak { addr, .. } => {
                 let a = self.addr(addr, number)?;
                 let what = if matches!(op, Op::SwBreak { .. }) {
-                    self.with_debugger(v, |d, t| d.insert_sw_breakpoint(t, a))?;
+                    self.with_debugger(v, sink, |d, t| d.insert_sw_breakpoint(t, a))?;
                     "software breakpoint (BRK #0) at"
                 } else {
-                    self.with_debugger(v, |d, t| d.remove_sw_breakpoint(t, a))?;
+                    self.with_debugger(v, sink, |d, t| d.remove_sw_breakpoint(t, a))?;
                     "removed the software breakpoint at"
                 };
                 Ok(Outcome::text(format!("{what} {}", self.describe(a))))
@@ -429,10 +466,16 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Insert (or remove) a watch request through the debugger's pool.
-    fn watch(&mut self, v: usize, req: WatchRequest, insert: bool) -> ActionResult {
+    fn watch(
+        &mut self,
+        v: usize,
+        req: WatchRequest,
+        insert: bool,
+        sink: &mut dyn FnMut(&Event),
+    ) -> ActionResult {
         let where_ = self.describe(req.addr);
         let (access, len) = (req.access, req.len);
-        let d = self.ensure_debugger(v)?;
+        let d = self.ensure_debugger(v, sink)?;
         if !insert {
             let slots = d.hw_mut().remove_watchpoint(req)?;
             return Ok(Outcome::text(format!(
@@ -460,7 +503,7 @@ impl<B: Backend> Engine<B> {
 
     /// `set_guest_debug`, `set_one_reg`, `get_one_reg`, `snapshot`, `restore`,
     /// `write_memory`.
-    fn state_action(&mut self, op: &Op, number: u64) -> ActionResult {
+    fn state_action(&mut self, op: &Op, number: u64, sink: &mut dyn FnMut(&Event)) -> ActionResult {
         match op {
             Op::SetGuestDebug {
                 vcpu,
@@ -514,7 +557,7 @@ impl<B: Backend> Engine<B> {
                     ..Outcome::default()
                 })
             }
-            Op::Snapshot { vcpu, name, .. } => self.snapshot(self.vcpu_ok(*vcpu)?, name),
+            Op::Snapshot { vcpu, name, .. } => self.snapshot(self.vcpu_ok(*vcpu)?, name, sink),
             Op::Restore { vcpu, name, .. } => {
                 let v = self.vcpu_ok(*vcpu)?;
                 let s = self
@@ -522,7 +565,7 @@ impl<B: Backend> Engine<B> {
                     .get(name)
                     .cloned()
                     .ok_or_else(|| ActionError::NoSnapshot(name.clone()))?;
-                let mut tap = Tap::new(self.backend.vcpu(v)?, &mut self.exits);
+                let mut tap = Tap::new(self.backend.vcpu(v)?, &mut self.exits, sink);
                 s.restore(&mut tap)?;
                 Ok(Outcome::text(format!(
                     "restored snapshot '{name}' into vcpu {v}"
@@ -541,8 +584,8 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    fn snapshot(&mut self, v: usize, name: &str) -> ActionResult {
-        let mut tap = Tap::new(self.backend.vcpu(v)?, &mut self.exits);
+    fn snapshot(&mut self, v: usize, name: &str, sink: &mut dyn FnMut(&Event)) -> ActionResult {
+        let mut tap = Tap::new(self.backend.vcpu(v)?, &mut self.exits, sink);
         let s = DebugSnapshot::save(&mut tap)?;
         let text = format!(
             "snapshot '{name}' of vcpu {v}: {} breakpoint and {} watchpoint register pairs, MDSCR_EL1={:#x}, MDCCINT_EL1={:#x}, OSLSR_EL1={:#x}",

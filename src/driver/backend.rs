@@ -15,8 +15,9 @@ use super::outcome::ActionError;
 /// One vcpu of a backend: the host crate's seam, plus the exit as the backend reports it
 /// (for expectations and counts; the debugger sees its [`hypdbg_host::RunExit`] view).
 pub trait BackendVcpu: DebugVcpu {
-    /// KVM_RUN.
-    fn run_exit(&mut self) -> Result<VcpuExit, ActionError>;
+    /// KVM_RUN, handing `sink` the events recorded on the way as they come (so a long run
+    /// holds only what one world switch recorded).
+    fn run_exit(&mut self, sink: &mut dyn FnMut(&Event)) -> Result<VcpuExit, ActionError>;
 }
 
 /// A VM the driver plays actions on.
@@ -51,8 +52,13 @@ pub trait Backend {
     /// to physical CPU `cpu`.
     fn preempt(&mut self, v: usize, after: u32, cpu: usize) -> Result<(), ActionError>;
 
-    /// One KVM_RUN of each of `vcpus`, all entering their guests before any exits.
-    fn run_concurrently(&mut self, vcpus: &[usize]) -> Result<Vec<VcpuExit>, ActionError>;
+    /// One KVM_RUN of each of `vcpus`, all entering their guests before any exits; `sink`
+    /// gets the events as they come.
+    fn run_concurrently(
+        &mut self,
+        vcpus: &[usize],
+        sink: &mut dyn FnMut(&Event),
+    ) -> Result<Vec<VcpuExit>, ActionError>;
 
     /// Live-migrate the VM: a fresh one (on `cpus`, default the same) receives the guest
     /// memory and every vcpu's registers through ONE_REG. Returns the registers carried per
@@ -71,6 +77,7 @@ pub trait Backend {
     /// How many exceptions vcpu `v`'s guest handler took since the start.
     fn exception_count(&self, v: usize) -> usize;
 
-    /// Hand `f` every event recorded since the last call, in order.
+    /// Hand `f` every event recorded since the last call, in order (the events of a KVM_RUN
+    /// went to its sink already).
     fn drain_events(&mut self, f: &mut dyn FnMut(&Event));
 }

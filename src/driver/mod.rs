@@ -18,6 +18,7 @@ pub mod sim;
 pub mod tap;
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use hypdbg_host::{DebugSnapshot, Debugger, RawSession};
 use hypdbg_hyp::events::{Event, GuestEvent};
@@ -56,10 +57,12 @@ pub trait Probe {
     fn exception_count(&self, v: usize) -> usize;
 }
 
-/// Receives the driver's stream. For each action, in this order: [`Observer::action`], the
-/// action is applied, [`Observer::outcome`] (the VM as the action left it, readable through
-/// the probe), [`Observer::event`] for every event recorded since the previous action
-/// (including what the outcome's reads recorded), then [`Observer::done`].
+/// Receives the driver's stream. For each action, in this order: [`Observer::action`]; the
+/// action is applied, and every event its KVM_RUNs record reaches [`Observer::event`] as it
+/// happens; [`Observer::outcome`] (the VM as the action left it, readable through the probe);
+/// [`Observer::event`] for the events recorded outside a run (ioctls, and the outcome's own
+/// reads); then [`Observer::done`]. Events are numbered from 0 over the whole run, in the
+/// order they were recorded.
 pub trait Observer {
     /// An action is about to be applied.
     fn action(&mut self, _a: &ActionInfo<'_>, _probe: &mut dyn Probe) {}
@@ -69,6 +72,23 @@ pub trait Observer {
     fn event(&mut self, _seq: u64, _e: &Event, _a: &ActionInfo<'_>) {}
     /// The action is over.
     fn done(&mut self, _a: &ActionInfo<'_>, _r: &ActionResult) {}
+}
+
+/// The number of event `e`: the next one, except for an instruction of the guest's trace
+/// (recorded only with `--trace`), which carries the number of the event before it, so that
+/// a run numbers its events the same with and without a trace.
+fn number(next: &mut u64, e: &Event) -> u64 {
+    if matches!(
+        e,
+        Event::Guest {
+            what: GuestEvent::Executed { .. },
+            ..
+        }
+    ) {
+        return next.saturating_sub(1);
+    }
+    *next += 1;
+    *next - 1
 }
 
 /// The run stopped at an action that failed without expecting to.
@@ -98,6 +118,7 @@ pub struct Engine<B: Backend> {
     exits: ExitCounts,
     actions: u64,
     events: u64,
+    deadline: Option<Instant>,
 }
 
 impl<B: Backend> Engine<B> {
@@ -112,6 +133,21 @@ impl<B: Backend> Engine<B> {
             exits: ExitCounts::default(),
             actions: 0,
             events: 0,
+            deadline: None,
+        }
+    }
+
+    /// Stop with [`ActionError::Deadline`] once `deadline` has passed: checked before every
+    /// action and every KVM_RUN of a long action.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    /// [`ActionError::Deadline`] if the deadline has passed.
+    pub(crate) fn check_deadline(&self) -> Result<(), ActionError> {
+        match self.deadline {
+            Some(d) if Instant::now() > d => Err(ActionError::Deadline),
+            _ => Ok(()),
         }
     }
 
@@ -170,12 +206,15 @@ impl<B: Backend> Engine<B> {
             op,
         };
         obs.action(&info, self);
-        let r = self.apply(op, info.number);
-        obs.outcome(&info, &r, self);
         let mut seq = self.events;
+        let r = self.check_deadline().and_then(|()| {
+            self.apply(op, info.number, &mut |e| {
+                obs.event(number(&mut seq, e), e, &info);
+            })
+        });
+        obs.outcome(&info, &r, self);
         self.backend.drain_events(&mut |e| {
-            obs.event(seq, e, &info);
-            seq += 1;
+            obs.event(number(&mut seq, e), e, &info);
         });
         self.events = seq;
         obs.done(&info, &r);

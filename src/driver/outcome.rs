@@ -117,6 +117,12 @@ pub enum ActionError {
     /// An action handed to the wrong family of actions (a driver defect).
     #[error("`{0}` reached the wrong family of actions (a driver defect)")]
     Misrouted(&'static str),
+    /// The wall-clock limit passed.
+    #[error("stopped by the wall-clock limit (--timeout)")]
+    Deadline,
+    /// A host-interrupt period of 0 (the guest would never run an instruction).
+    #[error("irq every 0: a host interrupt comes after 1 or more guest instructions")]
+    ZeroIrqPeriod,
     /// A repeated action with a count of 0 (the file checks refuse it).
     #[error("{0} count 0")]
     ZeroCount(&'static str),

@@ -41,7 +41,7 @@ pub struct SimBackend {
     config: VmConfig,
     /// Exceptions the guest took on VMs it migrated away from, per vcpu.
     earlier_exceptions: Vec<Vec<GuestEvent>>,
-    /// Events of VMs migrated away from, not yet drained.
+    /// Events of the VM a `migrate_vm` left, until the action's events are drained.
     earlier_events: Vec<Event>,
 }
 
@@ -87,9 +87,9 @@ impl SimBackend {
 }
 
 impl BackendVcpu for VmVcpu<'_> {
-    fn run_exit(&mut self) -> Result<VcpuExit, ActionError> {
+    fn run_exit(&mut self, sink: &mut dyn FnMut(&Event)) -> Result<VcpuExit, ActionError> {
         let v = self.index();
-        Ok(self.vm().run(v)?)
+        Ok(self.vm().run_streamed(v, Some(&mut |e: Event| sink(&e)))?)
     }
 }
 
@@ -124,6 +124,9 @@ impl Backend for SimBackend {
 
     fn set_irq(&mut self, v: usize, every: Option<u64>) -> Result<(), ActionError> {
         let v = self.check_vcpu(v)?;
+        if every == Some(0) {
+            return Err(ActionError::ZeroIrqPeriod);
+        }
         self.vm.vcpu_mut(v)?.irq_every = every;
         Ok(())
     }
@@ -137,8 +140,14 @@ impl Backend for SimBackend {
         Ok(())
     }
 
-    fn run_concurrently(&mut self, vcpus: &[usize]) -> Result<Vec<VcpuExit>, ActionError> {
-        Ok(self.vm.run_concurrently(vcpus)?)
+    fn run_concurrently(
+        &mut self,
+        vcpus: &[usize],
+        sink: &mut dyn FnMut(&Event),
+    ) -> Result<Vec<VcpuExit>, ActionError> {
+        Ok(self
+            .vm
+            .run_concurrently_streamed(vcpus, Some(&mut |e: Event| sink(&e)))?)
     }
 
     fn migrate_vm(&mut self, cpus: Option<&[CpuSpec]>) -> Result<usize, ActionError> {

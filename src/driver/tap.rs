@@ -2,6 +2,7 @@
 //! last one remembered, so a debugger stop can be reported with its syndrome.
 
 use hypdbg_host::{DebugVcpu, RunExit, VcpuError};
+use hypdbg_hyp::events::Event;
 use hypdbg_hyp::vm::VcpuExit;
 use hypdbg_model::esr::Esr;
 use hypdbg_model::uapi::KvmGuestDebug;
@@ -16,21 +17,24 @@ pub struct Tap<'e, V: BackendVcpu> {
     /// The last exit.
     pub last: Option<VcpuExit>,
     counts: &'e mut ExitCounts,
+    sink: &'e mut dyn FnMut(&Event),
 }
 
 impl<'e, V: BackendVcpu> Tap<'e, V> {
-    /// Wrap `vcpu`, counting its exits into `counts`.
-    pub fn new(vcpu: V, counts: &'e mut ExitCounts) -> Self {
+    /// Wrap `vcpu`, counting its exits into `counts` and handing the events of its runs to
+    /// `sink`.
+    pub fn new(vcpu: V, counts: &'e mut ExitCounts, sink: &'e mut dyn FnMut(&Event)) -> Self {
         Tap {
             vcpu,
             last: None,
             counts,
+            sink,
         }
     }
 
     /// KVM_RUN, the raw exit counted and remembered.
     pub fn run_exit(&mut self) -> Result<VcpuExit, ActionError> {
-        let exit = self.vcpu.run_exit()?;
+        let exit = self.vcpu.run_exit(self.sink)?;
         self.counts.record(&exit);
         self.last = Some(exit);
         Ok(exit)

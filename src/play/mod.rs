@@ -35,6 +35,10 @@ pub struct PlayOptions {
     /// Emit the full trace (every action, event, register access, expectation verdict and
     /// violation); otherwise only [`Record::Start`].
     pub trace: bool,
+    /// Stop once this instant has passed (the report says so).
+    pub deadline: Option<std::time::Instant>,
+    /// Show a progress bar on standard error for a run that takes more than a second.
+    pub progress: bool,
 }
 
 /// An expectation not met, located.
@@ -105,6 +109,8 @@ pub struct Report {
     /// Every expectation met, no action error, and the invariants broken are exactly the
     /// expected ones (none, unless the file says otherwise).
     pub passed: bool,
+    /// The wall-clock limit stopped the run.
+    pub timed_out: bool,
 }
 
 impl Report {
@@ -173,6 +179,7 @@ pub fn play(
     });
     let resolver = Resolver::new(&file.program, &sc.symbols);
     let mut engine = Engine::new(backend, resolver.clone());
+    engine.set_deadline(opts.deadline);
     let mut p = Player {
         file,
         checker: Checker::new(era, features),
@@ -186,6 +193,7 @@ pub fn play(
         report: Report::new(file, &variant, era),
         loaded: BTreeMap::new(),
         resolver,
+        progress: opts.progress.then(|| Progress::new(file.actions)),
     };
     let _ = engine.play(&sc.ops, &mut p);
     let mut r = p.report;
@@ -215,6 +223,45 @@ struct Player<'a> {
     loaded: BTreeMap<usize, usize>,
     /// Labels and symbols, for the trace.
     resolver: Resolver,
+    /// Actions done of the expanded total, once the run takes more than a second.
+    progress: Option<Progress>,
+}
+
+/// A progress bar on standard error, drawn only once a run has taken a second.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    started: std::time::Instant,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(total),
+            indicatif::ProgressDrawTarget::hidden(),
+        );
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} actions {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Progress {
+            bar,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn tick(&mut self, action: u64) {
+        if self.bar.is_hidden() && self.started.elapsed().as_secs() >= 1 {
+            self.bar
+                .set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        self.bar.set_position(action);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 fn event_vcpu(e: &Event) -> Option<usize> {
@@ -304,6 +351,9 @@ impl Player<'_> {
 
 impl Observer for Player<'_> {
     fn action(&mut self, a: &ActionInfo<'_>, probe: &mut dyn Probe) {
+        if let Some(p) = self.progress.as_mut() {
+            p.tick(a.number);
+        }
         self.exceptions_before = probe.exception_count(a.op.vcpu());
         if self.trace {
             let location = self.action_location(a);
@@ -414,6 +464,14 @@ impl Observer for Player<'_> {
             Err(ActionError::Setup(e)) => {
                 self.report.error = Some(format!("{location}: action {}: {e}", a.number));
             }
+            Err(ActionError::Deadline) => {
+                self.report.timed_out = true;
+                self.report.error = Some(format!(
+                    "{location}: action {} (`{}`): stopped by the wall-clock limit (--timeout)",
+                    a.number,
+                    a.op.name()
+                ));
+            }
             Err(e) if !expects_error => {
                 self.report.error = Some(format!(
                     "{location}: action {} (`{}`) failed: {e}",
@@ -445,6 +503,7 @@ impl Report {
             expected_invariants: Vec::new(),
             error: None,
             passed: false,
+            timed_out: false,
         }
     }
 }

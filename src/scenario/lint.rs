@@ -20,8 +20,29 @@ use crate::checker::Invariant;
 /// The flow a file runs when neither it nor the command line names one.
 pub const DEFAULT_FLOW: &str = "era3";
 
-/// Expanded actions a file may ask for (repeats multiplied out).
-pub const MAX_ACTIONS: u64 = 2_000_000;
+/// The bounds every scenario is held to before anything runs, so that no accepted file can
+/// run without end or eat the machine. Each has a default and a command-line flag that
+/// raises it (`hypdbg run --max-...`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes a scenario file may have (`--max-file-bytes`).
+    pub file_bytes: u64,
+    /// Actions a file may expand to: repeats multiplied out, each `count` counted
+    /// (`--max-actions`).
+    pub actions: u64,
+    /// Guest instructions one KVM_RUN may execute before KVM_EXIT_INTR (`--max-budget`).
+    pub budget: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            file_bytes: 1 << 20,
+            actions: 2_000_000,
+            budget: 1_000_000,
+        }
+    }
+}
 
 /// Build a path: `path!["ops", 3, "expect", "pc"]`.
 macro_rules! path {
@@ -42,6 +63,8 @@ pub struct Checked {
     pub variant: Variant,
     /// The invariants the file expects its own flow to break.
     pub expect_violations: BTreeSet<Invariant>,
+    /// The actions the file expands to.
+    pub actions: u64,
 }
 
 /// The checker of one file.
@@ -49,6 +72,7 @@ pub struct Lint<'a> {
     file: &'a str,
     text: &'a str,
     tree: &'a Node,
+    limits: Limits,
     /// The problems found.
     pub errors: Vec<FileError>,
 }
@@ -74,9 +98,8 @@ fn known_flows() -> String {
 }
 
 /// The names a label may be, for an error message (at most 12 shown).
-fn names_words(program: &Program, sc: &Scenario) -> String {
-    let mut names: Vec<&str> = program.labels.keys().map(String::as_str).collect();
-    names.extend(sc.symbols.keys().map(String::as_str));
+fn names_words(resolver: &Resolver) -> String {
+    let names: Vec<&str> = resolver.names().collect();
     let shown = names
         .iter()
         .take(12)
@@ -94,11 +117,12 @@ fn names_words(program: &Program, sc: &Scenario) -> String {
 
 impl<'a> Lint<'a> {
     /// A checker for `text` (named `file`) whose position tree is `tree`.
-    pub fn new(file: &'a str, text: &'a str, tree: &'a Node) -> Self {
+    pub fn new(file: &'a str, text: &'a str, tree: &'a Node, limits: Limits) -> Self {
         Lint {
             file,
             text,
             tree,
+            limits,
             errors: Vec::new(),
         }
     }
@@ -147,7 +171,7 @@ impl<'a> Lint<'a> {
             features,
             ncpus: sc.cpus.len().max(1),
             resolver: &resolver,
-            names: names_words(&program, sc),
+            names: names_words(&resolver),
             snapshots: BTreeSet::new(),
             total: 0,
         };
@@ -161,6 +185,7 @@ impl<'a> Lint<'a> {
             program,
             variant: variant?,
             expect_violations,
+            actions: ctx.total,
         })
     }
 
@@ -209,11 +234,11 @@ impl<'a> Lint<'a> {
                 format!("vcpus = {}: a scenario has 1 to 64 vcpus", sc.vcpus),
             );
         }
-        if sc.vcpu_cpus.len() > sc.vcpus {
+        if !sc.vcpu_cpus.is_empty() && sc.vcpu_cpus.len() != sc.vcpus {
             self.err(
                 &path!["vcpu_cpus"],
                 format!(
-                    "vcpu_cpus lists {} entries but the VM has {} vcpu(s)",
+                    "vcpu_cpus lists {} entries but the VM has {} vcpu(s): give every vcpu its physical CPU, or none",
                     sc.vcpu_cpus.len(),
                     sc.vcpus
                 ),
@@ -231,12 +256,15 @@ impl<'a> Lint<'a> {
                 );
             }
         }
+        let max = self.limits.budget;
         if let Some(b) = sc.budget
-            && !(1..=100_000_000).contains(&b)
+            && !(1..=max).contains(&b)
         {
             self.err(
                 &path!["budget"],
-                format!("budget = {b}: a KVM_RUN executes 1 to 100000000 guest instructions"),
+                format!(
+                    "budget = {b}: a KVM_RUN executes 1 to {max} guest instructions (the limit; --max-budget raises it)"
+                ),
             );
         }
     }
@@ -320,15 +348,31 @@ impl<'a> Lint<'a> {
     fn value(&mut self, ctx: &Ctx<'_>, p: &[Seg], v: &Value) -> Option<u64> {
         let r = ctx.resolver.resolve(v);
         if r.is_none() {
+            self.err(p, ctx.resolver.why_not(v, &ctx.names));
+        }
+        r
+    }
+
+    /// A PC is 4-byte aligned: A64 instructions are words (a misaligned PC faults).
+    fn aligned_pc(&mut self, p: &[Seg], pc: u64) {
+        if !pc.is_multiple_of(4) {
+            self.err(
+                p,
+                format!("pc {pc:#x} is not 4-byte aligned: A64 instructions are words"),
+            );
+        }
+    }
+
+    /// `len` bytes at `a` stay below 2^64.
+    fn fits(&mut self, p: &[Seg], a: u64, len: u64, what: &str) {
+        if a.checked_add(len - 1).is_none() {
             self.err(
                 p,
                 format!(
-                    "unknown label '{v}': the program and the symbols define {}",
-                    ctx.names
+                    "{what} of {len} bytes at {a:#x} runs past the top of the 64-bit address space"
                 ),
             );
         }
-        r
     }
 
     fn vcpu(&mut self, ctx: &Ctx<'_>, p: &[Seg], v: usize) {
@@ -385,25 +429,58 @@ impl<'a> Lint<'a> {
     }
 
     fn op(&mut self, op: &Op, idx: &[usize], p: &[Seg], ctx: &mut Ctx<'_>, mult: u64) {
+        let before = ctx.total;
         ctx.total = ctx.total.saturating_add(mult);
         match op {
             Op::Repeat { times, ops } => return self.repeat(*times, ops, idx, p, ctx, mult),
             Op::RunConcurrently { vcpus, .. } => self.run_concurrently(vcpus, p, ctx),
             Op::MigrateVm { cpus, .. } => self.migrate_vm(cpus.as_deref(), p, ctx),
             Op::WriteMemory { addr, bytes, .. } => {
-                self.value(ctx, &with(p, &path!["addr"]), addr);
+                let a = self.value(ctx, &with(p, &path!["addr"]), addr);
                 if bytes.is_empty() || bytes.len() > 4096 {
                     self.err(
                         &with(p, &path!["bytes"]),
                         format!("write_memory writes 1 to 4096 bytes, not {}", bytes.len()),
+                    );
+                } else if let Some(a) = a {
+                    self.fits(
+                        &with(p, &path!["addr"]),
+                        a,
+                        bytes.len() as u64,
+                        "write_memory",
                     );
                 }
             }
             other => self.vcpu(ctx, p, other.vcpu()),
         }
         self.op_fields(op, p, ctx, mult);
+        if mult == 1 {
+            // Inside a repeat, the repeat reports the limit (at its `times`).
+            self.actions_limit(op, p, before, ctx.total);
+        }
         if let Some(e) = op.expect() {
             self.expect(op, e, &with(p, &path!["expect"]), ctx);
+        }
+    }
+
+    /// The action that takes the expanded total past the limit is the one reported.
+    fn actions_limit(&mut self, op: &Op, p: &[Seg], before: u64, total: u64) {
+        let max = self.limits.actions;
+        if total > max && before <= max {
+            let key = if matches!(
+                op,
+                Op::Run { count: Some(_), .. } | Op::Step { count: Some(_), .. }
+            ) {
+                "count"
+            } else {
+                "do"
+            };
+            self.err(
+                &with(p, &[Seg::Key(key.to_string())]),
+                format!(
+                    "the scenario expands to {total} actions here (repeats and counts multiplied out); the limit is {max} (--max-actions raises it)"
+                ),
+            );
         }
     }
 
@@ -427,12 +504,13 @@ impl<'a> Lint<'a> {
         }
         let m = mult.saturating_mul(u64::from(times.max(1)));
         let before = ctx.total;
+        let max = self.limits.actions;
         self.ops(ops, idx, ctx, m);
-        if ctx.total > MAX_ACTIONS && before <= MAX_ACTIONS {
+        if ctx.total > max && before <= max {
             self.err(
                 &with(p, &path!["times"]),
                 format!(
-                    "this repeat expands the scenario to {} actions; the limit is {MAX_ACTIONS}",
+                    "this repeat expands the scenario to {} actions; the limit is {max} (--max-actions raises it)",
                     ctx.total
                 ),
             );
@@ -519,6 +597,10 @@ impl<'a> Lint<'a> {
                 }
             }
             Op::Migrate { cpu, .. } | Op::Preempt { cpu, .. } => self.cpu(ctx, p, "cpu", *cpu),
+            Op::Irq { every: Some(0), .. } => self.err(
+                &with(p, &path!["every"]),
+                "every = 0: a host interrupt comes after 1 or more guest instructions (0 would interrupt every entry before the guest runs anything); leave `every` out for no interrupts".into(),
+            ),
             Op::Run { count, .. } | Op::Step { count, .. } => {
                 if *count == Some(0) {
                     self.err(
@@ -553,8 +635,11 @@ impl<'a> Lint<'a> {
                 );
             }
             Op::SetOneReg { reg, value, .. } => {
-                self.reg(ctx, &with(p, &path!["reg"]), reg, false);
-                self.value(ctx, &with(p, &path!["value"]), value);
+                let r = self.reg(ctx, &with(p, &path!["reg"]), reg, false);
+                let v = self.value(ctx, &with(p, &path!["value"]), value);
+                if let (Some(RegName::Core(_, "pc")), Some(v)) = (r, v) {
+                    self.aligned_pc(&with(p, &path!["value"]), v);
+                }
             }
             Op::GetOneReg { reg, value, .. } => {
                 self.reg(ctx, &with(p, &path!["reg"]), reg, false);
@@ -671,8 +756,10 @@ impl<'a> Lint<'a> {
         if let Some(v) = &e.far {
             self.value(ctx, &kp("far"), v);
         }
-        if let Some(v) = &e.pc {
-            self.value(ctx, &kp("pc"), v);
+        if let Some(v) = &e.pc
+            && let Some(a) = self.value(ctx, &kp("pc"), v)
+        {
+            self.aligned_pc(&kp("pc"), a);
         }
         for (name, v) in &e.regs {
             let rp = with(p, &path!["regs", name.as_str()]);
@@ -680,7 +767,8 @@ impl<'a> Lint<'a> {
             self.value(ctx, &rp, v);
         }
         for (k, m) in e.memory.iter().enumerate() {
-            self.value(ctx, &with(p, &path!["memory", k, "addr"]), &m.addr);
+            let ap = with(p, &path!["memory", k, "addr"]);
+            let a = self.value(ctx, &ap, &m.addr);
             if m.bytes.is_empty() || m.bytes.len() > 4096 {
                 self.err(
                     &with(p, &path!["memory", k, "bytes"]),
@@ -689,6 +777,8 @@ impl<'a> Lint<'a> {
                         m.bytes.len()
                     ),
                 );
+            } else if let Some(a) = a {
+                self.fits(&ap, a, m.bytes.len() as u64, "a memory expectation");
             }
         }
         let lists: [(&str, Option<&Vec<ExceptionExpect>>); 2] = [

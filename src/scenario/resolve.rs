@@ -13,6 +13,8 @@ use super::ops::Value;
 #[derive(Clone, Debug, Default)]
 pub struct Resolver {
     labels: BTreeMap<String, u64>,
+    /// Symbols whose value is not a number (the file checks report their definitions).
+    not_numbers: std::collections::BTreeSet<String>,
 }
 
 impl Resolver {
@@ -20,12 +22,59 @@ impl Resolver {
     /// ignored here and reported by the file checks).
     pub fn new(p: &Program, symbols: &BTreeMap<String, Value>) -> Self {
         let mut labels = p.labels.clone();
+        let mut not_numbers = std::collections::BTreeSet::new();
         for (k, v) in symbols {
-            if let Value::Num(n) = v {
-                labels.insert(k.clone(), *n);
+            match v {
+                Value::Num(n) => {
+                    labels.insert(k.clone(), *n);
+                }
+                Value::Label(_) => {
+                    not_numbers.insert(k.clone());
+                }
             }
         }
-        Resolver { labels }
+        Resolver {
+            labels,
+            not_numbers,
+        }
+    }
+
+    /// Every name an address may be written with.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.labels.keys().map(String::as_str)
+    }
+
+    /// `name+off` or `name-off` split, with the sign.
+    fn split(l: &str) -> Option<(&str, bool, &str)> {
+        let i = l.rfind(['+', '-'])?;
+        Some((&l[..i], l.as_bytes()[i] == b'+', &l[i + 1..]))
+    }
+
+    /// Why `v` does not resolve, in words (`names`: what the file defines, for the message).
+    pub fn why_not(&self, v: &Value, names: &str) -> String {
+        let Value::Label(l) = v else {
+            return format!("'{v}' is a number");
+        };
+        let name = Self::split(l).map_or(l.as_str(), |(n, _, _)| n).trim();
+        if self.not_numbers.contains(name) {
+            return format!(
+                "'{v}': symbol '{name}' is not a number, so nothing can be computed from it (see its definition)"
+            );
+        }
+        if let (Some(base), Some((_, plus, off))) = (self.name(name), Self::split(l))
+            && let Ok(off) = hypdbg_model::parse_u64(off)
+        {
+            let dir = if plus {
+                "past the top"
+            } else {
+                "below the bottom"
+            };
+            return format!(
+                "'{v}' is {base:#x} {} {off:#x}, {dir} of the 64-bit address space",
+                if plus { '+' } else { '-' }
+            );
+        }
+        format!("unknown label '{v}': the program and the symbols define {names}")
     }
 
     /// A name's address.
@@ -33,7 +82,8 @@ impl Resolver {
         self.labels.get(name.trim()).copied()
     }
 
-    /// The value: a number, a name, or a name `+`/`-` an offset.
+    /// The value: a number, a name, or a name `+`/`-` an offset (`None` for an unknown name
+    /// or an address outside 0..2^64: [`Resolver::why_not`] says which).
     pub fn resolve(&self, v: &Value) -> Option<u64> {
         match v {
             Value::Num(n) => Some(*n),
@@ -41,15 +91,14 @@ impl Resolver {
                 if let Some(a) = self.name(l) {
                     return Some(a);
                 }
-                let i = l.rfind(['+', '-'])?;
-                let (name, off) = (&l[..i], &l[i + 1..]);
+                let (name, plus, off) = Self::split(l)?;
                 let base = self.name(name)?;
                 let off = hypdbg_model::parse_u64(off).ok()?;
-                Some(if l.as_bytes()[i] == b'+' {
-                    base.wrapping_add(off)
+                if plus {
+                    base.checked_add(off)
                 } else {
-                    base.wrapping_sub(off)
-                })
+                    base.checked_sub(off)
+                }
             }
         }
     }

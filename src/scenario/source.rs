@@ -15,7 +15,7 @@ use hypdbg_hyp::guest::Program;
 use hypdbg_hyp::variants::Variant;
 use toml::de::{DeTable, DeValue};
 
-use super::lint::Lint;
+use super::lint::{Limits, Lint};
 use super::ops::Scenario;
 use crate::checker::Invariant;
 
@@ -228,6 +228,13 @@ pub fn one_line(message: &str) -> String {
     out
 }
 
+/// The byte offset at which each line of `text` starts.
+fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
+}
+
 /// `(line, column)`, both 1-based, of a byte offset (columns count characters).
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let mut off = offset.min(text.len());
@@ -386,27 +393,59 @@ pub struct ScenarioFile {
     pub expect_violations: BTreeSet<Invariant>,
     /// The position tree.
     pub tree: Node,
+    /// Where each line starts (byte offsets), for locating without rescanning the text.
+    line_starts: Vec<usize>,
+    /// The actions the file expands to (repeats multiplied out, counts counted).
+    pub actions: u64,
 }
 
 impl ScenarioFile {
-    /// Read and check a file.
+    /// Read and check a file within the default [`Limits`].
     pub fn load(path: &Path) -> Result<Self, SourceErrors> {
+        Self::load_with(path, &Limits::default())
+    }
+
+    /// Read and check a file within `limits`: at most `limits.file_bytes` are read (a device
+    /// or a growing file included), and a longer file is refused before it is parsed.
+    pub fn load_with(path: &Path, limits: &Limits) -> Result<Self, SourceErrors> {
+        use std::io::Read as _;
         let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| SourceErrors {
+        let whole = |message: String| SourceErrors {
             errors: vec![FileError {
                 file: name.clone(),
                 line: 1,
                 col: 1,
-                message: format!("cannot read the file: {e}"),
+                message,
             }],
-        })?;
-        Self::parse_bytes(&name, &bytes)
+        };
+        let f =
+            std::fs::File::open(path).map_err(|e| whole(format!("cannot read the file: {e}")))?;
+        let mut bytes = Vec::new();
+        f.take(limits.file_bytes.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|e| whole(format!("cannot read the file: {e}")))?;
+        if bytes.len() as u64 > limits.file_bytes {
+            return Err(whole(format!(
+                "the file is longer than {} bytes, the limit for a scenario file (--max-file-bytes raises it)",
+                limits.file_bytes
+            )));
+        }
+        Self::parse_bytes_with(&name, &bytes, limits)
     }
 
-    /// Check a file's bytes (UTF-8 TOML).
+    /// Check a file's bytes (UTF-8 TOML) within the default [`Limits`].
     pub fn parse_bytes(name: &str, bytes: &[u8]) -> Result<Self, SourceErrors> {
+        Self::parse_bytes_with(name, bytes, &Limits::default())
+    }
+
+    /// Check a file's bytes (UTF-8 TOML) within `limits`.
+    pub fn parse_bytes_with(
+        name: &str,
+        bytes: &[u8],
+        limits: &Limits,
+    ) -> Result<Self, SourceErrors> {
         match std::str::from_utf8(bytes) {
-            Ok(text) => Self::parse(name, text),
+            Ok(text) => Self::parse_with(name, text, limits),
             Err(e) => {
                 let good = &bytes[..e.valid_up_to()];
                 let text = String::from_utf8_lossy(good);
@@ -423,8 +462,13 @@ impl ScenarioFile {
         }
     }
 
-    /// Check a file's text.
+    /// Check a file's text within the default [`Limits`].
     pub fn parse(name: &str, text: &str) -> Result<Self, SourceErrors> {
+        Self::parse_with(name, text, &Limits::default())
+    }
+
+    /// Check a file's text within `limits`.
+    pub fn parse_with(name: &str, text: &str, limits: &Limits) -> Result<Self, SourceErrors> {
         let one = |offset: usize, message: String| {
             let (line, col) = line_col(text, offset);
             SourceErrors {
@@ -452,18 +496,20 @@ impl ScenarioFile {
             let span = refine_span(&tree, span, &msg);
             one(span.start, msg)
         })?;
-        let mut lint = Lint::new(name, text, &tree);
+        let mut lint = Lint::new(name, text, &tree, *limits);
         let checked = lint.scenario(&scenario);
         let mut errors = lint.errors;
         errors.sort_by_key(|e| (e.line, e.col));
         match checked {
             Some(c) if errors.is_empty() => Ok(ScenarioFile {
                 file: name.to_string(),
+                line_starts: line_starts(text),
                 text: text.to_string(),
                 scenario,
                 program: c.program,
                 variant: c.variant,
                 expect_violations: c.expect_violations,
+                actions: c.actions,
                 tree,
             }),
             _ => Err(SourceErrors { errors }),
@@ -472,15 +518,26 @@ impl ScenarioFile {
 
     /// `FILE:LINE:COL` of a path (the deepest part of it the file has).
     pub fn location(&self, path: &[Seg]) -> String {
-        let (node, _) = self.tree.walk(path);
-        let (line, col) = line_col(&self.text, node.span.start);
+        let (line, col) = self.line_col(path);
         format!("{}:{line}:{col}", self.file)
     }
 
-    /// `(line, col)` of a path.
+    /// `(line, col)` of a path, found through the line index: O(log lines), so locating
+    /// every action of a long file stays linear in its length.
     pub fn line_col(&self, path: &[Seg]) -> (usize, usize) {
         let (node, _) = self.tree.walk(path);
-        line_col(&self.text, node.span.start)
+        let mut off = node.span.start.min(self.text.len());
+        while off > 0 && !self.text.is_char_boundary(off) {
+            off -= 1;
+        }
+        let line = self.line_starts.partition_point(|&s| s <= off);
+        let start = self
+            .line_starts
+            .get(line.wrapping_sub(1))
+            .copied()
+            .unwrap_or(0);
+        let col = self.text[start..off].chars().count() + 1;
+        (line.max(1), col)
     }
 }
 
@@ -514,5 +571,15 @@ mod tests {
             (2, 2),
             "inside a character: its start"
         );
+        let text = "name = \"x\"\ncpus = [\"min\"]\ncode = \"nop\"\n[[ops]]\ndo = \"check\"\nexpect = {}\n";
+        let f = ScenarioFile::parse("t.toml", text).unwrap();
+        let p = [
+            Seg::Key("ops".into()),
+            Seg::Index(0),
+            Seg::Key("expect".into()),
+        ];
+        let (node, _) = f.tree.walk(&p);
+        assert_eq!(f.line_col(&p), line_col(text, node.span.start));
+        assert_eq!(f.location(&p), "t.toml:6:10");
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use hypdbg_hyp::guest::Program;
 use hypdbg_hyp::variants::{Variant, VariantKind};
@@ -30,6 +31,8 @@ pub struct CheckOptions {
     pub random_cases: u32,
     /// The CPU the random search runs on.
     pub random_cpu: CpuSpec,
+    /// Stop (with [`CheckError::Deadline`]) once this instant has passed.
+    pub deadline: Option<Instant>,
 }
 
 /// The CPU the random search prefers: cortex-a57, 6 breakpoints and 4 watchpoints, the counts
@@ -59,6 +62,9 @@ pub enum Verdict {
     Violates,
     /// A mutant no invariant caught: the validator is too weak.
     Missed,
+    /// A mutant that cannot be told apart from its reference on the selected CPUs (a slip
+    /// in the counts where the slip reads the same counts); the report says why.
+    Indistinguishable,
 }
 
 impl Verdict {
@@ -69,6 +75,7 @@ impl Verdict {
             Verdict::Caught => "CAUGHT",
             Verdict::Violates => "VIOLATES",
             Verdict::Missed => "MISSED",
+            Verdict::Indistinguishable => "INDISTINGUISHABLE",
         }
     }
 
@@ -83,11 +90,14 @@ impl Verdict {
     }
 
     /// Whether this verdict is what a variant of `kind` must get for the check to pass
-    /// (`alone`: the variant was selected by itself, so a user variant must be clean).
+    /// (`alone`: the variant was selected by itself, so a user variant must be clean). A
+    /// mutant that no selected CPU can show passes: there was nothing to catch.
     pub const fn passes(self, kind: VariantKind, alone: bool) -> bool {
         match kind {
             VariantKind::Reference => matches!(self, Verdict::Ok),
-            VariantKind::Historical | VariantKind::Generic => matches!(self, Verdict::Caught),
+            VariantKind::Historical | VariantKind::Generic => {
+                matches!(self, Verdict::Caught | Verdict::Indistinguishable)
+            }
             VariantKind::User => !alone || matches!(self, Verdict::Ok),
         }
     }
@@ -107,12 +117,8 @@ pub struct Counterexample {
 }
 
 impl Counterexample {
-    /// The index of the action, as the report shows it.
-    pub fn action_index(&self) -> u64 {
-        self.violation.action.saturating_sub(1)
-    }
-
-    /// The counterexample in the kernel's words.
+    /// The counterexample in the kernel's words; the action is numbered as `hypdbg run`
+    /// numbers it (from 1), so it can be found in the replay's trace.
     pub fn text(&self) -> String {
         format!(
             "[{}] {}: {} (inv {}, action {}: {})",
@@ -120,7 +126,7 @@ impl Counterexample {
             self.scenario.description,
             self.violation.message,
             self.violation.invariant.number(),
-            self.action_index(),
+            self.violation.action,
             self.step
         )
     }
@@ -145,8 +151,12 @@ pub struct VariantReport {
     pub invariants: Vec<Invariant>,
     /// Violations found.
     pub violations: u64,
-    /// Scenarios run.
+    /// Scenarios of the sweep run.
     pub scenarios: u64,
+    /// Scenario runs of the random search (cases and shrinking steps).
+    pub random_runs: u64,
+    /// For an indistinguishable mutant: why the selected CPUs cannot show it.
+    pub indistinguishable: Option<&'static str>,
     /// The smallest counterexample.
     pub counterexample: Option<Counterexample>,
     /// Random sequences run.
@@ -192,6 +202,9 @@ impl Job {
 /// Why the check could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
+    /// The wall-clock limit passed before the check finished.
+    #[error("stopped by the wall-clock limit (--timeout) before the check finished")]
+    Deadline,
     /// A generated scenario could not be set up (a defect of the sweep).
     #[error("{scenario}: {error}")]
     Setup {
@@ -279,6 +292,9 @@ pub fn check_variant(
     let results: Vec<Result<Vec<Found>, CheckError>> = jobs
         .par_iter()
         .map(|job| {
+            if opts.deadline.is_some_and(|d| Instant::now() > d) {
+                return Err(CheckError::Deadline);
+            }
             let r = run_job(variant, job);
             tick();
             r
@@ -312,7 +328,7 @@ pub fn check_variant(
             step: b.step,
         }
     });
-    let random_counterexample = random_counterexample(variant, opts);
+    let (random_counterexample, random_runs) = random_counterexample(variant, opts)?;
     if let Some(r) = &random_counterexample {
         invariants.insert(r.violation.invariant);
         violations += 1;
@@ -320,13 +336,20 @@ pub fn check_variant(
             counterexample = Some(r.clone());
         }
     }
+    let hidden = hidden_on_every(variant, opts);
+    let verdict = match Verdict::of(variant.kind, !invariants.is_empty()) {
+        Verdict::Missed if hidden.is_some() => Verdict::Indistinguishable,
+        v => v,
+    };
     Ok(VariantReport {
         variant: variant.name,
         era: variant.era().to_string(),
         kind: variant.kind,
         description: variant.description,
         fix: variant.fix,
-        verdict: Verdict::of(variant.kind, !invariants.is_empty()),
+        verdict,
+        indistinguishable: hidden.filter(|_| verdict == Verdict::Indistinguishable),
+        random_runs,
         invariants: invariants.into_iter().collect(),
         violations,
         scenarios: jobs.len() as u64,
@@ -336,24 +359,43 @@ pub fn check_variant(
     })
 }
 
-/// The random search for `variant` on the options' random CPU, seeded by its name.
-fn random_counterexample(variant: &Variant, opts: &CheckOptions) -> Option<Counterexample> {
+/// Why `variant` cannot be shown on any of the selected CPUs, if none can show it.
+fn hidden_on_every(variant: &Variant, opts: &CheckOptions) -> Option<&'static str> {
+    let mut why = None;
+    for cpu in &opts.cpus {
+        why = Some(variant.hidden(cpu.features())?);
+    }
+    why
+}
+
+/// The random search for `variant` on the options' random CPU, seeded by its name: its
+/// counterexample, if any, and the scenario runs it made.
+fn random_counterexample(
+    variant: &Variant,
+    opts: &CheckOptions,
+) -> Result<(Option<Counterexample>, u64), CheckError> {
     let cpu = &opts.random_cpu;
     let seed = variant
         .name
         .bytes()
         .fold(0x9e37_79b9u64, |h, b| h.rotate_left(5) ^ u64::from(b));
-    let (mut scenario, violation) = random::search(variant, cpu, opts.random_cases, seed)?;
-    scenario.flow = Some(variant.name.to_string());
-    let step = scenario
-        .ops
-        .get(violation.action.saturating_sub(1) as usize)
-        .map(|o| format!("{o:?}"))
-        .unwrap_or_default();
-    Some(Counterexample {
-        cpu: cpu.label().to_string(),
-        scenario,
-        violation,
-        step,
-    })
+    let search = random::search(variant, cpu, opts.random_cases, seed, opts.deadline);
+    if search.timed_out {
+        return Err(CheckError::Deadline);
+    }
+    let found = search.found.map(|(mut scenario, violation)| {
+        scenario.flow = Some(variant.name.to_string());
+        let step = scenario
+            .ops
+            .get(violation.action.saturating_sub(1) as usize)
+            .map(|o| format!("{o:?}"))
+            .unwrap_or_default();
+        Counterexample {
+            cpu: cpu.label().to_string(),
+            scenario,
+            violation,
+            step,
+        }
+    });
+    Ok((found, search.runs))
 }

@@ -5,6 +5,9 @@
 use hypdbg_hyp::variants::Variant;
 use hypdbg_model::ctrl::{DBG_MDSCR_KDE, DBG_MDSCR_MDE, DBG_MDSCR_SS};
 use hypdbg_model::profiles::CpuSpec;
+use std::cell::Cell;
+use std::time::Instant;
+
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 
@@ -127,14 +130,26 @@ impl Case {
     }
 }
 
+/// What a random search did.
+#[derive(Clone, Debug, Default)]
+pub struct Search {
+    /// The minimal failing scenario and its first violation, if one was found.
+    pub found: Option<(Scenario, Violation)>,
+    /// Scenario runs made (cases and shrinking steps).
+    pub runs: u64,
+    /// The deadline passed before the search finished.
+    pub timed_out: bool,
+}
+
 /// Search `cases` random sequences on `cpu` for `variant`; on a violation, shrink and return
-/// the minimal scenario with its first violation.
+/// the minimal scenario with its first violation. Past `deadline` no case runs any more.
 pub fn search(
     variant: &Variant,
     cpu: &CpuSpec,
     cases: u32,
     seed: u64,
-) -> Option<(Scenario, Violation)> {
+    deadline: Option<Instant>,
+) -> Search {
     let config = Config {
         cases,
         failure_persistence: None,
@@ -145,7 +160,14 @@ pub fn search(
     seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes);
     let mut runner = TestRunner::new_with_rng(config, rng);
+    let runs = Cell::new(0u64);
+    let timed_out = Cell::new(false);
     let check = |c: &Case| -> Result<Option<Violation>, String> {
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            timed_out.set(true);
+            return Ok(None);
+        }
+        runs.set(runs.get() + 1);
         let sc = c.scenario(cpu);
         let program = assemble(&sc).map_err(|e| e.to_string())?;
         let out = run_checked(&sc, &program, variant).map_err(|e| e.to_string())?;
@@ -156,7 +178,7 @@ pub fn search(
         Ok(Some(v)) => Err(TestCaseError::fail(v.message)),
         Err(e) => Err(TestCaseError::fail(e)),
     });
-    match result {
+    let found = match result {
         Err(TestError::Fail(_, minimal)) => {
             let sc = minimal.scenario(cpu);
             match check(&minimal) {
@@ -165,5 +187,10 @@ pub fn search(
             }
         }
         _ => None,
+    };
+    Search {
+        found,
+        runs: runs.get(),
+        timed_out: timed_out.get(),
     }
 }

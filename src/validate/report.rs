@@ -6,8 +6,15 @@ use hypdbg_hyp::variants::VariantKind;
 
 use super::check::{VariantReport, Verdict};
 
+/// Scenario runs over every report: the sweep's and the random search's.
+pub fn scenario_runs(reports: &[VariantReport]) -> (u64, u64) {
+    reports
+        .iter()
+        .fold((0, 0), |(s, r), v| (s + v.scenarios, r + v.random_runs))
+}
+
 /// The human-readable report.
-pub fn table(reports: &[VariantReport], elapsed_s: f64, scenarios: u64) -> String {
+pub fn table(reports: &[VariantReport], elapsed_s: f64) -> String {
     let mut s = String::new();
     let bad_refs: Vec<&VariantReport> = reports
         .iter()
@@ -31,16 +38,22 @@ pub fn table(reports: &[VariantReport], elapsed_s: f64, scenarios: u64) -> Strin
         .max()
         .unwrap_or(8)
         .max(7);
+    let vw = reports
+        .iter()
+        .map(|r| r.verdict.name().len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
     let _ = writeln!(
         s,
-        "{:<w$}  {:<4}  {:<10}  {:<8}  INVARIANTS BROKEN",
+        "{:<w$}  {:<4}  {:<10}  {:<vw$}  INVARIANTS BROKEN",
         "VARIANT", "FLOW", "KIND", "VERDICT"
     );
     for r in reports {
         let invs: Vec<String> = r.invariants.iter().map(|i| i.label()).collect();
         let _ = writeln!(
             s,
-            "{:<w$}  {:<4}  {:<10}  {:<8}  {}",
+            "{:<w$}  {:<4}  {:<10}  {:<vw$}  {}",
             r.variant,
             r.era,
             r.kind.name(),
@@ -53,6 +66,13 @@ pub fn table(reports: &[VariantReport], elapsed_s: f64, scenarios: u64) -> Strin
         );
         if let Some(c) = &r.counterexample {
             let _ = writeln!(s, "{:w$}    counterexample: {}", "", c.text());
+        }
+        if let Some(why) = r.indistinguishable {
+            let _ = writeln!(
+                s,
+                "{:w$}    indistinguishable on the selected CPUs: {why}",
+                ""
+            );
         }
     }
     let refs_ok = reports
@@ -71,9 +91,20 @@ pub fn table(reports: &[VariantReport], elapsed_s: f64, scenarios: u64) -> Strin
         .iter()
         .filter(|r| matches!(r.kind, VariantKind::Historical | VariantKind::Generic))
         .count();
+    let hidden = reports
+        .iter()
+        .filter(|r| r.verdict == Verdict::Indistinguishable)
+        .count();
+    let hidden = if hidden > 0 {
+        format!(" ({hidden} indistinguishable on the selected CPUs)")
+    } else {
+        String::new()
+    };
+    let (sweep, random) = scenario_runs(reports);
     let _ = writeln!(
         s,
-        "\n{refs_ok}/{refs} references clean, {caught}/{mutants} mutants caught; {scenarios} scenario runs in {elapsed_s:.1} s"
+        "\n{refs_ok}/{refs} references clean, {caught}/{mutants} mutants caught{hidden}; {} scenario runs ({sweep} sweep, {random} random) in {elapsed_s:.1} s",
+        sweep + random
     );
     s
 }
@@ -92,6 +123,8 @@ pub fn json_lines(reports: &[VariantReport]) -> String {
             "invariants": r.invariants.iter().map(|i| i.label()).collect::<Vec<_>>(),
             "violations": r.violations,
             "scenarios": r.scenarios,
+            "random_runs": r.random_runs,
+            "indistinguishable": r.indistinguishable,
             "counterexample": r.counterexample.as_ref().map(|c| serde_json::json!({
                 "cpu": c.cpu,
                 "scenario": c.scenario.description,
@@ -99,7 +132,7 @@ pub fn json_lines(reports: &[VariantReport]) -> String {
                 "register": c.violation.register,
                 "expected": c.violation.expected.map(|v| format!("{v:#x}")),
                 "actual": c.violation.actual.map(|v| format!("{v:#x}")),
-                "action": c.action_index(),
+                "action": c.violation.action,
                 "message": c.violation.message,
                 "text": c.text(),
             })),

@@ -6,6 +6,8 @@ use hypdbg_model::uapi::KvmGuestDebugArch;
 use hypdbg_model::{DbgBank, SysReg};
 
 use super::{Variant, VariantKind};
+use hypdbg_model::DebugFeatures;
+
 use crate::access::{RegAccess, Scope};
 use crate::context::{DebugFlags, DebugOwner, DebugPtr, KvmCpuContext, KvmHostData, KvmVcpu};
 use crate::debug_sr;
@@ -357,6 +359,20 @@ impl Era3 for HostStateSharedSlot {
     }
 }
 
+/// A slip between the BRPs and WRPs counts is invisible where the two are equal.
+fn same_counts(f: &DebugFeatures) -> Option<&'static str> {
+    (f.num_brps() == f.num_wrps()).then_some(
+        "the CPU implements as many breakpoints as watchpoints: the slip reads the same counts",
+    )
+}
+
+/// A 3-bit mask of a count field is invisible where both counts are 8 or fewer.
+fn at_most_8(f: &DebugFeatures) -> Option<&'static str> {
+    (f.num_brps() <= 8 && f.num_wrps() <= 8).then_some(
+        "the CPU implements at most 8 breakpoints and 8 watchpoints: a 3-bit mask reads the same counts",
+    )
+}
+
 /// The generic variants.
 pub fn variants() -> Vec<Variant> {
     let g = |name, description, make| Variant {
@@ -365,6 +381,11 @@ pub fn variants() -> Vec<Variant> {
         description,
         fix: None,
         make,
+        hidden_on: None,
+    };
+    let hidden = |v: Variant, on: fn(&DebugFeatures) -> Option<&'static str>| Variant {
+        hidden_on: Some(on),
+        ..v
     };
     vec![
         g(
@@ -377,20 +398,29 @@ pub fn variants() -> Vec<Variant> {
             "kvm_init_host_debug_data stores BRPs - 1: the highest implemented register is never moved",
             || Box::new(Era3Engine(CountMinusOne)),
         ),
-        g(
-            "brps-wrps-swapped",
-            "brps = (aa64dfr0 >> 20) & 0xf, wrps = (aa64dfr0 >> 12) & 0xf",
-            || Box::new(Era1Engine(ShiftsSwapped)),
+        hidden(
+            g(
+                "brps-wrps-swapped",
+                "brps = (aa64dfr0 >> 20) & 0xf, wrps = (aa64dfr0 >> 12) & 0xf",
+                || Box::new(Era1Engine(ShiftsSwapped)),
+            ),
+            same_counts,
         ),
-        g(
-            "count-mask-0x7",
-            "brps = (aa64dfr0 >> 12) & 0x7: registers 8..15 are never moved",
-            || Box::new(Era2Engine(CountMask7)),
+        hidden(
+            g(
+                "count-mask-0x7",
+                "brps = (aa64dfr0 >> 12) & 0x7: registers 8..15 are never moved",
+                || Box::new(Era2Engine(CountMask7)),
+            ),
+            at_most_8,
         ),
-        g(
-            "wcr-with-brps",
-            "save_debug(dbg->dbg_wcr, dbgwcr, brps): the watchpoint controls are copied with the breakpoint count",
-            || Box::new(Era3Engine(WcrWithBrps)),
+        hidden(
+            g(
+                "wcr-with-brps",
+                "save_debug(dbg->dbg_wcr, dbgwcr, brps): the watchpoint controls are copied with the breakpoint count",
+                || Box::new(Era3Engine(WcrWithBrps)),
+            ),
+            same_counts,
         ),
         g(
             "restore-guest-before-save-host",

@@ -198,6 +198,7 @@ pub fn variants() -> Vec<Variant> {
         description,
         fix: Some(fix),
         make,
+        hidden_on: None,
     };
     vec![
         h(

@@ -10,6 +10,8 @@ pub mod generic;
 pub mod historical;
 pub mod user;
 
+use hypdbg_model::DebugFeatures;
+
 use crate::flow::{
     DynFlow, Era, Era1Engine, Era1Reference, Era2Engine, Era2Reference, Era3Engine, Era3Protected,
     Era3Reference,
@@ -42,6 +44,9 @@ pub struct Variant {
     pub fix: Option<&'static str>,
     /// A fresh instance.
     pub make: fn() -> Box<dyn DynFlow>,
+    /// When the change cannot be seen on CPUs of these features, why (a slip in how the
+    /// counts are read makes no difference where the slip reads the same counts).
+    pub hidden_on: Option<fn(&DebugFeatures) -> Option<&'static str>>,
 }
 
 impl VariantKind {
@@ -71,6 +76,12 @@ impl Variant {
     pub fn era(&self) -> Era {
         (self.make)().era()
     }
+
+    /// Why this variant cannot be told apart from its era's reference on a CPU of `f`, if it
+    /// cannot.
+    pub fn hidden(&self, f: &DebugFeatures) -> Option<&'static str> {
+        self.hidden_on.and_then(|h| h(f))
+    }
 }
 
 /// The references: one per era, and era 3 under pKVM.
@@ -82,6 +93,7 @@ pub fn references() -> Vec<Variant> {
             description: "v4.5 structure (DIRTY decided in the world switch from KDE || MDE) with later fixes applied",
             fix: None,
             make: || Box::new(Era1Engine(Era1Reference)),
+            hidden_on: None,
         },
         Variant {
             name: "era2",
@@ -89,6 +101,7 @@ pub fn references() -> Vec<Variant> {
             description: "v6.13: DIRTY decided in kvm_arm_setup_debug, __debug_switch_to_guest/host gated on it",
             fix: None,
             make: || Box::new(Era2Engine(Era2Reference)),
+            hidden_on: None,
         },
         Variant {
             name: "era3",
@@ -96,6 +109,7 @@ pub fn references() -> Vec<Variant> {
             description: "v6.14+: debug owner decided at vcpu_load, per-CPU host_data, external_mdscr_el1",
             fix: None,
             make: || Box::new(Era3Engine(Era3Reference)),
+            hidden_on: None,
         },
         Variant {
             name: "era3-pkvm",
@@ -103,6 +117,7 @@ pub fn references() -> Vec<Variant> {
             description: "v6.14+ in nVHE protected mode: the hyp runs a copy of the vcpu (flush/sync_debug_state)",
             fix: None,
             make: || Box::new(Era3Engine(Era3Protected)),
+            hidden_on: None,
         },
     ]
 }
