@@ -143,8 +143,11 @@ pub fn play(
     opts: &PlayOptions,
     sink: &mut dyn FnMut(Record),
 ) -> Result<Report, PlayError> {
-    let variant = opts.flow.unwrap_or(file.variant);
-    let own_flow = opts.flow.is_none_or(|f| f.name == file.variant.name);
+    let variant = opts.flow.as_ref().unwrap_or(&file.variant).clone();
+    let own_flow = opts
+        .flow
+        .as_ref()
+        .is_none_or(|f| f.name == file.variant.name);
     let engine = Engine::new(&file.scenario, &file.program, &variant, opts.trace).map_err(|e| {
         PlayError {
             file: file.file.clone(),

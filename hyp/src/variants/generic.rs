@@ -5,7 +5,7 @@ use hypdbg_model::ctrl::MDCR_EL2_TDA;
 use hypdbg_model::uapi::KvmGuestDebugArch;
 use hypdbg_model::{DbgBank, SysReg};
 
-use super::{Variant, VariantKind};
+use super::{Variant, VariantKind, make_fn};
 use crate::access::{RegAccess, Scope};
 use crate::context::{DebugFlags, DebugOwner, DebugPtr, KvmCpuContext, KvmHostData, KvmVcpu};
 use crate::debug_sr;
@@ -14,7 +14,8 @@ use crate::flow::era1::debug_ptr_and_ctxt;
 use crate::flow::era3::debug_block_and_ctxt;
 use crate::flow::mdcr_el2_base;
 use crate::flow::{
-    Common, DebugCounts, DebugDirty, Era, Era1, Era1Engine, Era2, Era2Engine, Era3, Era3Engine,
+    Common, DebugCounts, DebugDirty, DynFlow, Era, Era1, Era1Engine, Era2, Era2Engine, Era3,
+    Era3Engine,
 };
 use crate::sync::{Mutex, lock};
 
@@ -359,13 +360,13 @@ impl Era3 for HostStateSharedSlot {
 
 /// The generic variants.
 pub fn variants() -> Vec<Variant> {
-    let g = |name, era, description, make| Variant {
+    let g = |name, era, description, make: fn() -> Box<dyn DynFlow>| Variant {
         name,
         era,
         kind: VariantKind::Generic,
         description,
         fix: None,
-        make,
+        make: make_fn(make),
     };
     vec![
         g(

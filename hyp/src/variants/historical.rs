@@ -5,13 +5,13 @@ use hypdbg_model::SysReg;
 use hypdbg_model::ctrl::{DBG_MDSCR_KDE, DBG_MDSCR_SS};
 use hypdbg_model::uapi::KvmGuestDebugArch;
 
-use super::{Variant, VariantKind};
+use super::{Variant, VariantKind, make_fn};
 use crate::access::{RegAccess, Scope};
 use crate::context::{DebugFlags, DebugOwner, KvmCpuContext, KvmVcpu};
 use crate::fault::HypFault;
 use crate::flow::{
-    Common, DebugDirty, Era, Era1, Era1Engine, Era2, Era2Engine, Era3, Era3Engine, SysRegParams,
-    TrapOutcome,
+    Common, DebugDirty, DynFlow, Era, Era1, Era1Engine, Era2, Era2Engine, Era3, Era3Engine,
+    SysRegParams, TrapOutcome,
 };
 
 /// seed-v2-kde-twice: the 2015 v2 posting tests KDE twice.
@@ -192,13 +192,13 @@ impl Era3 for SsPendingSurvives {
 
 /// The historical variants.
 pub fn variants() -> Vec<Variant> {
-    let h = |name, era, description, fix, make| Variant {
+    let h = |name, era, description, fix, make: fn() -> Box<dyn DynFlow>| Variant {
         name,
         era,
         kind: VariantKind::Historical,
         description,
         fix: Some(fix),
-        make,
+        make: make_fn(make),
     };
     vec![
         h(

@@ -10,10 +10,22 @@ pub mod generic;
 pub mod historical;
 pub mod user;
 
+use std::sync::Arc;
+
 use crate::flow::{
     DynFlow, Era, Era1Engine, Era1Reference, Era2Engine, Era2Reference, Era3Engine, Era3Protected,
     Era3Reference,
 };
+
+/// Builds a fresh instance of a variant's flow. A closure rather than a `fn` pointer, so that a
+/// variant made at run time (a kernel tree's own C, loaded from a shared object) can capture
+/// what it needs.
+pub type MakeFlow = Arc<dyn Fn() -> Box<dyn DynFlow> + Send + Sync>;
+
+/// A [`MakeFlow`] from a plain function (what every built-in variant uses).
+pub fn make_fn(f: fn() -> Box<dyn DynFlow>) -> MakeFlow {
+    Arc::new(f)
+}
 
 /// What a variant is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -30,7 +42,7 @@ pub enum VariantKind {
 }
 
 /// A named flow.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct Variant {
     /// The name on the command line.
     pub name: &'static str,
@@ -43,7 +55,19 @@ pub struct Variant {
     /// For historical defects: the kernel fix.
     pub fix: Option<&'static str>,
     /// A fresh instance.
-    pub make: fn() -> Box<dyn DynFlow>,
+    pub make: MakeFlow,
+}
+
+impl std::fmt::Debug for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Variant")
+            .field("name", &self.name)
+            .field("era", &self.era)
+            .field("kind", &self.kind)
+            .field("description", &self.description)
+            .field("fix", &self.fix)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Variant {
@@ -62,7 +86,7 @@ pub fn references() -> Vec<Variant> {
             kind: VariantKind::Reference,
             description: "v4.5 structure (DIRTY decided in the world switch from KDE || MDE) with later fixes applied",
             fix: None,
-            make: || Box::new(Era1Engine(Era1Reference)),
+            make: make_fn(|| Box::new(Era1Engine(Era1Reference))),
         },
         Variant {
             name: "era2",
@@ -70,7 +94,7 @@ pub fn references() -> Vec<Variant> {
             kind: VariantKind::Reference,
             description: "v6.13: DIRTY decided in kvm_arm_setup_debug, __debug_switch_to_guest/host gated on it",
             fix: None,
-            make: || Box::new(Era2Engine(Era2Reference)),
+            make: make_fn(|| Box::new(Era2Engine(Era2Reference))),
         },
         Variant {
             name: "era3",
@@ -78,7 +102,7 @@ pub fn references() -> Vec<Variant> {
             kind: VariantKind::Reference,
             description: "v6.14+: debug owner decided at vcpu_load, per-CPU host_data, external_mdscr_el1",
             fix: None,
-            make: || Box::new(Era3Engine(Era3Reference)),
+            make: make_fn(|| Box::new(Era3Engine(Era3Reference))),
         },
         Variant {
             name: "era3-pkvm",
@@ -86,7 +110,7 @@ pub fn references() -> Vec<Variant> {
             kind: VariantKind::Reference,
             description: "v6.14+ in nVHE protected mode: the hyp runs a copy of the vcpu (flush/sync_debug_state)",
             fix: None,
-            make: || Box::new(Era3Engine(Era3Protected)),
+            make: make_fn(|| Box::new(Era3Engine(Era3Protected))),
         },
     ]
 }
