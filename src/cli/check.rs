@@ -33,6 +33,16 @@ pub struct CheckArgs {
     /// Random operation sequences per variant (proptest; shrunk on failure).
     #[arg(long, default_value_t = 48)]
     pub random: u32,
+    /// A kernel tree (or its debug-sr.h / debug-sr.c): compile its own hyp debug save/restore
+    /// C against hypdbg's shim and check it as the variant `kernel-c`.
+    #[arg(long, value_name = "PATH")]
+    pub kernel_source: Option<PathBuf>,
+    /// A unified diff applied to a scratch copy of --kernel-source first.
+    #[arg(long, value_name = "FILE", requires = "kernel_source")]
+    pub patch: Option<PathBuf>,
+    /// The era of --kernel-source instead of detecting it: 1, 2, 2-percpu or 3.
+    #[arg(long, value_name = "ERA", requires = "kernel_source")]
+    pub era: Option<String>,
 }
 
 impl Default for CheckArgs {
@@ -45,6 +55,9 @@ impl Default for CheckArgs {
             list: false,
             write_counterexamples: None,
             random: 48,
+            kernel_source: None,
+            patch: None,
+            era: None,
         }
     }
 }
@@ -52,8 +65,18 @@ impl Default for CheckArgs {
 /// Run the check; 0 when every reference is clean and every mutant caught (or, for one
 /// selected reference or user variant, when it is clean), 1 otherwise, 2 for bad arguments.
 pub fn run(a: &CheckArgs) -> i32 {
+    // --kernel-source: compile and load the tree's C first; any problem is one line, exit 2.
+    let kernel = match &a.kernel_source {
+        Some(source) => match load_kernel(source, a) {
+            Ok(k) => Some(k),
+            Err(e) => return usage_error(e),
+        },
+        None => None,
+    };
+    let mut all = variants::all();
+    all.extend(kernel.as_ref().map(|k| k.variant()));
     if a.list {
-        for v in variants::all() {
+        for v in all {
             let fix = v.fix.map(|f| format!(" [fix: {f}]")).unwrap_or_default();
             let kind = match v.kind {
                 VariantKind::Reference => "reference",
@@ -73,13 +96,15 @@ pub fn run(a: &CheckArgs) -> i32 {
         }
         return 0;
     }
-    let selected = if a.variant.eq_ignore_ascii_case("all") {
-        variants::all()
+    let selected = if let (Some(k), true) = (&kernel, a.variant.eq_ignore_ascii_case("all")) {
+        vec![k.variant()]
+    } else if a.variant.eq_ignore_ascii_case("all") {
+        all
     } else {
-        match variants::by_name(&a.variant) {
-            Some(v) => vec![v],
+        match all.iter().find(|v| v.name.eq_ignore_ascii_case(&a.variant)) {
+            Some(v) => vec![v.clone()],
             None => {
-                let names: Vec<&str> = variants::all().iter().map(|v| v.name).collect();
+                let names: Vec<&str> = all.iter().map(|v| v.name).collect();
                 return usage_error(format!(
                     "--variant {}: unknown; known: all, {}",
                     a.variant,
@@ -134,10 +159,24 @@ pub fn run(a: &CheckArgs) -> i32 {
         b.finish_and_clear();
     }
     let elapsed = start.elapsed().as_secs_f64();
+    if let Some(k) = &kernel {
+        // The kernel source's head: on stderr with --json, so stdout stays JSON lines.
+        if a.json {
+            eprint!("{}", k.summary());
+        } else {
+            print!("{}", k.summary());
+        }
+    }
     if a.json {
         print!("{}", json_lines(&reports));
     } else {
         print!("{}", table(&reports, elapsed, total));
+        if kernel.is_some() {
+            let cpus = reports.iter().filter_map(|r| r.counterexample.as_ref());
+            for cpu in cpus.filter_map(|c| hypdbg_kernelc::describe_cpu(&c.cpu)) {
+                println!("counterexample CPU {cpu}");
+            }
+        }
     }
     if let Some(dir) = &a.write_counterexamples
         && let Err(e) = write_counterexamples(dir, &reports)
@@ -152,6 +191,19 @@ pub fn run(a: &CheckArgs) -> i32 {
         VariantKind::User => !single || r.verdict == Verdict::Ok,
     });
     if ok { 0 } else { 1 }
+}
+
+/// `--kernel-source [--patch] [--era]`: the tree's C, compiled and loaded.
+fn load_kernel(
+    source: &std::path::Path,
+    a: &CheckArgs,
+) -> Result<hypdbg_kernelc::KernelSource, hypdbg_kernelc::KernelCError> {
+    let era = a.era.as_deref().map(str::parse).transpose()?;
+    hypdbg_kernelc::load(&hypdbg_kernelc::LoadOptions {
+        source: source.to_path_buf(),
+        patch: a.patch.clone(),
+        era,
+    })
 }
 
 fn write_counterexamples(
