@@ -161,6 +161,20 @@ pub struct Checker {
     event: usize,
 }
 
+/// The first breakpoint/watchpoint or MDCCINT_EL1 access of a switch (the register a lazy
+/// violation names).
+fn first_debug_move(accesses: &[AccessRecord]) -> Option<String> {
+    accesses
+        .iter()
+        .find(|a| {
+            matches!(
+                a.reg,
+                HypReg::Sys(SysReg::Dbg(..)) | HypReg::Sys(SysReg::MdccintEl1)
+            )
+        })
+        .map(|a| a.reg.to_string())
+}
+
 impl Checker {
     /// A checker for a VM of `era` whose guest sees `features`.
     pub fn new(era: Era, features: DebugFeatures) -> Self {
@@ -713,15 +727,17 @@ impl Checker {
             }
         } else {
             if moves > 0 {
+                let first = first_debug_move(accesses);
                 let msg = format!(
-                    "the guest does not use its debug registers (MDSCR_EL1 = {:#x}, nobody debugs it) but the switch to the guest moved {moves} of them",
-                    s.mdscr
+                    "the guest does not use its debug registers (MDSCR_EL1 = {:#x}, nobody debugs it) but the switch to the guest moved {moves} of them, {} first",
+                    s.mdscr,
+                    first.as_deref().unwrap_or("?")
                 );
                 self.report(
                     Invariant::Lazy,
                     vcpu,
                     Some(pcpu),
-                    None,
+                    first,
                     Some(0),
                     Some(moves as u64),
                     msg,
@@ -890,14 +906,16 @@ impl Checker {
                 })
                 .count();
             if moves > 0 {
+                let first = first_debug_move(accesses);
                 let msg = format!(
-                    "the guest did not use its debug registers but the switch back to the host moved {moves} of them"
+                    "the guest did not use its debug registers but the switch back to the host moved {moves} of them, {} first",
+                    first.as_deref().unwrap_or("?")
                 );
                 self.report(
                     Invariant::Lazy,
                     vcpu,
                     Some(pcpu),
-                    None,
+                    first,
                     Some(0),
                     Some(moves as u64),
                     msg,
