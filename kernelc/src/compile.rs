@@ -109,7 +109,8 @@ fn quoted_after<'a>(msg: &'a str, prefix: &str) -> Option<&'a str> {
 /// The compiler's (or linker's) first error as a typed error.
 fn first_error(stderr: &str, map: &PathMap, sources: &Sources) -> KernelCError {
     let given = sources.given.display().to_string();
-    for line in stderr.lines() {
+    let lines: Vec<&str> = stderr.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
         if let Some(f) = quoted_after(line, "undefined reference to `") {
             return KernelCError::MissingFunction {
                 source_name: given,
@@ -122,7 +123,18 @@ fn first_error(stderr: &str, map: &PathMap, sources: &Sources) -> KernelCError {
         else {
             continue;
         };
-        let location = map.user(loc);
+        let mut location = map.user(loc);
+        // An error inside one of the shim's macros: the user's line is the expansion site.
+        if location.starts_with("<hypdbg shim>/") {
+            let site = lines[i + 1..]
+                .iter()
+                .filter_map(|l| l.split_once(": note: in expansion of macro"))
+                .map(|(at, _)| map.user(at))
+                .find(|at| !at.starts_with("<hypdbg shim>/"));
+            if let Some(site) = site {
+                location = site;
+            }
+        }
         if let Some(tok) = quoted_after(msg, "'HYPDBG_SR_") {
             return KernelCError::UnknownSysreg {
                 location,
@@ -167,8 +179,9 @@ fn first_error(stderr: &str, map: &PathMap, sources: &Sources) -> KernelCError {
     }
 }
 
-/// Compile the scratch tree (already patched) for `era` into `<scratch>/debug-sr.so`.
+/// Compile the scratch tree (already patched) for `era` with `cc` into `<scratch>/debug-sr.so`.
 pub fn compile(
+    cc: &str,
     sources: &Sources,
     era: KernelEra,
     scratch: &Path,
@@ -205,8 +218,7 @@ pub fn compile(
     }
     let (era_n, percpu) = era.defines();
     let library = scratch.join("debug-sr.so");
-    let cc = compiler();
-    let mut cmd = Command::new(&cc);
+    let mut cmd = Command::new(cc);
     cmd.env("LC_ALL", "C")
         .current_dir(scratch)
         .args([
@@ -236,7 +248,7 @@ pub fn compile(
         .arg(&library)
         .args(&units);
     let out = cmd.output().map_err(|e| KernelCError::NoCompiler {
-        cc: cc.clone(),
+        cc: cc.to_string(),
         reason: e.to_string(),
     })?;
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -59,6 +59,8 @@ pub struct LoadOptions {
     pub patch: Option<PathBuf>,
     /// The era, instead of detecting it.
     pub era: Option<KernelEra>,
+    /// The C compiler, instead of `$CC` or `cc`.
+    pub cc: Option<String>,
 }
 
 /// The kernel source, compiled and loaded, ready to run as a variant.
@@ -117,7 +119,15 @@ pub fn load(opts: &LoadOptions) -> Result<KernelSource, KernelCError> {
             }
         },
     };
-    let built = compile::compile(&sources, era, scratch.path(), &tree, opts.patch.is_some())?;
+    let cc = opts.cc.clone().unwrap_or_else(compile::compiler);
+    let built = compile::compile(
+        &cc,
+        &sources,
+        era,
+        scratch.path(),
+        &tree,
+        opts.patch.is_some(),
+    )?;
     let lib = CLib::open(&built.library, &sources.given.display().to_string())?;
     // The library stays mapped; its file and the scratch copy can go.
     scratch

@@ -203,6 +203,7 @@ fn load_kernel(
         source: source.to_path_buf(),
         patch: a.patch.clone(),
         era,
+        cc: None,
     })
 }
 
