@@ -331,3 +331,74 @@ fn debian_7_3() {
         ],
     );
 }
+
+// ---- the command line ----
+
+fn hypdbg(args: &[&str], cc: Option<&str>) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hypdbg"));
+    cmd.args(args);
+    if let Some(cc) = cc {
+        cmd.env("CC", cc);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_reports_ok_violates_and_bad_input() {
+    let era3 = fixture("era3/debug-sr.h").display().to_string();
+    let seed = fixture("era1/debug-sr.c").display().to_string();
+    let quick = ["--cpu", "cortex-a57", "--random", "4"];
+    let (code, out, _) = hypdbg(
+        &[&["check", "--kernel-source", &era3][..], &quick].concat(),
+        None,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("era: era 3"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("kernel-c") && l.contains(" OK ")),
+        "{out}"
+    );
+    let (code, out, _) = hypdbg(
+        &[&["check", "--kernel-source", &seed][..], &quick].concat(),
+        None,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("VIOLATES"), "{out}");
+    assert!(
+        out.contains("counterexample CPU cortex-a57: ID_AA64DFR0_EL1"),
+        "{out}"
+    );
+    // Bad input: one line on stderr, exit 2, nothing run.
+    for (args, cc, want) in [
+        (
+            vec!["check", "--kernel-source", "/nonexistent/linux"],
+            None,
+            "/nonexistent/linux: ",
+        ),
+        (
+            vec!["check", "--kernel-source", &era3],
+            Some("/nonexistent/cc"),
+            "no C compiler: ",
+        ),
+        (
+            vec!["check", "--kernel-source", &era3, "--era", "9"],
+            None,
+            "--era 9: ",
+        ),
+    ] {
+        let (code, out, err) = hypdbg(&args, cc);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with(&format!("hypdbg: error: {want}")),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! The C variant's sweep against the Rust reference's: the whole `hypdbg check` of one variant
+//! (every profile, every 15 x 15 BRPs/WRPs value, 48 random sequences) for an era's
+//! reference and for kernel-style C of the same era loaded by hypdbg-kernelc. The target is
+//! the C within 2x of the reference on 2 cores.
+//!
+//! The fixtures (era 2 and era 3) always run; Debian's real 6.12 and 7.3 files too when
+//! `.ci/kernel-sources` has fetched them (`$HYPDBG_CACHE`, default ~/.cache/hypdbg).
+//! `cargo bench --bench kernel_c`.
+
+// criterion_group!/criterion_main! generate undocumented public functions.
+#![allow(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use hypdbg::validate::check::{CheckOptions, check};
+use hypdbg_hyp::variants::{Variant, by_name};
+use hypdbg_kernelc::{LoadOptions, load};
+use hypdbg_model::profiles::parse_cpu;
+
+/// (label, kernel source, the reference of its era).
+fn sources() -> Vec<(String, PathBuf, &'static str)> {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernelc/tests/fixtures");
+    let mut v = vec![
+        (
+            "fixture-era2".to_string(),
+            fixtures.join("era2/debug-sr.h"),
+            "era2",
+        ),
+        (
+            "fixture-era3".to_string(),
+            fixtures.join("era3/debug-sr.h"),
+            "era3",
+        ),
+    ];
+    let cache = std::env::var_os("HYPDBG_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hypdbg")));
+    if let Some(cache) = cache {
+        for (version, era) in [("6.12", "era2"), ("7.3", "era3")] {
+            let tree = cache.join("kernel-sources").join(version);
+            if tree
+                .join("arch/arm64/kvm/hyp/include/hyp/debug-sr.h")
+                .is_file()
+            {
+                v.push((format!("linux-source-{version}"), tree, era));
+            }
+        }
+    }
+    v
+}
+
+fn run(variant: &Variant) {
+    let opts = CheckOptions {
+        variants: vec![variant.clone()],
+        cpus: parse_cpu("all").unwrap_or_default(),
+        count_sweep: true,
+        random_cases: 48,
+    };
+    let reports = check(&opts, &|_| {});
+    assert!(reports.is_ok_and(|r| r.len() == 1));
+}
+
+fn sweep(c: &mut Criterion) {
+    let mut g = c.benchmark_group("kernel_c_sweep");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(8));
+    for (label, source, reference) in sources() {
+        let Ok(k) = load(&LoadOptions {
+            source: source.clone(),
+            ..LoadOptions::default()
+        }) else {
+            eprintln!("{}: does not load; skipped", source.display());
+            continue;
+        };
+        let c_variant = k.variant();
+        let Some(rust_variant) = by_name(reference) else {
+            continue;
+        };
+        g.bench_function(format!("{label}/rust-{reference}"), |b| {
+            b.iter(|| run(&rust_variant))
+        });
+        g.bench_function(format!("{label}/kernel-c"), |b| b.iter(|| run(&c_variant)));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, sweep);
+criterion_main!(benches);
