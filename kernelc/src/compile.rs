@@ -256,10 +256,16 @@ pub fn compile(
     if !out.status.success() {
         return Err(first_error(&stderr, &map, sources));
     }
-    let warnings = stderr
+    // One line per distinct warning (a macro expanded four times warns four times).
+    let mut warnings: Vec<String> = Vec::new();
+    for w in stderr
         .lines()
         .filter(|l| l.contains(": warning: ") && !l.contains(&shim.display().to_string()))
         .map(|l| map.user(l))
-        .collect();
+    {
+        if !warnings.contains(&w) {
+            warnings.push(w);
+        }
+    }
     Ok(Built { library, warnings })
 }

@@ -139,7 +139,7 @@ pub fn load(opts: &LoadOptions) -> Result<KernelSource, KernelCError> {
         .map(|(rel, user)| {
             let role = match (sources.shape, rel.as_str()) {
                 (Shape::Header { .. }, source::VHE) => {
-                    "compiled, not run (the VHE wrappers call the same common functions)"
+                    "compiled only: the VHE wrappers call the same common functions"
                 }
                 (Shape::Header { nvhe: false, .. }, _) => "run, with hypdbg's nVHE-style wrapper",
                 _ => "run",
