@@ -35,7 +35,7 @@ pub mod patch;
 pub mod route;
 pub mod source;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use hypdbg_hyp::flow::{
@@ -266,9 +266,4 @@ pub fn describe_cpu(label: &str) -> Option<String> {
         f.num_wrps(),
         f.wrps()
     ))
-}
-
-/// Whether `path` is where `load` would look (for tests and messages).
-pub fn is_kernel_tree(path: &Path) -> bool {
-    Sources::locate(path).is_ok_and(|s| s.is_tree())
 }
