@@ -1,5 +1,5 @@
-//! The kernel community's own tests of this path, ported (../shared/design/
-//! public-test-scenarios.md): debug-exceptions.c cases 1-12 over every combination, the
+//! The kernel community's own tests of this path, ported (the design notes' public test
+//! scenarios): debug-exceptions.c cases 1-12 over every combination, the
 //! userspace single-step test, kvm-unit-tests bp/wp/ss with and without migration.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]

@@ -1,4 +1,4 @@
-//! The nine invariants of ../shared/design/kernel-flows.md, checked on every simulated entry
+//! The nine invariants of the design notes (kernel-flows), checked on every simulated entry
 //! and exit from what the simulator recorded: the register accesses of the switch, the live
 //! registers while the guest runs, the host's registers around each run, what the guest read
 //! and wrote, and what userspace asked for. The expected values come from a shadow of the

@@ -1,4 +1,4 @@
-//! The obvious slips every validator should kill (../shared/design/bug-catalog.md, "Generic
+//! The obvious slips every validator should kill (the design notes' bug catalog, "Generic
 //! mutants"), each the one kernel function it changes.
 
 use hypdbg_model::ctrl::MDCR_EL2_TDA;

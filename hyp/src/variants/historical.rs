@@ -1,4 +1,4 @@
-//! Defects that shipped (../shared/design/bug-catalog.md), each the kernel function that had
+//! Defects that shipped (the design notes' bug catalog), each the kernel function that had
 //! it, written as it was.
 
 use hypdbg_model::SysReg;

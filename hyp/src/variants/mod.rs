@@ -1,5 +1,5 @@
 //! The catalog of flows the validator runs: each era's reference, the historical defects of
-//! ../shared/design/bug-catalog.md and the generic slips, each written as the kernel
+//! the design notes' bug catalog and the generic slips, each written as the kernel
 //! function it changes, plus the user's own variants ([`user`]).
 //!
 //! A variant is a type implementing an era's traits with one function overridden; the
