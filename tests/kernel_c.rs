@@ -240,6 +240,31 @@ fn era3_fixture_is_ok_and_its_slips_violate() {
     }
 }
 
+#[test]
+fn era3_tree_with_nvhe_host_buffers_is_ok() {
+    // The era-3 header under the fixture's nVHE wrappers (host buffers parked around the
+    // guest; the modelled host uses none) and VHE wrappers, laid out as a kernel tree.
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        ("era3/debug-sr.h", HEADER),
+        (
+            "tree-era3/nvhe-debug-sr.c",
+            "arch/arm64/kvm/hyp/nvhe/debug-sr.c",
+        ),
+        (
+            "tree-era3/vhe-debug-sr.c",
+            "arch/arm64/kvm/hyp/vhe/debug-sr.c",
+        ),
+    ] {
+        let dst = dir.path().join(to);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(fixture(from), &dst).unwrap();
+    }
+    assert_ok("era3 tree (nVHE wrappers)", &check_source(dir.path(), None));
+    let (_d, slipped) = edited_copy(dir.path(), Some(HEADER), &break_at_case_8);
+    assert_violates("era3 tree, break at case 8", &check_source(&slipped, None));
+}
+
 // ---- Debian's real files (fetched by .ci/kernel-sources; never committed) ----
 
 const HEADER: &str = "arch/arm64/kvm/hyp/include/hyp/debug-sr.h";

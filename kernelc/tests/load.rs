@@ -305,3 +305,109 @@ fn not_a_tree_and_not_a_file_are_refused() {
         KernelCError::UnknownEra(_)
     ));
 }
+
+/// A kernel-tree-shaped directory: the era-3 header with nVHE and VHE wrappers.
+fn era3_tree() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        (
+            "era3/debug-sr.h",
+            "arch/arm64/kvm/hyp/include/hyp/debug-sr.h",
+        ),
+        (
+            "tree-era3/nvhe-debug-sr.c",
+            "arch/arm64/kvm/hyp/nvhe/debug-sr.c",
+        ),
+        (
+            "tree-era3/vhe-debug-sr.c",
+            "arch/arm64/kvm/hyp/vhe/debug-sr.c",
+        ),
+    ] {
+        let dst = dir.path().join(to);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(fixture(from), &dst).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn a_tree_compiles_its_nvhe_and_vhe_wrappers_and_lists_the_host_only_units() {
+    let tree = era3_tree();
+    let k = load(&opts(tree.path().to_path_buf())).unwrap();
+    assert_eq!(k.era, KernelEra::Three);
+    let roles: Vec<(String, &str)> = k
+        .files
+        .iter()
+        .map(|(p, r)| {
+            (
+                p.strip_prefix(tree.path()).unwrap().display().to_string(),
+                *r,
+            )
+        })
+        .collect();
+    assert_eq!(
+        roles[0],
+        ("arch/arm64/kvm/hyp/include/hyp/debug-sr.h".into(), "run")
+    );
+    assert_eq!(
+        roles[1],
+        ("arch/arm64/kvm/hyp/nvhe/debug-sr.c".into(), "run")
+    );
+    assert_eq!(roles[2].0, "arch/arm64/kvm/hyp/vhe/debug-sr.c");
+    assert!(roles[2].1.starts_with("compiled only"), "{}", roles[2].1);
+    assert_eq!(
+        k.not_modelled,
+        [
+            "SPE (PMSCR_EL1, PMBLIMITR_EL1)",
+            "TRBE/self-hosted trace (TRFCR_EL1, TRBLIMITR_EL1)",
+            "BRBE (BRBCR_EL1)"
+        ]
+    );
+    assert!(k.warnings.is_empty(), "{:?}", k.warnings);
+    // A broken VHE wrapper is reported even though only the nVHE one runs.
+    let vhe = tree.path().join("arch/arm64/kvm/hyp/vhe/debug-sr.c");
+    let text = std::fs::read_to_string(&vhe).unwrap();
+    std::fs::write(
+        &vhe,
+        text.replace("read_sysreg(mdcr_el2)", "read_sysreg(mdcr_el3)"),
+    )
+    .unwrap();
+    match err(&opts(tree.path().to_path_buf())) {
+        KernelCError::UnknownSysreg { token, location } => {
+            assert_eq!(token, "mdcr_el3");
+            assert!(location.contains("vhe/debug-sr.c:"), "{location}");
+        }
+        e => panic!("{e}"),
+    }
+}
+
+#[test]
+fn a_patch_may_touch_files_that_are_not_compiled() {
+    let tree = era1_tree();
+    let debug_c = tree.path().join("arch/arm64/kvm/debug.c");
+    std::fs::write(&debug_c, "/* debug.c */\nint x;\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let patch = dir.path().join("both.patch");
+    let fix = std::fs::read_to_string(fixture("era1/kde-mde.patch")).unwrap();
+    std::fs::write(
+        &patch,
+        format!(
+            "diff --git a/arch/arm64/kvm/debug.c b/arch/arm64/kvm/debug.c\n--- a/arch/arm64/kvm/debug.c\n+++ b/arch/arm64/kvm/debug.c\n@@ -1,2 +1,2 @@\n /* debug.c */\n-int x;\n+int y;\n{fix}"
+        ),
+    )
+    .unwrap();
+    let k = load(&LoadOptions {
+        patch: Some(patch),
+        ..opts(tree.path().to_path_buf())
+    })
+    .unwrap();
+    assert_eq!(k.patched_not_compiled, ["arch/arm64/kvm/debug.c"]);
+    assert!(
+        k.summary()
+            .contains("patch also changes arch/arm64/kvm/debug.c: not compiled")
+    );
+    assert_eq!(
+        std::fs::read_to_string(&debug_c).unwrap(),
+        "/* debug.c */\nint x;\n"
+    );
+}
