@@ -14,52 +14,45 @@ use hypdbg_model::SysReg;
 use hypdbg_model::esr::Esr;
 use hypdbg_model::uapi::{KvmDebugExitArch, KvmGuestDebug};
 
-use crate::ffi::{CLib, Exchange};
+use crate::ffi::{Blocks, CLib, Exchange};
 use crate::route::Direction;
 
 /// `HYPDBG_VF_DEBUG_DIRTY` in shim.h.
 const VF_DEBUG_DIRTY: u64 = 1;
 
-/// The simulator's state as the C sees it (`hypdbg_load` fills the kernel structs from it).
+/// The simulator's scalar state as the C sees it (`hypdbg_load` fills the kernel structs from
+/// it and from the register blocks).
 fn exchange_in(vcpu: &KvmVcpu, host: &KvmHostData) -> Exchange {
     let arch = &vcpu.arch;
-    Exchange {
-        vcpu_debug_state: arch.vcpu_debug_state,
-        external_debug_state: arch.external_debug_state,
-        vcpu_host_regs: arch.host_debug_state,
-        cpu_host_regs: host.host_debug_state.regs,
-        guest_mdscr_el1: arch.ctxt.sys_regs.mdscr_el1,
-        guest_mdccint_el1: arch.ctxt.sys_regs.mdccint_el1,
-        host_mdscr_el1: host.host_ctxt.sys_regs.mdscr_el1,
-        host_mdccint_el1: host.host_ctxt.sys_regs.mdccint_el1,
-        external_mdscr_el1: arch.external_mdscr_el1,
-        vcpu_flags: if vcpu.flag(DebugFlags::DEBUG_DIRTY) {
-            VF_DEBUG_DIRTY
-        } else {
-            0
-        },
-        debug_ptr: match arch.debug_ptr {
-            DebugPtr::VcpuDebugState => 0,
-            DebugPtr::ExternalDebugState => 1,
-        },
-        debug_owner: match arch.debug_owner {
-            DebugOwner::VcpuDebugFree => 0,
-            DebugOwner::VcpuDebugGuestOwned => 1,
-            DebugOwner::VcpuDebugHostOwned => 2,
-        },
-        debug_brps: u32::from(host.debug_brps),
-        debug_wrps: u32::from(host.debug_wrps),
-        ..Exchange::default()
-    }
+    let mut x = Exchange::default();
+    x.guest_mdscr_el1 = arch.ctxt.sys_regs.mdscr_el1;
+    x.guest_mdccint_el1 = arch.ctxt.sys_regs.mdccint_el1;
+    x.host_mdscr_el1 = host.host_ctxt.sys_regs.mdscr_el1;
+    x.host_mdccint_el1 = host.host_ctxt.sys_regs.mdccint_el1;
+    x.external_mdscr_el1 = arch.external_mdscr_el1;
+    x.vcpu_flags = if vcpu.flag(DebugFlags::DEBUG_DIRTY) {
+        VF_DEBUG_DIRTY
+    } else {
+        0
+    };
+    x.debug_ptr = match arch.debug_ptr {
+        DebugPtr::VcpuDebugState => 0,
+        DebugPtr::ExternalDebugState => 1,
+    };
+    x.debug_owner = match arch.debug_owner {
+        DebugOwner::VcpuDebugFree => 0,
+        DebugOwner::VcpuDebugGuestOwned => 1,
+        DebugOwner::VcpuDebugHostOwned => 2,
+    };
+    x.debug_brps = u32::from(host.debug_brps);
+    x.debug_wrps = u32::from(host.debug_wrps);
+    x
 }
 
-/// Everything the C may have changed, back into the simulator's state.
+/// Everything else the C may have changed, back into the simulator's state (the register
+/// blocks were written in place).
 fn exchange_out(x: &Exchange, vcpu: &mut KvmVcpu, host: &mut KvmHostData) -> Result<(), HypFault> {
     let arch = &mut vcpu.arch;
-    arch.vcpu_debug_state = x.vcpu_debug_state;
-    arch.external_debug_state = x.external_debug_state;
-    arch.host_debug_state = x.vcpu_host_regs;
-    host.host_debug_state.regs = x.cpu_host_regs;
     arch.ctxt.sys_regs.mdscr_el1 = x.guest_mdscr_el1;
     arch.ctxt.sys_regs.mdccint_el1 = x.guest_mdccint_el1;
     host.host_ctxt.sys_regs.mdscr_el1 = x.host_mdscr_el1;
@@ -114,7 +107,14 @@ impl<E> KernelEngine<E> {
         host: &mut KvmHostData,
     ) -> Result<(), HypFault> {
         let mut x = exchange_in(vcpu, host);
-        self.lib.call(dir, a, &mut x)?;
+        let arch = &mut vcpu.arch;
+        let blocks = Blocks {
+            vcpu_debug_state: &mut arch.vcpu_debug_state,
+            external_debug_state: &mut arch.external_debug_state,
+            vcpu_host_regs: &mut arch.host_debug_state,
+            cpu_host_regs: &mut host.host_debug_state.regs,
+        };
+        self.lib.call(dir, a, &mut x, blocks)?;
         exchange_out(&x, vcpu, host)
     }
 }

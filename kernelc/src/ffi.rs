@@ -23,22 +23,17 @@ use crate::route::{CallCtx, Direction};
 
 /// The block passed to the C (`struct hypdbg_exchange` in shim/hypdbg/glue.c; same order, same
 /// types, `#[repr(C)]`): the vcpu's and the CPU's debug state before the call, after it on
-/// return.
+/// return. The four register blocks are not copied in: [`CLib::call`] points the C at the
+/// simulator's own ([`Blocks`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Debug)]
 pub struct Exchange {
-    /// `HYPDBG_ABI_VERSION`.
-    pub abi_version: u32,
-    /// `sizeof(struct hypdbg_exchange)`.
-    pub size: u32,
-    /// `vcpu->arch.vcpu_debug_state`.
-    pub vcpu_debug_state: KvmGuestDebugArch,
-    /// `vcpu->arch.external_debug_state`.
-    pub external_debug_state: KvmGuestDebugArch,
-    /// `vcpu->arch.host_debug_state` (eras 1 and 2 up to v6.9).
-    pub vcpu_host_regs: KvmGuestDebugArch,
-    /// `host_data->host_debug_state.regs` (v6.10+).
-    pub cpu_host_regs: KvmGuestDebugArch,
+    abi_version: u32,
+    size: u32,
+    vcpu_debug_state: *mut KvmGuestDebugArch,
+    external_debug_state: *mut KvmGuestDebugArch,
+    vcpu_host_regs: *mut KvmGuestDebugArch,
+    cpu_host_regs: *mut KvmGuestDebugArch,
     /// The guest context's MDSCR_EL1.
     pub guest_mdscr_el1: u64,
     /// The guest context's MDCCINT_EL1.
@@ -61,8 +56,45 @@ pub struct Exchange {
     pub debug_wrps: u32,
 }
 
+impl Default for Exchange {
+    fn default() -> Self {
+        let null = std::ptr::null_mut();
+        Exchange {
+            abi_version: 0,
+            size: 0,
+            vcpu_debug_state: null,
+            external_debug_state: null,
+            vcpu_host_regs: null,
+            cpu_host_regs: null,
+            guest_mdscr_el1: 0,
+            guest_mdccint_el1: 0,
+            host_mdscr_el1: 0,
+            host_mdccint_el1: 0,
+            external_mdscr_el1: 0,
+            vcpu_flags: 0,
+            debug_ptr: 0,
+            debug_owner: 0,
+            debug_brps: 0,
+            debug_wrps: 0,
+        }
+    }
+}
+
+/// The simulator's register blocks the C reads on entry and writes back on success, borrowed
+/// for exactly one call.
+pub struct Blocks<'a> {
+    /// `vcpu->arch.vcpu_debug_state`.
+    pub vcpu_debug_state: &'a mut KvmGuestDebugArch,
+    /// `vcpu->arch.external_debug_state`.
+    pub external_debug_state: &'a mut KvmGuestDebugArch,
+    /// `vcpu->arch.host_debug_state` (eras 1 and 2 up to v6.9).
+    pub vcpu_host_regs: &'a mut KvmGuestDebugArch,
+    /// `host_data->host_debug_state.regs` (v6.10+).
+    pub cpu_host_regs: &'a mut KvmGuestDebugArch,
+}
+
 /// `HYPDBG_ABI_VERSION` in glue.c.
-const ABI_VERSION: u32 = 1;
+const ABI_VERSION: u32 = 2;
 
 /// `struct hypdbg_ops` in shim.h.
 #[repr(C)]
@@ -146,16 +178,21 @@ impl CLib {
         })
     }
 
-    /// Run the C half of the world switch `dir` on `x`, its register accesses through `a`.
-    /// On a faulting access the C stops there and `x` is left as it was passed.
+    /// Run the C half of the world switch `dir` on `x` and `blocks`, its register accesses
+    /// through `a`. On a faulting access the C stops there and nothing is written back.
     pub fn call<A: RegAccess>(
         &self,
         dir: Direction,
         a: &mut A,
         x: &mut Exchange,
+        blocks: Blocks<'_>,
     ) -> Result<(), HypFault> {
         x.abi_version = ABI_VERSION;
         x.size = std::mem::size_of::<Exchange>() as u32;
+        x.vcpu_debug_state = blocks.vcpu_debug_state;
+        x.external_debug_state = blocks.external_debug_state;
+        x.vcpu_host_regs = blocks.vcpu_host_regs;
+        x.cpu_host_regs = blocks.cpu_host_regs;
         let mut ctx = CallCtx::new(a, dir);
         let ops = Ops {
             read: read_cb::<A>,
@@ -167,7 +204,10 @@ impl CLib {
         };
         let ctx_ptr: *mut CallCtx<'_, A> = &mut ctx;
         // SAFETY: `x`, `ops` and `ctx` outlive the call and nothing else touches them while it
-        // runs; the C uses `x` only during the call and passes `ctx` back only to the callbacks
+        // runs; the four block pointers in `x` come from the distinct `&mut` borrows in
+        // `blocks`, alive (and otherwise unused) until this function returns, and each points
+        // at a `#[repr(C)]` `KvmGuestDebugArch`, the layout of `struct kvm_guest_debug_arch`.
+        // The C uses them only during the call and passes `ctx` back only to the callbacks
         // below, typed for this very `A`. The library is loaded (self holds it).
         let rc = unsafe { f(x, &ops, ctx_ptr.cast()) };
         if rc != 0 {

@@ -9,16 +9,20 @@
 #include <hypdbg/shim.h>
 
 #define HYPDBG_EXPORT __attribute__((__visibility__("default")))
-#define HYPDBG_ABI_VERSION 1
+#define HYPDBG_ABI_VERSION 2
 
-/* What the simulator passes; mirrored by `Exchange` in hypdbg-kernelc's ffi.rs. */
+/*
+ * What the simulator passes; mirrored by `Exchange` in hypdbg-kernelc's ffi.rs. The four
+ * register blocks are the simulator's own (same layout), read on entry and written back on
+ * success; the rest is copied both ways.
+ */
 struct hypdbg_exchange {
 	u32 abi_version;
 	u32 size;
-	struct kvm_guest_debug_arch vcpu_debug_state;
-	struct kvm_guest_debug_arch external_debug_state;
-	struct kvm_guest_debug_arch vcpu_host_regs;	/* eras 1, 2: vcpu->arch.host_debug_state */
-	struct kvm_guest_debug_arch cpu_host_regs;	/* v6.10+: host_data->host_debug_state.regs */
+	struct kvm_guest_debug_arch *vcpu_debug_state;
+	struct kvm_guest_debug_arch *external_debug_state;
+	struct kvm_guest_debug_arch *vcpu_host_regs;	/* eras 1, 2: vcpu->arch.host_debug_state */
+	struct kvm_guest_debug_arch *cpu_host_regs;	/* v6.10+: host_data->host_debug_state.regs */
 	u64 guest_mdscr_el1;
 	u64 guest_mdccint_el1;
 	u64 host_mdscr_el1;
@@ -41,23 +45,43 @@ static void hypdbg_load(const struct hypdbg_exchange *x)
 {
 	struct kvm_vcpu *v = &hypdbg_vcpu;
 	struct kvm_host_data *h = &kvm_host_data;
+	int i;
 
-	__builtin_memset(v, 0, sizeof(*v));
-	__builtin_memset(h, 0, sizeof(*h));
-	v->arch.vcpu_debug_state = x->vcpu_debug_state;
-	v->arch.external_debug_state = x->external_debug_state;
+	/* Field by field (no memset of the whole objects: this runs on every world switch). */
+	v->vcpu_id = 0;
+	for (i = 0; i < NR_SYS_REGS; i++) {
+		v->arch.ctxt.sys_regs[i] = 0;
+		h->host_ctxt.sys_regs[i] = 0;
+	}
+	v->arch.vcpu_debug_state = *x->vcpu_debug_state;
+	v->arch.external_debug_state = *x->external_debug_state;
 	v->arch.ctxt.sys_regs[MDSCR_EL1] = x->guest_mdscr_el1;
 	v->arch.ctxt.sys_regs[MDCCINT_EL1] = x->guest_mdccint_el1;
 	v->arch.iflags = x->vcpu_flags;
+	v->arch.mdcr_el2 = 0;
 	h->host_ctxt.sys_regs[MDSCR_EL1] = x->host_mdscr_el1;
 	h->host_ctxt.sys_regs[MDCCINT_EL1] = x->host_mdccint_el1;
-	h->host_debug_state.regs = x->cpu_host_regs;
+	h->host_debug_state.regs = *x->cpu_host_regs;
+	h->host_debug_state.pmscr_el1 = 0;
+	h->host_debug_state.pmblimitr_el1 = 0;
+	h->host_debug_state.trfcr_el1 = 0;
+	h->host_debug_state.trblimitr_el1 = 0;
+	h->host_debug_state.brbcr_el1 = 0;
+	h->host_debug_state.mdcr_el2 = 0;
 	h->debug_brps = x->debug_brps;
 	h->debug_wrps = x->debug_wrps;
+	h->trfcr_while_in_guest = 0;
+	h->flags = 0;
 #if HYPDBG_ERA == 1
-	v->arch.host_debug_state = x->vcpu_host_regs;
+	v->arch.host_debug_state = *x->vcpu_host_regs;
 #elif HYPDBG_ERA == 2 && !HYPDBG_PERCPU
-	v->arch.host_debug_state.regs = x->vcpu_host_regs;
+	v->arch.host_debug_state.regs = *x->vcpu_host_regs;
+	v->arch.host_debug_state.pmscr_el1 = 0;
+	v->arch.host_debug_state.pmblimitr_el1 = 0;
+	v->arch.host_debug_state.trfcr_el1 = 0;
+	v->arch.host_debug_state.trblimitr_el1 = 0;
+	v->arch.host_debug_state.brbcr_el1 = 0;
+	v->arch.host_debug_state.mdcr_el2 = 0;
 #endif
 #if HYPDBG_ERA < 3
 	v->arch.debug_ptr = x->debug_ptr ? &v->arch.external_debug_state : &v->arch.vcpu_debug_state;
@@ -73,20 +97,20 @@ static void hypdbg_store(struct hypdbg_exchange *x)
 	const struct kvm_vcpu *v = &hypdbg_vcpu;
 	const struct kvm_host_data *h = &kvm_host_data;
 
-	x->vcpu_debug_state = v->arch.vcpu_debug_state;
-	x->external_debug_state = v->arch.external_debug_state;
+	*x->vcpu_debug_state = v->arch.vcpu_debug_state;
+	*x->external_debug_state = v->arch.external_debug_state;
 	x->guest_mdscr_el1 = v->arch.ctxt.sys_regs[MDSCR_EL1];
 	x->guest_mdccint_el1 = v->arch.ctxt.sys_regs[MDCCINT_EL1];
 	x->vcpu_flags = v->arch.iflags;
 	x->host_mdscr_el1 = h->host_ctxt.sys_regs[MDSCR_EL1];
 	x->host_mdccint_el1 = h->host_ctxt.sys_regs[MDCCINT_EL1];
-	x->cpu_host_regs = h->host_debug_state.regs;
+	*x->cpu_host_regs = h->host_debug_state.regs;
 	x->debug_brps = h->debug_brps;
 	x->debug_wrps = h->debug_wrps;
 #if HYPDBG_ERA == 1
-	x->vcpu_host_regs = v->arch.host_debug_state;
+	*x->vcpu_host_regs = v->arch.host_debug_state;
 #elif HYPDBG_ERA == 2 && !HYPDBG_PERCPU
-	x->vcpu_host_regs = v->arch.host_debug_state.regs;
+	*x->vcpu_host_regs = v->arch.host_debug_state.regs;
 #endif
 #if HYPDBG_ERA < 3
 	if (v->arch.debug_ptr == &v->arch.vcpu_debug_state)
@@ -192,7 +216,7 @@ static int hypdbg_call(void (*fn)(struct kvm_vcpu *), struct hypdbg_exchange *x,
 	return 0;
 }
 
-/* The hyp's debug switch on entry: 0, or 1 after a hyp panic (the block is then unchanged). */
+/* The hyp's debug switch on entry: 0, or 1 after a hyp panic (nothing is written back then). */
 HYPDBG_EXPORT int hypdbg_switch_to_guest(struct hypdbg_exchange *x, const struct hypdbg_ops *ops,
 					 void *ctx)
 {
