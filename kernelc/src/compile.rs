@@ -155,8 +155,11 @@ fn first_error(stderr: &str, map: &PathMap, sources: &Sources) -> KernelCError {
                 flag: flag.to_string(),
             };
         }
+        // gcc: "implicit declaration of function 'f'"; clang: "call to undeclared function 'f'".
+        let undeclared = quoted_after(msg, "implicit declaration of function '")
+            .or_else(|| quoted_after(msg, "call to undeclared function '"));
         if location.starts_with("<hypdbg shim>/hypdbg/wrapper.c")
-            && let Some(f) = quoted_after(msg, "implicit declaration of function '")
+            && let Some(f) = undeclared
         {
             return KernelCError::MissingFunction {
                 source_name: given,
