@@ -203,7 +203,12 @@ fn check_lists_variants_and_validates_one_cpu() {
         match r["kind"].as_str().unwrap() {
             "reference" | "user" => assert_eq!(r["verdict"], "OK", "{r}"),
             _ if r["verdict"] == "INDISTINGUISHABLE" => {
-                assert!(r["indistinguishable"].as_str().unwrap().contains("at most 8"));
+                assert!(
+                    r["indistinguishable"]
+                        .as_str()
+                        .unwrap()
+                        .contains("at most 8")
+                );
                 hidden.push(r["variant"].as_str().unwrap().to_string())
             }
             _ => {
@@ -219,7 +224,10 @@ fn check_lists_variants_and_validates_one_cpu() {
     let (code, out, _) = hypdbg(&["check", "--cpu", "min", "--random", "4"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.matches("INDISTINGUISHABLE").count(), 3, "{out}");
-    assert!(out.contains("(3 indistinguishable on the selected CPUs)"), "{out}");
+    assert!(
+        out.contains("(3 indistinguishable on the selected CPUs)"),
+        "{out}"
+    );
 }
 
 #[test]

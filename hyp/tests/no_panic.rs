@@ -96,7 +96,7 @@ proptest! {
         mode in any::<bool>(),
     ) {
         let all = variants::all();
-        let v = all[variant % all.len()];
+        let v = &all[variant % all.len()];
         let f = PROFILES[profile].features().unwrap();
         let config = VmConfig {
             pcpus: vec![f; 3],

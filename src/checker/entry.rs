@@ -14,17 +14,23 @@ use hypdbg_model::{DbgBank, SysReg};
 use super::shadow::Shadow;
 use super::{Checker, Invariant};
 
-/// How many accesses move debug state (a DBG{B,W}{C,V}R\<n> or MDCCINT_EL1).
-pub(super) fn debug_moves(accesses: &[AccessRecord]) -> usize {
-    accesses
+/// Whether an access moves debug state (a DBG{B,W}{C,V}R\<n> or MDCCINT_EL1).
+fn moves_debug_state(a: &AccessRecord) -> bool {
+    matches!(
+        a.reg,
+        HypReg::Sys(SysReg::Dbg(..)) | HypReg::Sys(SysReg::MdccintEl1)
+    )
+}
+
+/// How many accesses move debug state, and the register of the first (the one a lazy
+/// violation names).
+pub(super) fn debug_moves(accesses: &[AccessRecord]) -> (usize, Option<String>) {
+    let n = accesses.iter().filter(|a| moves_debug_state(a)).count();
+    let first = accesses
         .iter()
-        .filter(|a| {
-            matches!(
-                a.reg,
-                HypReg::Sys(SysReg::Dbg(..)) | HypReg::Sys(SysReg::MdccintEl1)
-            )
-        })
-        .count()
+        .find(|a| moves_debug_state(a))
+        .map(|a| a.reg.to_string());
+    (n, first)
 }
 
 impl Checker {
@@ -199,15 +205,16 @@ impl Checker {
         pcpu: usize,
         live: &HostSnapshot,
         s: &Shadow,
-        moves: usize,
+        (moves, first): (usize, Option<String>),
     ) {
-        if moves > 0 {
+        if let Some(first) = first.filter(|_| moves > 0) {
             let msg = format!(
-                "the guest does not use its debug registers (MDSCR_EL1 = {:#x}, nobody debugs it) but the switch to the guest moved {moves} of them",
+                "the guest does not use its debug registers (MDSCR_EL1 = {:#x}, nobody debugs it) but the switch to the guest moved {moves} of them, {first} first",
                 s.mdscr
             );
             self.violation(Invariant::Lazy, vcpu, msg)
                 .cpu(pcpu)
+                .register(first)
                 .expected(0)
                 .actual(moves as u64)
                 .push();

@@ -55,13 +55,19 @@ impl Checker {
     }
 
     /// Invariant 6: state the guest did not use is not moved back either.
-    fn check_lazy_exit(&mut self, vcpu: usize, pcpu: usize, moves: usize) {
-        if moves > 0 {
+    fn check_lazy_exit(
+        &mut self,
+        vcpu: usize,
+        pcpu: usize,
+        (moves, first): (usize, Option<String>),
+    ) {
+        if let Some(first) = first.filter(|_| moves > 0) {
             let msg = format!(
-                "the guest did not use its debug registers but the switch back to the host moved {moves} of them"
+                "the guest did not use its debug registers but the switch back to the host moved {moves} of them, {first} first"
             );
             self.violation(Invariant::Lazy, vcpu, msg)
                 .cpu(pcpu)
+                .register(first)
                 .expected(0)
                 .actual(moves as u64)
                 .push();

@@ -42,6 +42,16 @@ pub struct CheckArgs {
     /// Stop after this many seconds (exit status 3); no limit by default.
     #[arg(long, value_name = "SECONDS", value_parser = num_arg::<u64>)]
     pub timeout: Option<u64>,
+    /// A kernel tree (or its debug-sr.h / debug-sr.c): compile its own hyp debug save/restore
+    /// C against hypdbg's shim and check it as the variant `kernel-c`.
+    #[arg(long, value_name = "PATH")]
+    pub kernel_source: Option<PathBuf>,
+    /// A unified diff applied to a scratch copy of --kernel-source first.
+    #[arg(long, value_name = "FILE", requires = "kernel_source")]
+    pub patch: Option<PathBuf>,
+    /// The era of --kernel-source instead of detecting it: 1, 2, 2-percpu or 3.
+    #[arg(long, value_name = "ERA", requires = "kernel_source")]
+    pub era: Option<String>,
 }
 
 impl Default for CheckArgs {
@@ -55,13 +65,16 @@ impl Default for CheckArgs {
             write_counterexamples: None,
             random: 48,
             timeout: None,
+            kernel_source: None,
+            patch: None,
+            era: None,
         }
     }
 }
 
 /// `--list`: every variant, and the catalog rows no flow can express.
-fn list(json: bool) -> i32 {
-    for v in variants::all() {
+fn list(all: &[Variant], json: bool) -> i32 {
+    for v in all {
         if json {
             let row = serde_json::json!({
                 "variant": v.name,
@@ -93,17 +106,38 @@ fn list(json: bool) -> i32 {
     0
 }
 
-/// The variants `--variant` selects.
-fn select(name: &str) -> Result<Vec<Variant>, String> {
+/// The variants `--variant` selects from `all` (with a kernel source, `all` means its
+/// variant alone).
+fn select(name: &str, all: &[Variant], kernel: Option<&Variant>) -> Result<Vec<Variant>, String> {
     if name.eq_ignore_ascii_case("all") {
-        return Ok(variants::all());
+        return Ok(match kernel {
+            Some(k) => vec![k.clone()],
+            None => all.to_vec(),
+        });
     }
-    variants::by_name(name).map(|v| vec![v]).ok_or_else(|| {
-        let names: Vec<&str> = variants::all().iter().map(|v| v.name).collect();
-        format!(
-            "--variant {name}: unknown; known: all, {}",
-            names.join(", ")
-        )
+    all.iter()
+        .find(|v| v.name.eq_ignore_ascii_case(name))
+        .map(|v| vec![v.clone()])
+        .ok_or_else(|| {
+            let names: Vec<&str> = all.iter().map(|v| v.name).collect();
+            format!(
+                "--variant {name}: unknown; known: all, {}",
+                names.join(", ")
+            )
+        })
+}
+
+/// `--kernel-source [--patch] [--era]`: the tree's C, compiled and loaded.
+fn load_kernel(
+    source: &Path,
+    a: &CheckArgs,
+) -> Result<hypdbg_kernelc::KernelSource, hypdbg_kernelc::KernelCError> {
+    let era = a.era.as_deref().map(str::parse).transpose()?;
+    hypdbg_kernelc::load(&hypdbg_kernelc::LoadOptions {
+        source: source.to_path_buf(),
+        patch: a.patch.clone(),
+        era,
+        cc: None,
     })
 }
 
@@ -124,8 +158,12 @@ fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
 
 /// Every argument checked before any work: the variants, the CPUs, the counts, the output
 /// directory.
-fn options(a: &CheckArgs) -> Result<(CheckOptions, Vec<CpuSpec>), String> {
-    let variants = select(&a.variant)?;
+fn options(
+    a: &CheckArgs,
+    all: &[Variant],
+    kernel: Option<&Variant>,
+) -> Result<(CheckOptions, Vec<CpuSpec>), String> {
+    let variants = select(&a.variant, all, kernel)?;
     let cpus = parse_cpu(&a.cpu).map_err(|e| format!("--cpu {}: {e}", a.cpu))?;
     let random_cpu = CheckOptions::random_cpu_of(&cpus)
         .ok_or_else(|| format!("--cpu {}: no CPU selected", a.cpu))?;
@@ -153,12 +191,23 @@ fn options(a: &CheckArgs) -> Result<(CheckOptions, Vec<CpuSpec>), String> {
 /// selected reference or user variant, when it is clean), 1 otherwise, 2 for bad arguments,
 /// 3 when stopped by `--timeout`.
 pub fn run(a: &CheckArgs) -> i32 {
-    let (opts, _) = match options(a) {
+    // --kernel-source: compile and load the tree's C first; any problem is one line, exit 2.
+    let kernel = match &a.kernel_source {
+        Some(source) => match load_kernel(source, a) {
+            Ok(k) => Some(k),
+            Err(e) => return usage_error(e),
+        },
+        None => None,
+    };
+    let kernel_variant = kernel.as_ref().map(|k| k.variant());
+    let mut all = variants::all();
+    all.extend(kernel_variant.clone());
+    let (opts, _) = match options(a, &all, kernel_variant.as_ref()) {
         Ok(o) => o,
         Err(e) => return usage_error(e),
     };
     if a.list {
-        return list(a.json);
+        return list(&all, a.json);
     }
     let total = match jobs(&opts) {
         Ok(j) => (j.len() * opts.variants.len()) as u64,
@@ -196,10 +245,24 @@ pub fn run(a: &CheckArgs) -> i32 {
         }
     };
     let elapsed = start.elapsed().as_secs_f64();
+    if let Some(k) = &kernel {
+        // The kernel source's head: on stderr with --json, so stdout stays JSON lines.
+        if a.json {
+            eprint!("{}", k.summary());
+        } else {
+            print!("{}", k.summary());
+        }
+    }
     if a.json {
         print!("{}", json_lines(&reports));
     } else {
         print!("{}", table(&reports, elapsed));
+        if kernel.is_some() {
+            let cpus = reports.iter().filter_map(|r| r.counterexample.as_ref());
+            for cpu in cpus.filter_map(|c| hypdbg_kernelc::describe_cpu(&c.cpu)) {
+                println!("counterexample CPU {cpu}");
+            }
+        }
     }
     if let Some(dir) = &a.write_counterexamples
         && let Err(e) = write_counterexamples(dir, &reports)

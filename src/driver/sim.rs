@@ -65,7 +65,7 @@ impl SimBackend {
         vm.load_program(program);
         Ok(SimBackend {
             vm,
-            variant: *spec.variant,
+            variant: spec.variant.clone(),
             earlier_exceptions: vec![Vec::new(); config.vcpus],
             config,
             earlier_events: Vec::new(),

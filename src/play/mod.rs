@@ -134,8 +134,11 @@ pub fn play(
     opts: &PlayOptions,
     sink: &mut dyn FnMut(Record),
 ) -> Result<Report, PlayError> {
-    let variant = opts.flow.unwrap_or(file.variant);
-    let own_flow = opts.flow.is_none_or(|f| f.name == file.variant.name);
+    let variant = opts.flow.as_ref().unwrap_or(&file.variant).clone();
+    let own_flow = opts
+        .flow
+        .as_ref()
+        .is_none_or(|f| f.name == file.variant.name);
     let sc = &file.scenario;
     let spec = SimSpec {
         variant: &variant,

@@ -5,7 +5,7 @@ use hypdbg_model::ctrl::MDCR_EL2_TDA;
 use hypdbg_model::uapi::KvmGuestDebugArch;
 use hypdbg_model::{DbgBank, SysReg};
 
-use super::{Variant, VariantKind};
+use super::{Variant, VariantKind, make_fn};
 use hypdbg_model::DebugFeatures;
 
 use crate::access::{RegAccess, Scope};
@@ -380,7 +380,7 @@ pub fn variants() -> Vec<Variant> {
         kind: VariantKind::Generic,
         description,
         fix: None,
-        make,
+        make: make_fn(make),
         hidden_on: None,
     };
     let hidden = |v: Variant, on: fn(&DebugFeatures) -> Option<&'static str>| Variant {

@@ -5,7 +5,7 @@ use hypdbg_model::SysReg;
 use hypdbg_model::ctrl::{DBG_MDSCR_KDE, DBG_MDSCR_SS};
 use hypdbg_model::uapi::KvmGuestDebugArch;
 
-use super::{Variant, VariantKind};
+use super::{Variant, VariantKind, make_fn};
 use crate::access::{RegAccess, Scope};
 use crate::context::{DebugFlags, DebugOwner, KvmCpuContext, KvmVcpu};
 use crate::fault::HypFault;
@@ -197,7 +197,7 @@ pub fn variants() -> Vec<Variant> {
         kind: VariantKind::Historical,
         description,
         fix: Some(fix),
-        make,
+        make: make_fn(make),
         hidden_on: None,
     };
     vec![

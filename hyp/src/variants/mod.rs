@@ -10,12 +10,24 @@ pub mod generic;
 pub mod historical;
 pub mod user;
 
+use std::sync::Arc;
+
 use hypdbg_model::DebugFeatures;
 
 use crate::flow::{
     DynFlow, Era, Era1Engine, Era1Reference, Era2Engine, Era2Reference, Era3Engine, Era3Protected,
     Era3Reference,
 };
+
+/// Builds a fresh instance of a variant's flow. A closure rather than a `fn` pointer, so that a
+/// variant made at run time (a kernel tree's own C, loaded from a shared object) can capture
+/// what it needs.
+pub type MakeFlow = Arc<dyn Fn() -> Box<dyn DynFlow> + Send + Sync>;
+
+/// A [`MakeFlow`] from a plain function (what every built-in variant uses).
+pub fn make_fn(f: fn() -> Box<dyn DynFlow>) -> MakeFlow {
+    Arc::new(f)
+}
 
 /// What a variant is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -32,7 +44,7 @@ pub enum VariantKind {
 }
 
 /// A named flow.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct Variant {
     /// The name on the command line.
     pub name: &'static str,
@@ -43,10 +55,21 @@ pub struct Variant {
     /// For historical defects: the kernel fix.
     pub fix: Option<&'static str>,
     /// A fresh instance.
-    pub make: fn() -> Box<dyn DynFlow>,
+    pub make: MakeFlow,
     /// When the change cannot be seen on CPUs of these features, why (a slip in how the
     /// counts are read makes no difference where the slip reads the same counts).
     pub hidden_on: Option<fn(&DebugFeatures) -> Option<&'static str>>,
+}
+
+impl std::fmt::Debug for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Variant")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("description", &self.description)
+            .field("fix", &self.fix)
+            .finish_non_exhaustive()
+    }
 }
 
 impl VariantKind {
@@ -92,7 +115,7 @@ pub fn references() -> Vec<Variant> {
             kind: VariantKind::Reference,
             description: "v4.5 structure (DIRTY decided in the world switch from KDE || MDE) with later fixes applied",
             fix: None,
-            make: || Box::new(Era1Engine(Era1Reference)),
+            make: make_fn(|| Box::new(Era1Engine(Era1Reference))),
             hidden_on: None,
         },
         Variant {
@@ -100,7 +123,7 @@ pub fn references() -> Vec<Variant> {
             kind: VariantKind::Reference,
             description: "v6.13: DIRTY decided in kvm_arm_setup_debug, __debug_switch_to_guest/host gated on it",
             fix: None,
-            make: || Box::new(Era2Engine(Era2Reference)),
+            make: make_fn(|| Box::new(Era2Engine(Era2Reference))),
             hidden_on: None,
         },
         Variant {
@@ -108,7 +131,7 @@ pub fn references() -> Vec<Variant> {
             kind: VariantKind::Reference,
             description: "v6.14+: debug owner decided at vcpu_load, per-CPU host_data, external_mdscr_el1",
             fix: None,
-            make: || Box::new(Era3Engine(Era3Reference)),
+            make: make_fn(|| Box::new(Era3Engine(Era3Reference))),
             hidden_on: None,
         },
         Variant {
@@ -116,7 +139,7 @@ pub fn references() -> Vec<Variant> {
             kind: VariantKind::Reference,
             description: "v6.14+ in nVHE protected mode: the hyp runs a copy of the vcpu (flush/sync_debug_state)",
             fix: None,
-            make: || Box::new(Era3Engine(Era3Protected)),
+            make: make_fn(|| Box::new(Era3Engine(Era3Protected))),
             hidden_on: None,
         },
     ]

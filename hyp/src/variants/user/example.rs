@@ -6,7 +6,7 @@
 use crate::access::RegAccess;
 use crate::context::KvmHostData;
 use crate::flow::{Common, DebugCounts, Era3, Era3Engine};
-use crate::variants::{Variant, VariantKind};
+use crate::variants::{Variant, VariantKind, make_fn};
 
 /// Era 3 with the counts read from the CPU on every switch.
 #[derive(Default)]
@@ -27,7 +27,7 @@ pub fn variant() -> Variant {
         kind: VariantKind::User,
         description: "worked example: era 3 reading ID_AA64DFR0_EL1 on every switch (mid-series 6.14 form)",
         fix: None,
-        make: || Box::new(Era3Engine(Dfr0PerSwitch)),
+        make: make_fn(|| Box::new(Era3Engine(Dfr0PerSwitch))),
         hidden_on: None,
     }
 }

@@ -1,0 +1,2 @@
+/* hypdbg shim: everything is in <hypdbg/shim.h>. */
+#include <hypdbg/shim.h>
