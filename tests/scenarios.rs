@@ -241,6 +241,15 @@ fn a_seed_v2_counterexample_replays_with_the_host_value_live() {
     assert_eq!(code, 0, "{out}{err}");
     let file = dir.join("seed-v2.toml");
     assert!(err.contains("replay: hypdbg run"), "{err}");
+    // The counterexample names its action as the replay's trace numbers it.
+    let written = std::fs::read_to_string(&file).unwrap();
+    let header = written.lines().nth(1).unwrap();
+    assert!(
+        header.contains("[min] guest writes MDSCR_EL1 = MDE, PSTATE.D masked")
+            && header.contains("DBGBCR0_EL1 held the host's")
+            && header.contains("(inv 1, action 2: "),
+        "{header}"
+    );
     let (code, out, err) = hypdbg(&["run", file.to_str().unwrap(), "--trace"]);
     assert_eq!(code, 1, "{out}{err}");
     let lines: Vec<&str> = out.lines().collect();
@@ -249,6 +258,20 @@ fn a_seed_v2_counterexample_replays_with_the_host_value_live() {
         .position(|l| l.contains("VIOLATION inv1:guest-state-loaded"))
         .unwrap_or_else(|| panic!("no inv1 violation line:\n{out}"));
     assert!(lines[at].contains("held the host's"), "{}", lines[at]);
+    assert!(lines[at].contains("(action 2 at "), "{}", lines[at]);
+    // The shipped hand-reduced replay shows the same first violation at the same action.
+    let shipped = scenario_dir().join("seed-v2-replay.toml");
+    let (code, replay, _) = hypdbg(&["run", shipped.to_str().unwrap(), "--trace"]);
+    assert_eq!(code, 0, "{replay}");
+    let first = replay
+        .lines()
+        .find(|l| l.contains("VIOLATION"))
+        .unwrap_or_else(|| panic!("{replay}"));
+    assert!(
+        first.contains("inv1:guest-state-loaded (action 2 at ")
+            && first.contains("DBGBCR0_EL1 held the host's"),
+        "{first}"
+    );
     // The line before the violation is the entry's live state: the host's breakpoint value
     // (the host's DBGBVR0_EL1 is 0xffff8000100...) is in the hardware while the guest runs.
     let live = lines[..at]

@@ -36,7 +36,10 @@ pub const MAX_WATCH_LEN: u64 = 1 << 31;
 pub const BREAKPOINT_BCR: u64 = Dbgbcr::address_match(0b11).bits();
 
 /// Which accesses a watchpoint stops on (gdb's `rwatch`, `watch`, `awatch`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// The words for a direction are one set everywhere hypdbg takes one (`encode watch`,
+/// `match watch`, a scenario's `watch`): [`WatchAccess::WORDS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WatchAccess {
     /// Loads only (LSC = 0b01).
@@ -48,6 +51,17 @@ pub enum WatchAccess {
 }
 
 impl WatchAccess {
+    /// Every word accepted for each direction (case-insensitive): gdb's single letters,
+    /// the Arm ARM's load/store, and both-direction synonyms.
+    pub const WORDS: [(WatchAccess, &'static [&'static str]); 3] = [
+        (WatchAccess::Read, &["read", "load", "r"]),
+        (WatchAccess::Write, &["write", "store", "w"]),
+        (
+            WatchAccess::Access,
+            &["access", "rw", "a", "both", "read-write", "load-store"],
+        ),
+    ];
+
     /// All three.
     pub const ALL: [WatchAccess; 3] = [WatchAccess::Read, WatchAccess::Write, WatchAccess::Access];
 
@@ -84,16 +98,24 @@ impl fmt::Display for WatchAccess {
 impl FromStr for WatchAccess {
     type Err = HwDebugError;
 
-    /// `read`, `write` or `access` (case-insensitive; gdb's `r`, `w`, `a`/`rw` also work).
+    /// One of [`WatchAccess::WORDS`], in any case.
     fn from_str(s: &str) -> Result<Self, HwDebugError> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "read" | "r" => Ok(WatchAccess::Read),
-            "write" | "w" => Ok(WatchAccess::Write),
-            "access" | "a" | "rw" => Ok(WatchAccess::Access),
-            _ => Err(HwDebugError::BadAccess {
+        let w = s.trim().to_ascii_lowercase();
+        WatchAccess::WORDS
+            .iter()
+            .find(|(_, words)| words.contains(&w.as_str()))
+            .map(|(a, _)| *a)
+            .ok_or_else(|| HwDebugError::BadAccess {
                 text: s.to_string(),
-            }),
-        }
+            })
+    }
+}
+
+impl<'de> Deserialize<'de> for WatchAccess {
+    /// The same words as [`WatchAccess::from_str`].
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -375,9 +397,14 @@ mod tests {
             assert_eq!(a.to_string().parse::<WatchAccess>().unwrap(), a);
         }
         assert_eq!("RW".parse::<WatchAccess>().unwrap(), WatchAccess::Access);
+        for (a, words) in WatchAccess::WORDS {
+            for w in words {
+                assert_eq!(w.to_uppercase().parse::<WatchAccess>().unwrap(), a, "{w}");
+            }
+        }
         let e = "modify".parse::<WatchAccess>().unwrap_err().to_string();
         assert!(
-            e.contains("'modify'") && e.contains("read, write or access"),
+            e.contains("'modify'") && e.contains("read (load, r), write (store, w) or access"),
             "{e}"
         );
         assert!(WatchAccess::Read.matches(false) && !WatchAccess::Read.matches(true));

@@ -161,7 +161,9 @@ pub enum HwDebugError {
         value: i64,
     },
     /// An access direction that does not parse.
-    #[error("'{text}' is not a watchpoint access: use read, write or access (EINVAL)")]
+    #[error(
+        "'{text}' is not an access direction: use read (load, r), write (store, w) or access (rw, a, both, read-write, load-store) (EINVAL)"
+    )]
     BadAccess {
         /// The text given.
         text: String,

@@ -28,6 +28,7 @@ fn fires(slots: &[WpSlot], addr: u64, size: u8, is_store: bool, el: El) -> Optio
         address: addr,
         size,
         is_store,
+        rmw: false,
         el,
     };
     match env.check_watchpoint(&access).0 {

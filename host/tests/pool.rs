@@ -126,6 +126,7 @@ fn block_fires(a: &KvmGuestDebugArch, b: u64, is_store: bool) -> bool {
         address: b,
         size: 1,
         is_store,
+        rmw: false,
         el: El::El1,
     };
     match env.check_watchpoint(&acc).0 {

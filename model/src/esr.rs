@@ -43,12 +43,45 @@ pub const ESR_ELX_ISV: u32 = 1 << 24;
 /// Software step ISS.EX (bit 6).
 pub const ESR_ELX_EX: u32 = 1 << 6;
 
-/// The exception classes hypdbg names: (EC, esr.h's `ESR_ELx_EC_*` stem, what it is).
+/// The exception classes of the Arm ARM (D24.2.40, ESR_ELx.EC), by esr.h's `ESR_ELx_EC_*`
+/// stem, with what the debug path's ones are in words. A class not here is unallocated.
 pub const EC_TABLE: &[(u8, &str, &str)] = &[
     (ESR_ELX_EC_UNKNOWN, "UNKNOWN", ""),
+    (0x01, "WFx", ""),
+    (0x03, "CP15_32", ""),
+    (0x04, "CP15_64", ""),
+    (0x05, "CP14_MR", ""),
+    (0x06, "CP14_LS", ""),
+    (0x07, "FP_ASIMD", ""),
+    (0x08, "CP10_ID", ""),
+    (0x09, "PAC", ""),
+    (0x0a, "LS64", ""),
+    (0x0c, "CP14_64", ""),
+    (0x0d, "BTI", ""),
+    (0x0e, "ILL", ""),
+    (0x11, "SVC32", ""),
+    (0x12, "HVC32", ""),
+    (0x13, "SMC32", ""),
     (ESR_ELX_EC_SVC64, "SVC64", ""),
     (ESR_ELX_EC_HVC64, "HVC64", ""),
+    (0x17, "SMC64", ""),
     (ESR_ELX_EC_SYS64, "SYS64", "trapped MSR/MRS"),
+    (0x19, "SVE", ""),
+    (0x1a, "ERET", ""),
+    (0x1c, "FPAC", ""),
+    (0x1d, "SME", ""),
+    (0x1f, "IMP_DEF", ""),
+    (0x20, "IABT_LOW", ""),
+    (0x21, "IABT_CUR", ""),
+    (0x22, "PC_ALIGN", ""),
+    (0x24, "DABT_LOW", ""),
+    (0x25, "DABT_CUR", ""),
+    (0x26, "SP_ALIGN", ""),
+    (0x27, "MOPS", ""),
+    (0x28, "FP_EXC32", ""),
+    (0x2c, "FP_EXC64", ""),
+    (0x2d, "GCS", ""),
+    (0x2f, "SERROR", ""),
     (
         ESR_ELX_EC_BREAKPT_LOW,
         "BREAKPT_LOW",
@@ -72,25 +105,35 @@ pub const EC_TABLE: &[(u8, &str, &str)] = &[
     ),
     (ESR_ELX_EC_WATCHPT_CUR, "WATCHPT_CUR", "watchpoint, same EL"),
     (ESR_ELX_EC_BKPT32, "BKPT32", ""),
+    (0x3a, "VECTOR32", ""),
     (ESR_ELX_EC_BRK64, "BRK64", ""),
 ];
+
+/// ESR_ELx bits \[63:56\]: RES0 (ISS2 is \[55:32\]).
+pub const ESR_ELX_RES0: u64 = 0xff << 56;
+
+/// Whether the Arm ARM allocates exception class `ec`.
+pub fn ec_allocated(ec: u8) -> bool {
+    ec_entry(ec).is_some()
+}
 
 fn ec_entry(ec: u8) -> Option<&'static (u8, &'static str, &'static str)> {
     EC_TABLE.iter().find(|(e, _, _)| *e == ec)
 }
 
-/// esr.h's short name of an exception class (`BREAKPT_LOW`), or `other`.
+/// esr.h's short name of an exception class (`BREAKPT_LOW`), or `unallocated`.
 pub fn ec_short(ec: u8) -> &'static str {
-    ec_entry(ec).map_or("other", |(_, n, _)| n)
+    ec_entry(ec).map_or("unallocated", |(_, n, _)| n)
 }
 
 /// The name of an exception class as esr.h spells it, with what it is in words:
-/// `BREAKPT_LOW (breakpoint, lower EL)`.
+/// `BREAKPT_LOW (breakpoint, lower EL)`; `unallocated` for a class the Arm ARM does not
+/// allocate.
 pub fn ec_name(ec: u8) -> std::borrow::Cow<'static, str> {
     match ec_entry(ec) {
         Some((_, n, "")) => (*n).into(),
         Some((_, n, w)) => format!("{n} ({w})").into(),
-        None => "other".into(),
+        None => "unallocated".into(),
     }
 }
 

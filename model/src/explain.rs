@@ -88,9 +88,7 @@ impl Explanation {
         if res0 != 0 {
             self.note(
                 Severity::Res0,
-                format!(
-                    "RES0 bits set: {res0:#x} (ignored by the comparators; software should write 0)"
-                ),
+                format!("RES0 bits set: {res0:#x} (reserved: software should write them as 0)"),
             );
         }
     }
@@ -205,12 +203,26 @@ pub fn explain_dbgbcr(v: u64) -> Explanation {
         x.note(Severity::Info, "SSC = 0b10 matches only in Secure state");
     }
     if b.enabled() && !b.hmc() && b.ssc() != 0b10 {
-        x.note(
-            Severity::Info,
-            "breakpoint on the instruction at DBGBVR<n>_EL1[48:2]",
-        );
+        x.note(Severity::Info, bcr_matches_words(b.bt()));
     }
     x
+}
+
+/// What an enabled breakpoint of type `bt` fires on, in words.
+fn bcr_matches_words(bt: BreakpointType) -> &'static str {
+    match bt {
+        BreakpointType::UnlinkedAddress => "breakpoint on the instruction at DBGBVR<n>_EL1[48:2]",
+        BreakpointType::LinkedAddress => {
+            "breakpoint on the instruction at DBGBVR<n>_EL1[48:2], only while its LBN context breakpoint matches"
+        }
+        BreakpointType::UnlinkedContext => {
+            "context breakpoint: fires on any instruction while CONTEXTIDR_EL1 equals DBGBVR<n>_EL1[31:0]"
+        }
+        BreakpointType::LinkedContext => {
+            "context comparator for linked breakpoints and watchpoints (CONTEXTIDR_EL1 == DBGBVR<n>_EL1[31:0]): it never fires alone"
+        }
+        _ => "a reserved breakpoint type: no defined match",
+    }
 }
 
 /// DBGWCR\<n>_EL1.
@@ -394,6 +406,7 @@ fn explain_flags<F: bitflags::Flags<Bits = u64>>(x: &mut Explanation, v: u64) {
 pub fn explain_mdscr(v: u64) -> Explanation {
     let mut x = Explanation::new("MDSCR_EL1", v);
     explain_flags::<MdscrEl1>(&mut x, v);
+    x.res0(v & !MdscrEl1::all().bits());
     let ss = v & MdscrEl1::SS.bits() != 0;
     let kde = v & MdscrEl1::KDE.bits() != 0;
     let mde = v & MdscrEl1::MDE.bits() != 0;
@@ -426,6 +439,7 @@ pub fn explain_mdcr(v: u64) -> Explanation {
         meaning: "event counters accessible below EL2".into(),
     });
     explain_flags::<MdcrEl2>(&mut x, v);
+    x.res0(v & !(MdcrEl2::all().bits() | MDCR_EL2_HPMN_MASK));
     let tde = v & MdcrEl2::TDE.bits() != 0;
     let tda = v & MdcrEl2::TDA.bits() != 0;
     x.note(Severity::Info, match (tde, tda) {
@@ -471,10 +485,10 @@ pub fn explain_dfr0(v: u64) -> Explanation {
     x.field(
         ctx,
         v,
-        format!(
-            "{} context-aware breakpoints, the highest-numbered",
-            ctx.get(v) + 1
-        ),
+        match ctx.get(v) + 1 {
+            1 => "1 context-aware breakpoint, the highest-numbered".to_string(),
+            n => format!("{n} context-aware breakpoints, the highest-numbered"),
+        },
     );
     x.field(
         pmsver,
@@ -576,6 +590,13 @@ pub fn explain_esr(v: u64) -> Explanation {
         x.note(
             Severity::Info,
             format!("ISS2 = {:#x} (bits [55:32])", e.iss2()),
+        );
+    }
+    x.res0(v & esr::ESR_ELX_RES0);
+    if !esr::ec_allocated(e.ec()) {
+        x.note(
+            Severity::Reserved,
+            format!("EC {:#x} is unallocated in the Arm ARM", e.ec()),
         );
     }
     x

@@ -247,6 +247,9 @@ pub struct DataAccess {
     pub size: u8,
     /// A store (true) or a load.
     pub is_store: bool,
+    /// A read-modify-write (an atomic): a load and a store at once, so a watchpoint on
+    /// either direction matches it (Arm ARM AArch64.WatchpointMatch with both read and write).
+    pub rmw: bool,
     /// The EL the access is checked for (EL0 for unprivileged accesses).
     pub el: El,
 }
@@ -468,7 +471,11 @@ impl MatchEnv<'_> {
             return (Tri::No, 0);
         };
         let wcr = Dbgwcr::from_bits(wcr);
-        if !wcr.enabled() || wcr.lsc() == Lsc::Reserved || !wcr.lsc().matches(access.is_store) {
+        if !wcr.enabled()
+            || wcr.lsc() == Lsc::Reserved
+            || !(wcr.lsc().matches(access.is_store)
+                || (access.rmw && wcr.lsc().matches(!access.is_store)))
+        {
             return (Tri::No, 0);
         }
         let fields = StateFields {

@@ -1,6 +1,7 @@
 //! `hypdbg decode` and `hypdbg match`.
 
 use clap::{Args, Subcommand};
+use hypdbg_host::WatchAccess;
 use hypdbg_model::explain::explain;
 use hypdbg_model::matching::{DataAccess, match_single_breakpoint, match_single_watchpoint};
 use hypdbg_model::profiles::parse_cpu;
@@ -61,10 +62,10 @@ pub struct UnitArgs {
 pub enum MatchCommand {
     /// A breakpoint on an A64 instruction.
     Break {
-        /// DBGBCR\<n>_EL1.
+        /// DBGBCR<n>_EL1, the breakpoint control word.
         #[arg(long)]
         bcr: String,
-        /// DBGBVR\<n>_EL1.
+        /// DBGBVR<n>_EL1, the breakpoint value.
         #[arg(long)]
         bvr: String,
         /// The instruction's address.
@@ -79,10 +80,10 @@ pub enum MatchCommand {
     },
     /// A watchpoint on a data access.
     Watch {
-        /// DBGWCR\<n>_EL1.
+        /// DBGWCR<n>_EL1, the watchpoint control word.
         #[arg(long)]
         wcr: String,
-        /// DBGWVR\<n>_EL1.
+        /// DBGWVR<n>_EL1, the watchpoint value.
         #[arg(long)]
         wvr: String,
         /// The access's lowest address.
@@ -91,7 +92,8 @@ pub enum MatchCommand {
         /// Bytes accessed, 1..=64.
         #[arg(long)]
         size: String,
-        /// load or store.
+        /// The access's direction: read (load), write (store), or access (rw: an atomic
+        /// read-modify-write, both).
         #[arg(long)]
         access: String,
         /// Unit and CPU.
@@ -196,15 +198,19 @@ fn run_match_inner(
             if !(1..=64).contains(&size) {
                 return Err(format!("--size {size}: an access is 1 to 64 bytes"));
             }
-            let is_store = match access.to_ascii_lowercase().as_str() {
-                "load" | "read" => false,
-                "store" | "write" => true,
-                other => return Err(format!("--access {other}: use load or store")),
-            };
+            // One vocabulary for directions everywhere; `access` (both) is a read-modify-write.
+            let dir: WatchAccess = access.parse().map_err(|e| format!("--access: {e}"))?;
+            let address = num("addr", addr)?;
+            if address.checked_add(size - 1).is_none() {
+                return Err(format!(
+                    "--addr {address:#x} --size {size}: the access runs past the top of the 64-bit address space"
+                ));
+            }
             let a = DataAccess {
-                address: num("addr", addr)?,
+                address,
                 size: size as u8,
-                is_store,
+                is_store: dir != WatchAccess::Read,
+                rmw: dir == WatchAccess::Access,
                 el,
             };
             Ok((

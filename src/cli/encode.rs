@@ -26,7 +26,7 @@ pub enum EncodeCommand {
         /// Bytes, 1 to 2 GiB.
         #[arg(long)]
         len: String,
-        /// read, write or access.
+        /// The directions watched: read (load), write (store), or access (rw, both).
         #[arg(long)]
         access: String,
         /// `{"slots":[{"wcr":"0x..","wvr":"0x.."}, ...]}`.

@@ -608,7 +608,8 @@ impl<'a> Lint<'a> {
                         "count = 0: the action runs at least once".into(),
                     );
                 }
-                let n = mult.saturating_mul(u64::from(count.unwrap_or(1)));
+                // The action itself is counted already: `count` more runs, one of them it.
+                let n = mult.saturating_mul(u64::from(count.unwrap_or(1).saturating_sub(1)));
                 ctx.total = ctx.total.saturating_add(n);
             }
             Op::Break { addr, .. }

@@ -437,6 +437,7 @@ impl GuestRun<'_> {
             address,
             size,
             is_store,
+            rmw: false,
             el: gate.el,
         };
         match self.regs.file.match_env().check_watchpoint(&access).0 {

@@ -15,6 +15,7 @@ fn wp(wcr: u64, wvr: u64, addr: u64, size: u8, store: bool, el: El) -> MatchResu
         address: addr,
         size,
         is_store: store,
+        rmw: false,
         el,
     };
     match_single_watchpoint(&a57(), 0, wcr, wvr, &a)
@@ -320,6 +321,7 @@ fn linked_watchpoint() {
             address: 0x3002,
             size: 1,
             is_store: true,
+            rmw: false,
             el: El::El1,
         };
         assert_eq!(env.check_watchpoint(&a).0.is_hit(), want);
