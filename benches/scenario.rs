@@ -11,13 +11,13 @@ use hypdbg::scenario::source::ScenarioFile;
 /// A file of `n` actions: a `check` (expectations only) and a `kvm_run` in turn.
 fn file(n: usize) -> String {
     let mut s = String::from(
-        "name = \"ops\"\ncpus = [\"cortex-a57\"]\ncode = \"\"\"\nloop: nop\nhvc #0\nb loop\n\"\"\"\n",
+        "name = \"ops\"\ncpus = [\"cortex-a57\"]\ncode = \"\"\"\nloop: nop\nstop #0\nb loop\n\"\"\"\n",
     );
     for i in 0..n {
         if i % 2 == 0 {
             s += "[[ops]]\ndo = \"check\"\nexpect = {}\n";
         } else {
-            s += "[[ops]]\ndo = \"kvm_run\"\nexpect = { exit = \"hvc\" }\n";
+            s += "[[ops]]\ndo = \"kvm_run\"\nexpect = { exit = \"stop\" }\n";
         }
     }
     s

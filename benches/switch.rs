@@ -25,7 +25,6 @@ use hypdbg::bench::setup::{
 use hypdbg_hyp::flow::{
     Era1Engine, Era1Reference, Era2Engine, Era2Reference, Era3Engine, Era3Reference, EraEngine,
 };
-use hypdbg_hyp::vm::VcpuExit;
 use hypdbg_model::DebugFeatures;
 use hypdbg_model::profiles::by_name;
 
@@ -121,7 +120,7 @@ fn vcpu_run(c: &mut Criterion) {
         for state in SwitchState::ALL {
             let mut vm = or_die(tiny_vm(era, f, state), "the tiny VM");
             match or_die(vm.run(0), "a first KVM_RUN") {
-                VcpuExit::Hvc { .. } => {}
+                e if e.doorbell().is_some() => {}
                 other => or_die(Err(other), "the tiny guest's exit"),
             }
             g.bench_function(

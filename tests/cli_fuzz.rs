@@ -112,7 +112,7 @@ fn command() -> impl Strategy<Value = Vec<String>> {
         vec!["check", "--cpu", "min", "--random", "2", "--timeout", "5"],
         vec!["check", "--list"],
         vec!["run", "--timeout", "5"],
-        vec![],
+        vec!["--timeout", "5"],
     ]);
     (head, proptest::collection::vec(token(), 0..6)).prop_map(|(h, rest)| {
         let mut v: Vec<String> = h.iter().map(|s| s.to_string()).collect();

@@ -12,7 +12,7 @@ use common::{hypdbg, hypdbg_capped, temp_file};
 /// A scenario with `ops` (TOML tables) appended to a small program.
 fn scenario(extra: &str, ops: &str) -> String {
     format!(
-        "name = \"h\"\ncpus = [\"cortex-a57\"]\n{extra}code = \"\"\"\nloop: nop\nhvc #0\nb loop\n\"\"\"\n{ops}"
+        "name = \"h\"\ncpus = [\"cortex-a57\"]\n{extra}code = \"\"\"\nloop: nop\nstop #0\nb loop\n\"\"\"\n{ops}"
     )
 }
 
@@ -57,7 +57,7 @@ fn unbounded_inputs_are_refused_before_they_run() {
         "budget.toml",
         &scenario(
             "budget = 100000000\n",
-            "[[ops]]\ndo = \"run\"\nuntil_hvc = 7\n",
+            "[[ops]]\ndo = \"run\"\nuntil_stop = 7\n",
         ),
         &["budget = 100000000", "1000000", "--max-budget"],
     );
@@ -86,8 +86,8 @@ fn a_long_run_stays_flat_and_a_limit_can_be_raised() {
 #[test]
 fn a_wall_clock_limit_stops_a_run_with_status_3() {
     // A branch to itself: every KVM_RUN spends its whole budget (10^6 instructions, the
-    // default limit) and `run until_hvc` tries 64 of them, twice.
-    let text = "name = \"spin\"\ncpus = [\"min\"]\nbudget = 1000000\ncode = \"spin: b spin\"\n[[ops]]\ndo = \"run\"\nuntil_hvc = 7\n[[ops]]\ndo = \"run\"\nuntil_hvc = 7\n";
+    // default limit) and `run until_stop` tries 64 of them, twice.
+    let text = "name = \"spin\"\ncpus = [\"min\"]\nbudget = 1000000\ncode = \"spin: b spin\"\n[[ops]]\ndo = \"run\"\nuntil_stop = 7\n[[ops]]\ndo = \"run\"\nuntil_stop = 7\n";
     let started = std::time::Instant::now();
     let (code, out, err) = run_text("spin.toml", text, &["--timeout", "1"]);
     assert_eq!(code, 3, "{out}{err}");
@@ -130,7 +130,7 @@ fn numbers_agree_between_run_and_trace() {
             .collect()
     };
     let numbers = events(&plain);
-    assert_eq!(numbers, ["13", "13", "19", "19", "24", "24"]);
+    assert_eq!(numbers, ["14", "14", "20", "20", "25", "25"]);
     for n in numbers {
         assert!(
             traced.lines().any(
@@ -174,7 +174,7 @@ fn flags_are_consistent() {
 
 #[test]
 fn silently_accepted_values_are_refused() {
-    let base = "name = \"x\"\ncpus = [\"min\"]\ncode = \"a: nop\\nhvc #0\"\n";
+    let base = "name = \"x\"\ncpus = [\"min\"]\ncode = \"a: nop\\nstop #0\"\n";
     refused(
         "wrap.toml",
         &format!("{base}[[ops]]\ndo = \"break\"\naddr = \"a+0xffffffffffffffff\"\n"),
@@ -246,7 +246,7 @@ fn one_vocabulary_for_access_directions() {
         assert_eq!(format!("{:#x}", (wcr >> 3) & 3), lsc, "{word}");
     }
     // A scenario's watch takes `store` too; match watch takes `access` as a read-modify-write.
-    let text = "name = \"x\"\ncpus = [\"min\"]\ncode = \"a: nop\\nhvc #0\"\n[[ops]]\ndo = \"watch\"\naddr = 0x80000\nlen = 8\naccess = \"store\"\n";
+    let text = "name = \"x\"\ncpus = [\"min\"]\ncode = \"a: nop\\nstop #0\"\n[[ops]]\ndo = \"watch\"\naddr = 0x80000\nlen = 8\naccess = \"store\"\n";
     let (code, out, err) = run_text("store.toml", text, &[]);
     assert_eq!(code, 0, "{out}{err}");
     let m = |access: &str| {

@@ -191,7 +191,7 @@ const KEYS: &[&str] = &[
     "wvr",
     "cpu",
     "every",
-    "until_hvc",
+    "until_stop",
     "count",
     "on",
     "addr",
@@ -225,7 +225,7 @@ const KEYS: &[&str] = &[
 const WORDS: &[&str] = &[
     "run",
     "kvm_run",
-    "run_until_hvc",
+    "run_until_stop",
     "set_guest_debug",
     "migrate",
     "irq",
@@ -273,12 +273,12 @@ const WORDS: &[&str] = &[
     "pc",
     "DBGBVR0_EL1",
     "inv1",
-    "nop\nhvc #0",
-    "a: nop\nb: hvc #1\n",
+    "nop\nstop #0",
+    "a: nop\nb: stop #1\n",
     "frob",
     "",
     "0xffffffffffffffff",
-    "mov x0, #0x10000\nstr x0, [x0]\nhvc #0",
+    "mov x0, #0x10000\nstr x0, [x0]\nstop #0",
 ];
 
 fn value() -> impl Strategy<Value = String> {
@@ -330,7 +330,7 @@ fn document() -> impl Strategy<Value = String> {
     )
         .prop_map(|(cpu, code, extra, ops)| {
             let mut s = format!(
-                "name = \"fuzz\"\ncpus = [\"{cpu}\"]\ncode = \"\"\"\na: nop\n{code}\nb: hvc #0\n\"\"\"\n"
+                "name = \"fuzz\"\ncpus = [\"{cpu}\"]\ncode = \"\"\"\na: nop\n{code}\nb: stop #0\n\"\"\"\n"
             );
             for (k, v) in extra {
                 s += &format!("{k} = {v}\n");

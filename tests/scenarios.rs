@@ -107,7 +107,7 @@ fn the_shipped_set_covers_the_public_tests() {
     let report = play(&f, &PlayOptions::default(), &mut |_| {}).unwrap();
     assert!(report.passed, "{}", report.text());
     assert!(report.exits.debug >= 4000, "{}", report.text());
-    assert!(report.exits.hvc >= 1001, "{}", report.text());
+    assert!(report.exits.stop >= 1001, "{}", report.text());
 }
 
 fn is_debug_state_reg(reg: &str) -> bool {
@@ -247,7 +247,7 @@ fn a_seed_v2_counterexample_replays_with_the_host_value_live() {
     assert!(
         header.contains("[min] guest writes MDSCR_EL1 = MDE, PSTATE.D masked")
             && header.contains("DBGBCR0_EL1 held the host's")
-            && header.contains("(inv 1, action 2: "),
+            && header.contains("(inv 1, action 3: "),
         "{header}"
     );
     let (code, out, err) = hypdbg(&["run", file.to_str().unwrap(), "--trace"]);
@@ -258,8 +258,9 @@ fn a_seed_v2_counterexample_replays_with_the_host_value_live() {
         .position(|l| l.contains("VIOLATION inv1:guest-state-loaded"))
         .unwrap_or_else(|| panic!("no inv1 violation line:\n{out}"));
     assert!(lines[at].contains("held the host's"), "{}", lines[at]);
-    assert!(lines[at].contains("(action 2 at "), "{}", lines[at]);
-    // The shipped hand-reduced replay shows the same first violation at the same action.
+    assert!(lines[at].contains("(action 3 at "), "{}", lines[at]);
+    // The shipped hand-reduced replay (without the sweep's SMCCC filter action) shows the
+    // same first violation at its second action.
     let shipped = scenario_dir().join("seed-v2-replay.toml");
     let (code, replay, _) = hypdbg(&["run", shipped.to_str().unwrap(), "--trace"]);
     assert_eq!(code, 0, "{replay}");
@@ -373,9 +374,9 @@ const BAD: &[(&str, usize, usize, &str)] = &[
         "unknown field `wat`",
     ),
     (
-        "name = \"x\"\ncpus = [\"min\"]\ncode = \"nop\"\n[[ops]]\ndo = \"run_until_hvc\"\nimm = 70000\n",
+        "name = \"x\"\ncpus = [\"min\"]\ncode = \"nop\"\n[[ops]]\ndo = \"run_until_stop\"\nstop = 70000\n",
         6,
-        7,
+        8,
         "expected u16",
     ),
     (
@@ -439,7 +440,7 @@ const BAD: &[(&str, usize, usize, &str)] = &[
         "no snapshot named 's'",
     ),
     (
-        "name = \"x\"\ncpus = [\"min\"]\ncode = \"a: nop\"\n[[ops]]\ndo = \"kvm_run\"\nexpect = { exit = \"step\", hvc = 1 }\n",
+        "name = \"x\"\ncpus = [\"min\"]\ncode = \"a: nop\"\n[[ops]]\ndo = \"kvm_run\"\nexpect = { exit = \"step\", stop = 1 }\n",
         6,
         27,
         "cannot hold together",
@@ -532,19 +533,19 @@ fn bad_files_exit_with_status_2_and_one_line_per_problem() {
 
 #[test]
 fn unmet_expectations_and_action_errors_fail_with_a_location() {
-    let text = "name = \"x\"\ncpus = [\"min\"]\ncode = \"\"\"\na: nop\nhvc #3\nb: nop\n\"\"\"\n\
-                [[ops]]\ndo = \"run\"\nexpect = { exit = \"hvc\", hvc = 2 }\n\
+    let text = "name = \"x\"\ncpus = [\"min\"]\ncode = \"\"\"\na: nop\nstop #3\nb: nop\n\"\"\"\n\
+                [[ops]]\ndo = \"run\"\nexpect = { exit = \"stop\", stop = 2 }\n\
                 [[ops]]\ndo = \"kvm_run\"\nexpect = { exit = \"program_end\", pc = \"a\" }\n\
                 [[ops]]\ndo = \"break\"\naddr = \"a\"\n[[ops]]\ndo = \"break\"\naddr = \"a\"\n";
     let f = ScenarioFile::parse("t.toml", text).unwrap();
     let r = play(&f, &PlayOptions::default(), &mut |_| {}).unwrap();
     assert!(!r.passed);
     assert_eq!((r.expectations, r.met), (2, 0), "{}", r.text());
-    assert_eq!(r.failures[0].location, "t.toml:10:32");
+    assert_eq!(r.failures[0].location, "t.toml:10:34");
     assert!(
         r.failures[0]
             .difference
-            .contains("expected hvc #2, got hvc #3"),
+            .contains("expected stop #2, got stop #3"),
         "{}",
         r.text()
     );
@@ -552,7 +553,7 @@ fn unmet_expectations_and_action_errors_fail_with_a_location() {
     assert!(
         r.failures[1]
             .difference
-            .contains("expected PC a (0x10000), got 0x11000"),
+            .contains("expected PC a (0x10000), got 0x1000c <b+0x4>"),
         "{}",
         r.text()
     );

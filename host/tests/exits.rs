@@ -278,7 +278,7 @@ fn watchpoints_are_attributed_by_bytes_direction_and_distance() {
 #[test]
 fn software_breakpoint_errors_in_the_simulator() {
     let mut vm = vm("era3", "min");
-    let p = load(&mut vm, "a: nop\nb: nop\nhvc #1\n");
+    let p = load(&mut vm, "a: nop\nb: nop\nstop #1\n");
     let mut v = VmVcpu::new(&mut vm, 0).unwrap();
     let mut d = Debugger::new(&v).unwrap();
     let (a, b) = (at(&p, "a"), at(&p, "b"));
@@ -308,5 +308,5 @@ fn software_breakpoint_errors_in_the_simulator() {
     assert_eq!(v.vm().memory().read_uint(b, 4), 0xd503_201f);
     assert!(!d.hw().is_active() && d.sw().is_empty());
     assert!(v.vm().vcpu(0).unwrap().kvm.guest_debug.is_empty());
-    assert_eq!(v.run().unwrap(), hvc(1));
+    assert_eq!(v.run().unwrap(), stop(1));
 }

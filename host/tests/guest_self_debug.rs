@@ -28,7 +28,7 @@ gbp:    nop
         nop
 gbrk:   brk #5
         nop
-        hvc #1
+        stop #1
 ";
 
 #[test]
@@ -52,7 +52,7 @@ fn guest_breakpoint_and_brk_are_reinjected_while_userspace_uses_hw() {
                 "{ctx}"
             );
             let s = d.cont(&mut v).unwrap();
-            assert_eq!(s, Stop::Exit(hvc(1)), "{ctx}");
+            assert_eq!(s, Stop::Exit(stop(1)), "{ctx}");
             assert_eq!(
                 d.mirrored().breakpoints.len(),
                 1,
@@ -89,7 +89,7 @@ fn without_mirroring_the_guest_breakpoint_is_dead_as_under_qemu() {
         d.cont(&mut v).unwrap(),
         Stop::Debug(DebugStop::HwBreakpoint { .. })
     ));
-    assert_eq!(d.cont(&mut v).unwrap(), Stop::Exit(hvc(1)));
+    assert_eq!(d.cont(&mut v).unwrap(), Stop::Exit(stop(1)));
     assert_eq!(
         guest_exceptions(v.vm()),
         vec![(ESR_ELX_EC_BRK64, at(&p, "gbrk"), None)]
@@ -111,7 +111,7 @@ gst:    strb w3, [x1, #3]       // the guest's own watchpoint
         mov x4, #0x9000
 ust:    str w3, [x4]            // ours
         nop
-        hvc #1
+        stop #1
 ";
 
 #[test]
@@ -150,7 +150,7 @@ fn guest_watchpoint_is_reinjected_with_far_el1_and_ours_still_stops() {
                 0x77,
                 "{ctx}: the guest's store completed"
             );
-            assert_eq!(d.cont(&mut v).unwrap(), Stop::Exit(hvc(1)), "{ctx}");
+            assert_eq!(d.cont(&mut v).unwrap(), Stop::Exit(stop(1)), "{ctx}");
             assert_eq!(v.vm().memory().read_uint(0x9000, 4), 0x77, "{ctx}");
         }
     }
@@ -170,7 +170,7 @@ fn a_guest_with_debug_masked_gets_nothing_injected() {
         d.cont(&mut v).unwrap(),
         Stop::Debug(DebugStop::HwBreakpoint { .. })
     ));
-    assert_eq!(d.cont(&mut v).unwrap(), Stop::Exit(hvc(1)));
+    assert_eq!(d.cont(&mut v).unwrap(), Stop::Exit(stop(1)));
     assert_eq!(
         guest_exceptions(v.vm()),
         vec![(ESR_ELX_EC_BRK64, at(&p, "gbrk"), None)]

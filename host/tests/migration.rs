@@ -31,11 +31,11 @@ start:  mov x0, #0x1e3
         mov x2, #0xa000
         msr mdscr_el1, x2
         isb
-        hvc #1
+        stop #1
 resume: msr daifclr, #8
         nop
 bp:     nop
-        hvc #2
+        stop #2
         mrs x10, dbgbcr0_el1
         mrs x11, dbgbvr0_el1
         mrs x12, dbgbvr5_el1
@@ -43,14 +43,14 @@ bp:     nop
         mrs x14, dbgwvr3_el1
         mrs x15, mdscr_el1
         mrs x16, mdccint_el1
-        hvc #3
+        stop #3
 ";
 
 fn source() -> (hypdbg_hyp::Vm, hypdbg_hyp::guest::Program, DebugSnapshot) {
     let mut vm = vm("era3", "cortex-a57");
     let p = load_with_labels(&mut vm, PROG, &["bp"]);
     let mut v = VmVcpu::new(&mut vm, 0).unwrap();
-    assert_eq!(v.run().unwrap(), hvc(1));
+    assert_eq!(v.run().unwrap(), stop(1));
     let s = DebugSnapshot::save(&mut v).unwrap();
     (vm, p, s)
 }
@@ -100,13 +100,13 @@ fn restores_exactly_on_another_vm_model_and_physical_cpu() {
             "{ctx}: ONE_REG reads back the snapshot"
         );
         v.set_one_reg(core_reg::PC, at(&p, "resume")).unwrap();
-        assert_eq!(v.run().unwrap(), hvc(2), "{ctx}");
+        assert_eq!(v.run().unwrap(), stop(2), "{ctx}");
         assert_eq!(
             guest_exceptions(v.vm()),
             vec![(ESR_ELX_EC_BREAKPT_CUR, at(&p, "bp"), None)],
             "{ctx}: the guest's migrated breakpoint fires on the new physical CPU"
         );
-        assert_eq!(v.run().unwrap(), hvc(3), "{ctx}");
+        assert_eq!(v.run().unwrap(), stop(3), "{ctx}");
         let got: Vec<u64> = (10..=16).map(|n| x(&mut v, n)).collect();
         assert_eq!(
             got,

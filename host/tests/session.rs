@@ -23,7 +23,7 @@ st2:    str x1, [x0, #16]
         nop
 swbp:   add x1, x1, #2
         nop
-        hvc #1
+        stop #1
 ";
 
 /// A hardware breakpoint, a step past it, then the write watchpoint it leads to.
@@ -137,7 +137,7 @@ fn software_breakpoint_and_detach(
     d.remove_sw_breakpoint(v, at(p, "swbp")).unwrap();
     d.hw_mut().remove_watchpoint(watch).unwrap();
     let s = d.cont(v).unwrap();
-    assert_eq!(s, Stop::Exit(hvc(1)), "{ctx}");
+    assert_eq!(s, Stop::Exit(stop(1)), "{ctx}");
     assert_ne!(
         v.vm().memory().read_uint(at(p, "swbp"), 4) as u32,
         BRK0,

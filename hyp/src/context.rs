@@ -4,7 +4,7 @@
 use bitflags::bitflags;
 use hypdbg_model::SysReg;
 use hypdbg_model::ctrl::{
-    DBG_SPSR_SS, OSLSR_EL1_OSLK, OSLSR_EL1_OSLM_IMPLEMENTED, PSR_D_BIT, PSR_MODE_EL1H,
+    DBG_SPSR_SS, OSLSR_EL1_OSLK, OSLSR_EL1_OSLM_IMPLEMENTED, VCPU_RESET_PSTATE_EL1,
 };
 use hypdbg_model::esr::Esr;
 use hypdbg_model::uapi::{GuestDebugControl, KvmGuestDebugArch};
@@ -128,7 +128,7 @@ impl SysRegs {
 pub struct UserPtRegs {
     /// x0..x30.
     pub regs: [u64; 31],
-    /// SP_EL1.
+    /// SP_EL0 (`regs.sp` of `struct user_pt_regs`).
     pub sp: u64,
     /// PC.
     pub pc: u64,
@@ -142,7 +142,7 @@ impl Default for UserPtRegs {
             regs: [0; 31],
             sp: 0,
             pc: 0,
-            pstate: PSR_MODE_EL1H | PSR_D_BIT,
+            pstate: VCPU_RESET_PSTATE_EL1,
         }
     }
 }
@@ -152,6 +152,8 @@ impl Default for UserPtRegs {
 pub struct KvmCpuContext {
     /// General-purpose registers and PSTATE.
     pub regs: UserPtRegs,
+    /// SP_EL1 (`sp_el1` of `struct kvm_regs`).
+    pub sp_el1: u64,
     /// EL1 system registers.
     pub sys_regs: SysRegs,
 }
@@ -216,7 +218,7 @@ pub struct KvmVcpu {
 
 impl KvmVcpu {
     /// A vcpu after KVM_ARM_VCPU_INIT: registers reset (OSLSR_EL1 = OSLM implemented,
-    /// unlocked), PSTATE = EL1h with D masked.
+    /// unlocked), PSTATE = EL1h with D, A, I, F masked (`VCPU_RESET_PSTATE_EL1`).
     pub fn new(vcpu_id: usize) -> Self {
         let mut v = KvmVcpu {
             vcpu_id,

@@ -21,7 +21,7 @@ pub enum GuestEvent {
         /// Its disassembly.
         insn: String,
     },
-    /// The guest's EL1 handler took an exception (the selftest-style policy ran).
+    /// The guest took an exception to its EL1 (its runtime logs it and applies its policy).
     Exception {
         /// ESR_EL1 as the guest sees it.
         esr: Esr,
@@ -68,6 +68,42 @@ pub enum GuestEvent {
     },
 }
 
+/// A guest data access KVM forwards to userspace as MMIO: the stage-2 abort's syndrome
+/// (ESR_EL2.ISV=1: SAS, SRT, WnR) and FAR_EL2/HPFAR_EL2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Mmio {
+    /// The guest-physical address.
+    pub addr: u64,
+    /// Access size in bytes (SAS).
+    pub len: u8,
+    /// A store's data (WnR = 1), or `None` for a load.
+    pub data: Option<u64>,
+    /// The transfer register (SRT): a load's destination.
+    pub rt: u8,
+}
+
+impl Mmio {
+    /// An access of `len` bytes at `addr`: a store of `data`, or a load into `rt`.
+    pub fn new(addr: u64, len: u8, data: Option<u64>, rt: u8) -> Self {
+        let mask = if len >= 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * u32::from(len))) - 1
+        };
+        Mmio {
+            addr,
+            len,
+            data: data.map(|d| d & mask),
+            rt,
+        }
+    }
+
+    /// Whether it is a store.
+    pub fn is_write(&self) -> bool {
+        self.data.is_some()
+    }
+}
+
 /// Why a guest run segment ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -98,12 +134,13 @@ pub enum ExitReason {
     },
     /// The instruction budget of this KVM_RUN ran out.
     Budget,
-    /// An exception the guest's handler policy does not handle.
-    GuestAbort {
-        /// ESR_EL1.
-        esr: Esr,
-        /// ELR_EL1.
-        elr: u64,
+    /// A data access outside every memory slot with a valid syndrome (ISV=1): KVM_EXIT_MMIO.
+    Mmio(Mmio),
+    /// A data access outside every memory slot without a valid syndrome (LDP/STP, DC ZVA):
+    /// KVM cannot emulate it and KVM_RUN fails with -ENOSYS.
+    MmioNoSyndrome {
+        /// The address.
+        addr: u64,
     },
 }
 
@@ -251,6 +288,17 @@ pub enum Event {
         fault: String,
         /// Register accesses up to and including the faulting one.
         accesses: Vec<AccessRecord>,
+    },
+    /// `kvm_handle_mmio_return`: KVM_RUN completed the MMIO access of the last exit (a load's
+    /// data written to its register) and will skip the instruction on entry: an emulated
+    /// instruction.
+    MmioComplete {
+        /// vcpu.
+        vcpu: usize,
+        /// The access.
+        mmio: Mmio,
+        /// The value a load got (a store's value for a store).
+        value: u64,
     },
     /// A trapped access emulated by KVM.
     Trap {

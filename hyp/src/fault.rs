@@ -45,6 +45,15 @@ pub enum KvmError {
     /// -EBUSY.
     #[error("EBUSY: {0}")]
     Busy(String),
+    /// -EEXIST.
+    #[error("EEXIST: {0}")]
+    Exists(String),
+    /// -EFAULT (guest memory outside every memory slot).
+    #[error("EFAULT: {0}")]
+    Fault(String),
+    /// -ENOSYS (KVM_RUN: an MMIO access KVM cannot emulate).
+    #[error("ENOSYS: {0}")]
+    NoSys(String),
     /// The hypervisor panicked while running the vcpu (the VM is dead).
     #[error("{0}")]
     Hyp(#[from] HypFault),

@@ -24,6 +24,7 @@ pub mod fault;
 pub mod flow;
 pub mod guest;
 pub mod pcpu;
+pub mod smccc;
 pub mod smp;
 pub mod variants;
 pub mod vcpu;

@@ -3,6 +3,7 @@
 //! `hypdbg-host` runs against the simulator exactly as it would against a real `VcpuFd`.
 
 use hypdbg_model::esr::Esr;
+use hypdbg_model::guest_abi::Doorbell;
 use hypdbg_model::uapi::KvmGuestDebug;
 use hypdbg_model::vcpu::{DebugVcpu, RunExit, VcpuError};
 
@@ -44,10 +45,26 @@ impl<'a> VmVcpu<'a> {
 impl From<VcpuExit> for RunExit {
     /// `kvm_run.exit_reason` as the debugger sees it.
     fn from(exit: VcpuExit) -> Self {
-        match exit {
-            VcpuExit::Debug { arch, flags } => RunExit::Debug { arch, flags },
-            VcpuExit::Hvc { imm } => RunExit::Hypercall { imm },
-            other => RunExit::Other {
+        match (exit, exit.doorbell()) {
+            (VcpuExit::Debug { arch, flags }, _) => RunExit::Debug { arch, flags },
+            (_, Some(Doorbell::Stop(n))) => RunExit::Stop { n },
+            (
+                VcpuExit::Mmio {
+                    phys_addr,
+                    len,
+                    is_write,
+                    ..
+                },
+                None,
+            ) => RunExit::Mmio {
+                phys_addr,
+                data: exit.mmio_value().unwrap_or(0),
+                len,
+                is_write,
+            },
+            (VcpuExit::Hypercall { nr, .. }, _) => RunExit::Hypercall { nr },
+            (VcpuExit::SystemEvent { event_type }, _) => RunExit::SystemEvent { event_type },
+            (other, _) => RunExit::Other {
                 what: other.to_string(),
             },
         }
@@ -98,13 +115,15 @@ impl DebugVcpu for VmVcpu<'_> {
     }
 
     fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), VcpuError> {
-        self.vm.memory().read(addr, buf);
-        Ok(())
+        self.vm
+            .read_guest(addr, buf)
+            .map_err(|e| VcpuError::new(format!("read of guest memory at {addr:#x}"), e))
     }
 
     fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), VcpuError> {
-        self.vm.memory_mut().write(addr, data);
-        Ok(())
+        self.vm
+            .write_guest(addr, data)
+            .map_err(|e| VcpuError::new(format!("write of guest memory at {addr:#x}"), e))
     }
 
     fn inject_debug_exception(&mut self, esr: Esr, far: Option<u64>) -> Result<(), VcpuError> {

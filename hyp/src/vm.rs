@@ -9,21 +9,27 @@
 use std::collections::BTreeSet;
 
 use hypdbg_model::esr::Esr;
+use hypdbg_model::guest_abi::{
+    CODE_BASE, Doorbell, LOG_BASE, RAM_BASE, RAM_SIZE, RUNTIME_BASE, RUNTIME_SIZE, doorbell,
+    is_memory, stop_address,
+};
 use hypdbg_model::uapi::{
     KVM_CAP_GUEST_DEBUG_HW_BPS, KVM_CAP_GUEST_DEBUG_HW_WPS, KVM_CAP_SET_GUEST_DEBUG,
-    KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_VALID_MASK, KvmDebugExitArch, KvmGuestDebug, core_reg,
+    KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_VALID_MASK, KvmDebugExitArch, KvmGuestDebug,
+    VBAR_EL1_ID, core_reg,
 };
 use hypdbg_model::{DebugFeatures, SysReg};
 use serde::Serialize;
 
 use crate::access::{AccessRecord, CheckingAccess, PlainAccess, RegAccess, Scope, SwitchStats};
 use crate::context::{DebugFlags, KvmVcpu, PendingException};
-use crate::events::{Event, ExitReason, FlowState, GuestEvent, LiveState};
+use crate::events::{Event, ExitReason, FlowState, GuestEvent, LiveState, Mmio};
 use crate::fault::{HypFault, KvmError};
 use crate::flow::{AnyAccess, DynFlow, Era, SysRegParams, TrapOutcome};
-use crate::guest::cpu::take_el1_exception;
-use crate::guest::{GuestMemory, GuestRun, Program};
+use crate::guest::cpu::{exception_event, take_el1_exception};
+use crate::guest::{GUEST_VBAR, GuestMemory, GuestRun, Program, runtime};
 use crate::pcpu::{HostSnapshot, Pcpu};
+use crate::smccc::{HvcOutcome, SmcccFilter, kvm_smccc_call_handler};
 
 /// Which register-access implementation the world switch uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -64,7 +70,6 @@ impl VmConfig {
 
 /// Why KVM_RUN returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "exit", rename_all = "snake_case")]
 pub enum VcpuExit {
     /// KVM_EXIT_DEBUG: `run->debug.arch` and `run->flags`.
     Debug {
@@ -73,25 +78,83 @@ pub enum VcpuExit {
         /// `run->flags` (KVM_DEBUG_ARCH_HSR_HIGH_VALID).
         flags: u32,
     },
-    /// The guest made a hypercall for userspace (HVC #imm).
-    Hvc {
-        /// The immediate.
-        imm: u16,
+    /// KVM_EXIT_MMIO: a data access outside every memory slot (hypdbg's `stop #n` is one, at
+    /// the doorbell). The PC has not moved; the next KVM_RUN completes the access.
+    Mmio {
+        /// `run->mmio.phys_addr`.
+        phys_addr: u64,
+        /// `run->mmio.data`: a store's bytes.
+        data: [u8; 8],
+        /// `run->mmio.len`.
+        len: u32,
+        /// `run->mmio.is_write`.
+        is_write: bool,
     },
-    /// The guest ran off its code (fetch from a page with no program).
+    /// KVM_EXIT_HYPERCALL: an HVC the SMCCC filter forwards to userspace (v6.4+). The PC is
+    /// past the HVC.
+    Hypercall {
+        /// `run->hypercall.nr`: the SMCCC function id.
+        nr: u64,
+        /// `run->hypercall.flags` (KVM_HYPERCALL_EXIT_SMC, _16BIT).
+        flags: u64,
+    },
+    /// KVM_EXIT_SYSTEM_EVENT: PSCI SYSTEM_OFF or SYSTEM_RESET; every vcpu is stopped until
+    /// KVM_SET_MP_STATE makes it runnable.
+    SystemEvent {
+        /// KVM_SYSTEM_EVENT_SHUTDOWN (1) or KVM_SYSTEM_EVENT_RESET (2).
+        event_type: u32,
+    },
+    /// The guest fetched from a page where nothing was loaded (the simulator's stop for a
+    /// branch into nowhere; a real guest would execute whatever the memory holds).
     ProgramEnd {
         /// The PC.
         pc: u64,
     },
-    /// The run's instruction budget ran out (KVM_EXIT_INTR).
+    /// KVM_RUN returned -EINTR: the run's instruction budget ran out, `immediate_exit`, or
+    /// a stopped vcpu (a real KVM_RUN would sleep until a signal).
     Intr,
-    /// The guest took an exception its handler does not handle.
-    GuestAbort {
-        /// ESR_EL1.
-        esr: u64,
-        /// ELR_EL1.
-        elr: u64,
-    },
+}
+
+/// KVM_SYSTEM_EVENT_SHUTDOWN.
+pub const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+/// KVM_SYSTEM_EVENT_RESET.
+pub const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+
+impl VcpuExit {
+    /// The exit `stop #n` makes: KVM_EXIT_MMIO, a store of XZR to the doorbell slot `n`.
+    pub fn stop(n: u16) -> VcpuExit {
+        VcpuExit::Mmio {
+            phys_addr: stop_address(n),
+            data: [0; 8],
+            len: 8,
+            is_write: true,
+        }
+    }
+
+    /// The doorbell slot of an MMIO exit (`stop #n`, the runtime's abort, program end).
+    pub fn doorbell(&self) -> Option<Doorbell> {
+        match self {
+            VcpuExit::Mmio {
+                phys_addr,
+                is_write: true,
+                ..
+            } => doorbell(*phys_addr),
+            _ => None,
+        }
+    }
+
+    /// The value of an MMIO exit's store (`len` bytes, little-endian).
+    pub fn mmio_value(&self) -> Option<u64> {
+        match self {
+            VcpuExit::Mmio { data, len, .. } => {
+                let mut b = [0u8; 8];
+                let n = (*len as usize).min(8);
+                b[..n].copy_from_slice(&data[..n]);
+                Some(u64::from_le_bytes(b))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for VcpuExit {
@@ -107,14 +170,76 @@ impl std::fmt::Display for VcpuExit {
                     arch.far
                 )
             }
-            VcpuExit::Hvc { imm } => write!(f, "HVC #{imm:#x}"),
-            VcpuExit::ProgramEnd { pc } => write!(f, "program end at {pc:#x}"),
-            VcpuExit::Intr => write!(f, "KVM_EXIT_INTR (instruction budget)"),
-            VcpuExit::GuestAbort { esr, elr } => {
-                write!(f, "guest abort: ESR_EL1={esr:#x} ELR_EL1={elr:#x}")
+            VcpuExit::Mmio {
+                phys_addr,
+                len,
+                is_write,
+                ..
+            } => match (self.doorbell(), self.mmio_value()) {
+                (Some(Doorbell::Stop(n)), _) => write!(f, "stop #{n} (KVM_EXIT_MMIO)"),
+                (Some(Doorbell::GuestAbort), Some(esr)) => write!(
+                    f,
+                    "guest abort (KVM_EXIT_MMIO): ESR_EL1={esr:#x} ({})",
+                    hypdbg_model::esr::ec_name(Esr::from_bits(esr).ec())
+                ),
+                (Some(Doorbell::ProgramEnd), _) => write!(f, "program end (KVM_EXIT_MMIO)"),
+                _ => write!(
+                    f,
+                    "KVM_EXIT_MMIO {} {phys_addr:#x} len {len}{}",
+                    if *is_write { "write" } else { "read" },
+                    match self.mmio_value() {
+                        Some(v) if *is_write => format!(" data {v:#x}"),
+                        _ => String::new(),
+                    }
+                ),
+            },
+            VcpuExit::Hypercall { nr, flags } => {
+                write!(f, "KVM_EXIT_HYPERCALL nr={nr:#x} flags={flags:#x}")
             }
+            VcpuExit::SystemEvent { event_type } => write!(
+                f,
+                "KVM_EXIT_SYSTEM_EVENT {}",
+                match *event_type {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => "SHUTDOWN".to_string(),
+                    KVM_SYSTEM_EVENT_RESET => "RESET".to_string(),
+                    t => format!("type {t}"),
+                }
+            ),
+            VcpuExit::ProgramEnd { pc } => write!(f, "program end at {pc:#x}"),
+            VcpuExit::Intr => write!(f, "KVM_EXIT_INTR"),
         }
     }
+}
+
+/// KVM_RUN's inputs in `struct kvm_run`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// `run->immediate_exit`: complete a pending MMIO access, then return -EINTR without
+    /// entering the guest.
+    pub immediate_exit: bool,
+    /// `run->mmio.data`: what an MMIO load the previous exit asked for reads.
+    pub mmio_data: [u8; 8],
+}
+
+/// `struct kvm_mp_state`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum MpState {
+    /// KVM_MP_STATE_RUNNABLE.
+    #[default]
+    Runnable,
+    /// KVM_MP_STATE_STOPPED (after PSCI SYSTEM_OFF, CPU_OFF).
+    Stopped,
+}
+
+/// What the SMCCC filter does with a range of function ids (`KVM_SMCCC_FILTER_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum SmcccAction {
+    /// KVM_SMCCC_FILTER_HANDLE: KVM handles the call.
+    Handle,
+    /// KVM_SMCCC_FILTER_DENY: the guest gets SMCCC_RET_NOT_SUPPORTED.
+    Deny,
+    /// KVM_SMCCC_FILTER_FWD_TO_USER: KVM_EXIT_HYPERCALL.
+    ForwardToUser,
 }
 
 /// A vcpu in the simulator.
@@ -137,6 +262,10 @@ pub struct SimVcpu {
     pub last_run_stats: SwitchStats,
     /// pKVM: the hyp's copy of the vcpu while it runs.
     hyp_vcpu: Option<KvmVcpu>,
+    /// The MMIO access of the last exit, completed by the next KVM_RUN.
+    pub mmio: Option<Mmio>,
+    /// KVM_GET/SET_MP_STATE.
+    pub mp_state: MpState,
 }
 
 impl SimVcpu {
@@ -153,6 +282,8 @@ impl SimVcpu {
 enum Handled {
     Resume,
     User(VcpuExit),
+    /// KVM_RUN fails with this error.
+    Fail(KvmError),
 }
 
 /// A VM: physical CPUs, vcpus, guest memory, a flow.
@@ -165,6 +296,10 @@ pub struct Vm {
     config: VmConfig,
     events: Vec<Event>,
     dead: Option<HypFault>,
+    /// KVM_ARM_VM_SMCCC_FILTER.
+    smccc_filter: SmcccFilter,
+    /// A vcpu has run (`kvm_vm_has_ran_once`).
+    has_run: bool,
 }
 
 impl Vm {
@@ -211,6 +346,8 @@ impl Vm {
                 preempt: None,
                 last_run_stats: SwitchStats::default(),
                 hyp_vcpu: None,
+                mmio: None,
+                mp_state: MpState::Runnable,
             })
             .collect();
         let events = if config.mode == AccessMode::Checking {
@@ -218,7 +355,7 @@ impl Vm {
         } else {
             Vec::new()
         };
-        Ok(Vm {
+        let mut vm = Vm {
             flow,
             pcpus,
             vcpus,
@@ -227,7 +364,11 @@ impl Vm {
             config,
             events,
             dead: None,
-        })
+            smccc_filter: SmcccFilter::default(),
+            has_run: false,
+        };
+        vm.reset_guest()?;
+        Ok(vm)
     }
 
     /// The flow's era.
@@ -251,9 +392,26 @@ impl Vm {
         &self.guest_features
     }
 
-    /// Load a program into guest memory and point every vcpu's PC at its first instruction.
+    /// What every hypdbg guest starts with, as a VMM sets it up before the first KVM_RUN:
+    /// the exception runtime in its slot, and each vcpu's registers from
+    /// [`runtime::reset_registers`] (PC, SP_EL1, the doorbell register).
+    fn reset_guest(&mut self) -> Result<(), KvmError> {
+        let rt = runtime::program()
+            .map_err(|e| KvmError::Inval(format!("the guest runtime does not assemble: {e}")))?;
+        self.mem.load_code(rt.base, &rt.words);
+        self.mem.write(LOG_BASE, &runtime::log_reset());
+        for i in 0..self.vcpus.len() {
+            for (id, value) in runtime::reset_registers(CODE_BASE) {
+                self.set_core_reg(i, id, value);
+            }
+        }
+        Ok(())
+    }
+
+    /// Load a program into guest memory (followed by the program-end stop) and point every
+    /// vcpu's PC at its first instruction.
     pub fn load_program(&mut self, p: &Program) {
-        self.mem.load_code(p.base, &p.words);
+        self.mem.load_code(p.base, &p.loaded_words());
         for v in &mut self.vcpus {
             v.kvm.arch.ctxt.regs.pc = p.base;
         }
@@ -262,6 +420,21 @@ impl Vm {
     /// Guest memory.
     pub fn memory(&self) -> &GuestMemory {
         &self.mem
+    }
+
+    /// Read guest memory as a VMM does, through its memory slots: EFAULT outside them.
+    pub fn read_guest(&self, addr: u64, buf: &mut [u8]) -> Result<(), KvmError> {
+        check_slots(addr, buf.len())?;
+        self.mem.read(addr, buf);
+        Ok(())
+    }
+
+    /// Write guest memory as a VMM does, through its memory slots: EFAULT outside them,
+    /// and nothing written.
+    pub fn write_guest(&mut self, addr: u64, data: &[u8]) -> Result<(), KvmError> {
+        check_slots(addr, data.len())?;
+        self.mem.write(addr, data);
+        Ok(())
     }
 
     /// Guest memory, for a debugger's writes (software breakpoints).
@@ -359,11 +532,15 @@ impl Vm {
     }
 
     /// KVM_GET_ONE_REG: the debug registers (only the guest's implemented ones), MDSCR_EL1,
-    /// MDCCINT_EL1, OSLSR_EL1, and the core registers PC, PSTATE, SP, X0..X30.
+    /// MDCCINT_EL1, OSLSR_EL1, VBAR_EL1, and the core registers PC, PSTATE, SP, SP_EL1,
+    /// ELR_EL1, SPSR_EL1, X0..X30.
     pub fn get_one_reg(&mut self, i: usize, id: u64) -> Result<u64, KvmError> {
         self.vcpu(i)?;
         if let Some(v) = self.core_reg(i, id) {
             return Ok(v);
+        }
+        if id == VBAR_EL1_ID {
+            return Ok(GUEST_VBAR);
         }
         let reg = self.debug_one_reg(id)?;
         let v = &mut self.vcpus[i].kvm;
@@ -392,6 +569,16 @@ impl Vm {
         self.vcpu(i)?;
         if self.set_core_reg(i, id, value) {
             return Ok(());
+        }
+        if id == VBAR_EL1_ID {
+            // The simulator takes every exception to the runtime at GUEST_VBAR.
+            return if value == GUEST_VBAR {
+                Ok(())
+            } else {
+                Err(KvmError::Inval(format!(
+                    "VBAR_EL1 = {value:#x}: the simulator's guests keep their runtime at {GUEST_VBAR:#x}"
+                )))
+            };
         }
         let reg = self.debug_one_reg(id)?;
         let v = &mut self.vcpus[i].kvm;
@@ -443,25 +630,31 @@ impl Vm {
     }
 
     fn core_reg(&self, i: usize, id: u64) -> Option<u64> {
-        let r = &self.vcpus[i].kvm.arch.ctxt.regs;
+        let c = &self.vcpus[i].kvm.arch.ctxt;
         match id {
-            core_reg::PC => Some(r.pc),
-            core_reg::PSTATE => Some(r.pstate),
-            core_reg::SP => Some(r.sp),
+            core_reg::PC => Some(c.regs.pc),
+            core_reg::PSTATE => Some(c.regs.pstate),
+            core_reg::SP => Some(c.regs.sp),
+            core_reg::SP_EL1 => Some(c.sp_el1),
+            core_reg::ELR_EL1 => Some(c.sys_regs.elr_el1),
+            core_reg::SPSR_EL1 => Some(c.sys_regs.spsr_el1),
             _ => (0..31u8)
                 .find(|&n| core_reg::x(n) == id)
-                .map(|n| r.regs[usize::from(n)]),
+                .map(|n| c.regs.regs[usize::from(n)]),
         }
     }
 
     fn set_core_reg(&mut self, i: usize, id: u64, value: u64) -> bool {
-        let r = &mut self.vcpus[i].kvm.arch.ctxt.regs;
+        let c = &mut self.vcpus[i].kvm.arch.ctxt;
         match id {
-            core_reg::PC => r.pc = value,
-            core_reg::PSTATE => r.pstate = value,
-            core_reg::SP => r.sp = value,
+            core_reg::PC => c.regs.pc = value,
+            core_reg::PSTATE => c.regs.pstate = value,
+            core_reg::SP => c.regs.sp = value,
+            core_reg::SP_EL1 => c.sp_el1 = value,
+            core_reg::ELR_EL1 => c.sys_regs.elr_el1 = value,
+            core_reg::SPSR_EL1 => c.sys_regs.spsr_el1 = value,
             _ => match (0..31u8).find(|&n| core_reg::x(n) == id) {
-                Some(n) => r.regs[usize::from(n)] = value,
+                Some(n) => c.regs.regs[usize::from(n)] = value,
                 None => return false,
             },
         }
@@ -527,55 +720,129 @@ impl Vm {
     pub fn run_streamed(
         &mut self,
         i: usize,
+        sink: Option<&mut dyn FnMut(Event)>,
+    ) -> Result<VcpuExit, KvmError> {
+        self.run_with(i, &RunOptions::default(), sink)
+    }
+
+    /// `kvm_arch_vcpu_ioctl_run` with the inputs of `struct kvm_run` ([`RunOptions`]):
+    /// complete the last exit's MMIO access, vcpu_load, then (unless `immediate_exit`) enter
+    /// and handle exits until one needs userspace; commit a pending PC adjustment, vcpu_put.
+    pub fn run_with(
+        &mut self,
+        i: usize,
+        opts: &RunOptions,
         mut sink: Option<&mut dyn FnMut(Event)>,
     ) -> Result<VcpuExit, KvmError> {
+        self.begin_run(i, opts)?;
+        let result = if opts.immediate_exit || self.vcpus[i].mp_state == MpState::Stopped {
+            Ok(VcpuExit::Intr)
+        } else {
+            self.run_loop(i, &mut sink)
+        };
+        self.end_run(i, result, &mut sink)
+    }
+
+    /// Complete an MMIO access the last exit left pending, without running the guest: KVM_RUN
+    /// with `immediate_exit` (what a VMM does before it saves a vcpu's state, since the
+    /// pending access is not part of the state userspace can read). Nothing when none is
+    /// pending.
+    pub fn complete_pending_io(&mut self, i: usize) -> Result<(), KvmError> {
+        if self.vcpu(i)?.mmio.is_some() {
+            let opts = RunOptions {
+                immediate_exit: true,
+                ..RunOptions::default()
+            };
+            self.run_with(i, &opts, None)?;
+        }
+        Ok(())
+    }
+
+    /// The part of KVM_RUN before the first entry: the checks, `kvm_handle_mmio_return`
+    /// (a load's data into its register, the PC past the access), vcpu_load.
+    fn begin_run(&mut self, i: usize, opts: &RunOptions) -> Result<(), KvmError> {
         self.vcpu(i)?;
         if let Some(f) = &self.dead {
             return Err(KvmError::Hyp(f.clone()));
         }
-        let cpu = self.vcpus[i].cpu;
-        self.vcpus[i].last_run_stats = SwitchStats::default();
-        self.vcpu_load(i, cpu);
-        let mut budget = self.config.budget_per_run;
-        let mut exits = 0u32;
-        let result = loop {
-            let entered = self.enter(i);
-            self.flush(&mut sink);
-            if let Err(f) = entered {
-                break Err(f);
-            }
-            let handled = self.exit_and_handle(i, &mut budget);
-            self.flush(&mut sink);
-            match handled {
-                Err(f) => break Err(f),
-                Ok(Handled::User(e)) => break Ok(e),
-                Ok(Handled::Resume) => {
-                    exits += 1;
-                    if let Some((after, to)) = self.vcpus[i].preempt
-                        && exits == after
-                        && to < self.pcpus.len()
-                    {
-                        self.vcpus[i].preempt = None;
-                        self.vcpu_put(i);
-                        self.vcpus[i].cpu = to;
-                        self.vcpu_load(i, to);
-                    }
+        self.has_run = true;
+        let v = &mut self.vcpus[i];
+        if let Some(m) = v.mmio.take() {
+            // kvm_handle_mmio_return
+            let mut value = m.data.unwrap_or(0);
+            if !m.is_write() {
+                let mut b = [0u8; 8];
+                let n = usize::from(m.len).min(8);
+                b[..n].copy_from_slice(&opts.mmio_data[..n]);
+                value = u64::from_le_bytes(b);
+                if m.rt < 31 {
+                    v.kvm.arch.ctxt.regs.regs[usize::from(m.rt)] = value;
                 }
             }
-        };
-        let r = match result {
-            Ok(e) => {
-                self.vcpu_put(i);
-                self.record(Event::UserExit {
-                    vcpu: i,
-                    exit: e.to_string(),
-                });
-                Ok(e)
+            v.kvm.set_flag(DebugFlags::INCREMENT_PC, true);
+            self.record(Event::MmioComplete {
+                vcpu: i,
+                mmio: m,
+                value,
+            });
+        }
+        let v = &mut self.vcpus[i];
+        let cpu = v.cpu;
+        v.last_run_stats = SwitchStats::default();
+        self.vcpu_load(i, cpu);
+        Ok(())
+    }
+
+    /// Enter, then handle exits until one needs userspace.
+    fn run_loop(
+        &mut self,
+        i: usize,
+        sink: &mut Option<&mut dyn FnMut(Event)>,
+    ) -> Result<VcpuExit, KvmError> {
+        let entered = self.enter(i);
+        self.flush(sink);
+        entered.map_err(KvmError::Hyp)?;
+        self.finish_entered(i, sink)
+    }
+
+    /// The end of KVM_RUN: commit a pending exception or PC adjustment so userspace sees a
+    /// consistent vcpu (`__kvm_adjust_pc` on the way out), vcpu_put, record the exit. A hyp
+    /// panic leaves the vcpu as it was.
+    fn end_run(
+        &mut self,
+        i: usize,
+        result: Result<VcpuExit, KvmError>,
+        sink: &mut Option<&mut dyn FnMut(Event)>,
+    ) -> Result<VcpuExit, KvmError> {
+        if matches!(result, Err(KvmError::Hyp(_))) {
+            self.flush(sink);
+            return result;
+        }
+        let taken = adjust_pc(self.flow.as_ref(), &mut self.vcpus[i].kvm);
+        self.record_exception(i, taken);
+        self.vcpu_put(i);
+        match &result {
+            Ok(e) => self.record(Event::UserExit {
+                vcpu: i,
+                exit: e.to_string(),
+            }),
+            Err(e) => self.record(Event::UserExit {
+                vcpu: i,
+                exit: format!("KVM_RUN failed: {e}"),
+            }),
+        }
+        self.flush(sink);
+        result
+    }
+
+    /// Keep the record of an exception KVM made the guest take (an injected one).
+    fn record_exception(&mut self, i: usize, taken: Option<GuestEvent>) {
+        if let Some(ev) = taken {
+            self.vcpus[i].exceptions.push(ev.clone());
+            if self.checking() {
+                self.events.push(Event::Guest { vcpu: i, what: ev });
             }
-            Err(f) => Err(KvmError::Hyp(f)),
-        };
-        self.flush(&mut sink);
-        r
+        }
     }
 
     /// One KVM_RUN of each vcpu in `vcpus` (on distinct physical CPUs), with the first world
@@ -602,41 +869,63 @@ impl Vm {
                 )));
             }
         }
-        if let Some(f) = &self.dead {
-            return Err(KvmError::Hyp(f.clone()));
-        }
+        let opts = RunOptions::default();
+        let mut first = Vec::with_capacity(vcpus.len());
         for &i in vcpus {
-            let cpu = self.vcpus[i].cpu;
-            self.vcpus[i].last_run_stats = SwitchStats::default();
-            self.vcpu_load(i, cpu);
-            let entered = self.enter(i);
-            self.flush(&mut sink);
-            entered.map_err(KvmError::Hyp)?;
+            self.begin_run(i, &opts)?;
+            let r = if self.vcpus[i].mp_state == MpState::Stopped {
+                Some(Ok(VcpuExit::Intr))
+            } else {
+                let entered = self.enter(i);
+                self.flush(&mut sink);
+                entered.map_err(KvmError::Hyp)?;
+                None
+            };
+            first.push(r);
         }
         let mut out = Vec::new();
-        for &i in vcpus {
-            let mut budget = self.config.budget_per_run;
-            let exit = loop {
-                let handled = self.exit_and_handle(i, &mut budget);
-                self.flush(&mut sink);
-                match handled.map_err(KvmError::Hyp)? {
-                    Handled::User(e) => break e,
-                    Handled::Resume => {
-                        let entered = self.enter(i);
-                        self.flush(&mut sink);
-                        entered.map_err(KvmError::Hyp)?
-                    }
-                }
+        for (&i, done) in vcpus.iter().zip(first) {
+            let result = match done {
+                Some(r) => r,
+                None => self.finish_entered(i, &mut sink),
             };
-            self.vcpu_put(i);
-            self.record(Event::UserExit {
-                vcpu: i,
-                exit: exit.to_string(),
-            });
-            self.flush(&mut sink);
-            out.push(exit);
+            out.push(self.end_run(i, result, &mut sink)?);
         }
         Ok(out)
+    }
+
+    /// The rest of a KVM_RUN whose vcpu has entered its guest: handle exits, re-enter, until
+    /// one needs userspace (preempting and migrating as [`SimVcpu::preempt`] asks).
+    fn finish_entered(
+        &mut self,
+        i: usize,
+        sink: &mut Option<&mut dyn FnMut(Event)>,
+    ) -> Result<VcpuExit, KvmError> {
+        let mut budget = self.config.budget_per_run;
+        let mut exits = 0u32;
+        loop {
+            let handled = self.exit_and_handle(i, &mut budget);
+            self.flush(sink);
+            match handled.map_err(KvmError::Hyp)? {
+                Handled::User(e) => return Ok(e),
+                Handled::Fail(e) => return Err(e),
+                Handled::Resume => {
+                    exits += 1;
+                    if let Some((after, to)) = self.vcpus[i].preempt
+                        && exits == after
+                        && to < self.pcpus.len()
+                    {
+                        self.vcpus[i].preempt = None;
+                        self.vcpu_put(i);
+                        self.vcpus[i].cpu = to;
+                        self.vcpu_load(i, to);
+                    }
+                    let entered = self.enter(i);
+                    self.flush(sink);
+                    entered.map_err(KvmError::Hyp)?;
+                }
+            }
+        }
     }
 
     fn new_access<'a>(
@@ -701,9 +990,11 @@ impl Vm {
             hyp_enter(flow.as_ref(), &mut a, v.running(), &mut pcpu.host_data)
         };
         v.last_run_stats.add(&SwitchStats::of(&log));
-        if let Err(f) = r {
-            return Err(self.fault(i, cpu, f, log));
-        }
+        let taken = match r {
+            Ok(t) => t,
+            Err(f) => return Err(self.fault(i, cpu, f, log)),
+        };
+        self.record_exception(i, taken);
         if self.checking() {
             let live = Box::new(LiveState {
                 regs: HostSnapshot::of(&self.pcpus[cpu].regs),
@@ -827,15 +1118,66 @@ impl Vm {
                     .handle_guest_debug(&mut self.vcpus[i].kvm, esr, far);
                 Handled::User(VcpuExit::Debug { arch, flags })
             }
-            ExitReason::Hvc { imm } => Handled::User(VcpuExit::Hvc { imm }),
+            ExitReason::Hvc { .. } => self.handle_hvc(i),
             ExitReason::Irq => Handled::Resume,
             ExitReason::ProgramEnd { pc } => Handled::User(VcpuExit::ProgramEnd { pc }),
             ExitReason::Budget => Handled::User(VcpuExit::Intr),
-            ExitReason::GuestAbort { esr, elr } => Handled::User(VcpuExit::GuestAbort {
-                esr: esr.bits(),
-                elr,
-            }),
+            ExitReason::Mmio(m) => {
+                // io_mem_abort: userspace emulates the access; the next KVM_RUN completes it.
+                self.vcpus[i].mmio = Some(m);
+                Handled::User(VcpuExit::Mmio {
+                    phys_addr: m.addr,
+                    data: m.data.unwrap_or(0).to_le_bytes(),
+                    len: u32::from(m.len),
+                    is_write: m.is_write(),
+                })
+            }
+            ExitReason::MmioNoSyndrome { addr } => Handled::Fail(KvmError::NoSys(format!(
+                "data abort at {addr:#x}, outside every memory slot, without a valid syndrome (ESR_EL2.ISV=0): KVM cannot emulate a load/store pair or DC ZVA to MMIO"
+            ))),
         }
+    }
+
+    /// `handle_hvc`: `kvm_smccc_call_handler`. A system event stops every vcpu
+    /// (`kvm_prepare_system_event`).
+    fn handle_hvc(&mut self, i: usize) -> Handled {
+        match kvm_smccc_call_handler(&mut self.vcpus[i].kvm, &self.smccc_filter) {
+            HvcOutcome::Resume => Handled::Resume,
+            HvcOutcome::Forward(nr) => Handled::User(VcpuExit::Hypercall { nr, flags: 0 }),
+            HvcOutcome::SystemEvent(event_type) => {
+                for v in &mut self.vcpus {
+                    v.mp_state = MpState::Stopped;
+                }
+                Handled::User(VcpuExit::SystemEvent { event_type })
+            }
+        }
+    }
+
+    /// KVM_ARM_VM_SMCCC_FILTER (KVM_SET_DEVICE_ATTR on the VM): what KVM does with the HVCs
+    /// of `[base, base + nr)`. EBUSY once a vcpu has run; nothing changes on error.
+    pub fn set_smccc_filter(
+        &mut self,
+        base: u32,
+        nr: u32,
+        action: SmcccAction,
+    ) -> Result<(), KvmError> {
+        if self.has_run {
+            return Err(KvmError::Busy(
+                "the SMCCC filter is set before any vcpu runs (kvm_vm_has_ran_once)".into(),
+            ));
+        }
+        self.smccc_filter.insert(base, nr, action)
+    }
+
+    /// KVM_SET_MP_STATE.
+    pub fn set_mp_state(&mut self, i: usize, state: MpState) -> Result<(), KvmError> {
+        self.vcpu_mut(i)?.mp_state = state;
+        Ok(())
+    }
+
+    /// KVM_GET_MP_STATE.
+    pub fn mp_state(&self, i: usize) -> Result<MpState, KvmError> {
+        Ok(self.vcpu(i)?.mp_state)
     }
 
     /// `kvm_handle_sys_reg`: emulate, then `kvm_incr_pc`, or inject UNDEF.
@@ -929,13 +1271,43 @@ fn sync_hyp_vcpu(flow: &dyn DynFlow, host: &mut KvmVcpu, hyp: &KvmVcpu) {
     flow.sync_debug_state(host, hyp);
 }
 
-/// The entry half of `__kvm_vcpu_run`.
+/// Whether `[addr, addr + len)` is guest memory a VMM can reach (a memory slot backs it).
+fn check_slots(addr: u64, len: usize) -> Result<(), KvmError> {
+    if is_memory(addr, len as u64) {
+        return Ok(());
+    }
+    Err(KvmError::Fault(format!(
+        "guest memory [{addr:#x}, +{len:#x}) is outside every memory slot (RAM [{RAM_BASE:#x}, {:#x}), the runtime [{RUNTIME_BASE:#x}, {:#x}))",
+        RAM_BASE + RAM_SIZE,
+        RUNTIME_BASE + RUNTIME_SIZE
+    )))
+}
+
+/// `__kvm_adjust_pc`: take a pending exception (its record), or skip an emulated
+/// instruction (`kvm_skip_instr`, which also advances the step state machine).
+fn adjust_pc(flow: &dyn DynFlow, v: &mut KvmVcpu) -> Option<GuestEvent> {
+    if let Some(e) = v.arch.pending_exception.take() {
+        let pc = v.arch.ctxt.regs.pc;
+        let ev = exception_event(v, e.esr, e.far, pc);
+        take_el1_exception(v, e.esr, e.far, pc);
+        v.set_flag(DebugFlags::INCREMENT_PC, false);
+        return Some(ev);
+    }
+    if v.flag(DebugFlags::INCREMENT_PC) {
+        flow.skip_instr(v);
+        v.set_flag(DebugFlags::INCREMENT_PC, false);
+    }
+    None
+}
+
+/// The entry half of `__kvm_vcpu_run`; the exception a pending injection made the guest
+/// take.
 fn hyp_enter(
     flow: &dyn DynFlow,
     a: &mut AnyAccess<'_>,
     v: &mut KvmVcpu,
     host: &mut crate::context::KvmHostData,
-) -> Result<(), HypFault> {
+) -> Result<Option<GuestEvent>, HypFault> {
     // __sysreg_save_state_nvhe(host_ctxt)
     with_regs(a, |r| -> Result<(), HypFault> {
         r.scope(Scope::SysregSwitch);
@@ -944,15 +1316,7 @@ fn hyp_enter(
         Ok(())
     })?;
     flow.activate_traps(a, v, host);
-    // __adjust_pc: a pending exception, or skip an emulated instruction.
-    if let Some(e) = v.arch.pending_exception.take() {
-        let pc = v.arch.ctxt.regs.pc;
-        take_el1_exception(v, e.esr, e.far, pc);
-        v.set_flag(DebugFlags::INCREMENT_PC, false);
-    } else if v.flag(DebugFlags::INCREMENT_PC) {
-        flow.skip_instr(v);
-        v.set_flag(DebugFlags::INCREMENT_PC, false);
-    }
+    let taken = adjust_pc(flow, v);
     // __sysreg_restore_state_nvhe(guest_ctxt): MDSCR_EL1 from ctxt_mdscr_el1().
     let mdscr = *flow.guest_mdscr(v);
     let ctxid = v.arch.ctxt.sys_regs.contextidr_el1;
@@ -961,7 +1325,8 @@ fn hyp_enter(
         r.write_sys(SysReg::MdscrEl1, mdscr)?;
         r.write_sys(SysReg::ContextidrEl1, ctxid)
     })?;
-    flow.switch_to_guest(a, v, host)
+    flow.switch_to_guest(a, v, host)?;
+    Ok(taken)
 }
 
 /// The exit half of `__kvm_vcpu_run`.

@@ -9,6 +9,7 @@ use hypdbg_model::esr::{
     ESR_ELX_EC_BREAKPT_CUR, ESR_ELX_EC_BRK64, ESR_ELX_EC_SOFTSTP_CUR, ESR_ELX_EC_SOFTSTP_LOW,
     ESR_ELX_EC_SVC64, ESR_ELX_EC_WATCHPT_CUR,
 };
+use hypdbg_model::guest_abi::Doorbell;
 use hypdbg_model::uapi::{GuestDebugControl, KvmGuestDebug, core_reg};
 use hypdbg_model::{DbgBank, DebugFeatures, SysReg};
 
@@ -18,10 +19,7 @@ use crate::guest::Program;
 use crate::guest::program::ProgramError;
 use crate::vm::{VcpuExit, Vm};
 
-/// Where guest programs are loaded.
-pub const CODE_BASE: u64 = 0x1_0000;
-/// Where guest data lives (`write_data` of the selftests).
-pub const DATA_BASE: u64 = 0x8_0000;
+pub use hypdbg_model::guest_abi::{CODE_BASE, DATA_BASE};
 
 /// `reset_debug_state()`: mask D, clear OSDLR/OSLAR, MDSCR = 0, CONTEXTIDR = 0, zero every
 /// implemented breakpoint and watchpoint register.
@@ -166,7 +164,7 @@ fn debug_exceptions_linked(reset: &str, bpn: usize, wpn: usize, ctx_bpn: usize) 
     // 12. linked watchpoint
     let _ = write!(
         s,
-        "{reset}{}msr dbgbvr{ctx_bpn}_el1, x1\n{}msr dbgbcr{ctx_bpn}_el1, x0\n{}msr dbgwvr{wpn}_el1, x1\n{}msr dbgwcr{wpn}_el1, x0\n{}msr contextidr_el1, x1\nisb\n{ENABLE_MONITOR}mov x2, #0x7a\nwp_ctx_store: strb w2, [x3]\nhvc #0\n",
+        "{reset}{}msr dbgbvr{ctx_bpn}_el1, x1\n{}msr dbgbcr{ctx_bpn}_el1, x0\n{}msr dbgwvr{wpn}_el1, x1\n{}msr dbgwcr{wpn}_el1, x0\n{}msr contextidr_el1, x1\nisb\n{ENABLE_MONITOR}mov x2, #0x7a\nwp_ctx_store: strb w2, [x3]\nstop #0\n",
         mov64(1, ctx),
         mov64(0, 0x30_1fe3),
         mov64(1, DATA_BASE + 8),
@@ -249,12 +247,12 @@ pub fn debug_exceptions_combinations(f: &DebugFeatures) -> Vec<(usize, usize, us
     v
 }
 
-/// `guest_code_ss(test_cnt)`: per iteration, a bare ucall (HVC #0), then between
+/// `guest_code_ss(test_cnt)`: per iteration, a bare ucall (stop #0), then between
 /// `iter_ss_begin` and `iter_ss_end` write DBGBVR0/DBGWVR0 = i << 2 and read them back;
-/// a mismatch is a BRK #0xbad; HVC #1 when done.
+/// a mismatch is a BRK #0xbad; stop #1 when done.
 pub fn single_step_program(iterations: u16) -> Result<Program, ProgramError> {
     let text = format!(
-        "mov x19, #{iterations}\nloop:\nlsl x20, x19, #2\nhvc #0\niter_ss_begin: nop\nmsr dbgbvr0_el1, x20\nmsr dbgwvr0_el1, x20\nmrs x21, dbgbvr0_el1\nmrs x22, dbgwvr0_el1\niter_ss_end: sub x23, x21, x20\ncbnz x23, fail\nsub x23, x22, x20\ncbnz x23, fail\nsub x19, x19, #1\ncbnz x19, loop\nhvc #1\nfail: brk #0xbad\n"
+        "mov x19, #{iterations}\nloop:\nlsl x20, x19, #2\nstop #0\niter_ss_begin: nop\nmsr dbgbvr0_el1, x20\nmsr dbgwvr0_el1, x20\nmrs x21, dbgbvr0_el1\nmrs x22, dbgwvr0_el1\niter_ss_end: sub x23, x21, x20\ncbnz x23, fail\nsub x23, x22, x20\ncbnz x23, fail\nsub x19, x19, #1\ncbnz x19, loop\nstop #1\nfail: brk #0xbad\n"
     );
     Program::assemble(CODE_BASE, &text)
 }
@@ -323,7 +321,7 @@ pub fn run_userspace_single_step(
                     0
                 };
             }
-            VcpuExit::Hvc { imm: 0 } => {
+            e if e.doorbell() == Some(Doorbell::Stop(0)) => {
                 report.iterations += 1;
                 ss_enable = true;
                 let control = GuestDebugControl::ENABLE | GuestDebugControl::SINGLESTEP;
@@ -336,14 +334,14 @@ pub fn run_userspace_single_step(
                 )
                 .map_err(kvm)?;
             }
-            VcpuExit::Hvc { imm: 1 } => return Ok(report),
+            e if e.doorbell() == Some(Doorbell::Stop(1)) => return Ok(report),
             other => return Err(format!("unexpected exit: {other}")),
         }
     }
     Err("the single-step test did not finish".into())
 }
 
-/// kvm-unit-tests `test_hw_bp`: program every breakpoint i at hw_bp0 + 4i, enable, HVC #0 (a
+/// kvm-unit-tests `test_hw_bp`: program every breakpoint i at hw_bp0 + 4i, enable, stop #0 (a
 /// migration point), then 16 `msr daifclr, #8` from hw_bp0.
 pub fn kut_bp_program(f: &DebugFeatures) -> Result<Program, ProgramError> {
     let mut s = reset_debug_state(f);
@@ -354,15 +352,15 @@ pub fn kut_bp_program(f: &DebugFeatures) -> Result<Program, ProgramError> {
             4 * i
         );
     }
-    s.push_str("isb\nmsr daifclr, #8\nmov x0, #0xa000\nmsr mdscr_el1, x0\nisb\nhvc #0\nhw_bp0:\n");
+    s.push_str("isb\nmsr daifclr, #8\nmov x0, #0xa000\nmsr mdscr_el1, x0\nisb\nstop #0\nhw_bp0:\n");
     for _ in 0..16 {
         s.push_str("msr daifclr, #8\n");
     }
-    s.push_str("hvc #1\n");
+    s.push_str("stop #1\n");
     Program::assemble(CODE_BASE, &s)
 }
 
-/// kvm-unit-tests `test_wp`: program every watchpoint i on &write_data\[i\], enable, HVC #0,
+/// kvm-unit-tests `test_wp`: program every watchpoint i on &write_data\[i\], enable, stop #0,
 /// then `write_data[i] = i; msr daifclr, #8` for each.
 pub fn kut_wp_program(f: &DebugFeatures) -> Result<Program, ProgramError> {
     let mut s = reset_debug_state(f);
@@ -373,21 +371,21 @@ pub fn kut_wp_program(f: &DebugFeatures) -> Result<Program, ProgramError> {
             "add x2, x1, #{i}\nmsr dbgwvr{i}_el1, x2\nmov x0, #0x1ffb\nmsr dbgwcr{i}_el1, x0\n"
         );
     }
-    s.push_str("isb\nmov x0, #0xa000\nmsr mdscr_el1, x0\nisb\nhvc #0\nmsr daifclr, #8\n");
+    s.push_str("isb\nmov x0, #0xa000\nmsr mdscr_el1, x0\nisb\nstop #0\nmsr daifclr, #8\n");
     for i in 0..f.num_wrps() {
         let _ = write!(
             s,
             "mov x2, #{i}\nwp{i}: strb w2, [x1, #{i}]\nmsr daifclr, #8\n"
         );
     }
-    s.push_str("hvc #1\n");
+    s.push_str("stop #1\n");
     Program::assemble(CODE_BASE, &s)
 }
 
-/// kvm-unit-tests `test_ss`: MDSCR |= KDE|SS with D masked, HVC #0, then unmask and step.
+/// kvm-unit-tests `test_ss`: MDSCR |= KDE|SS with D masked, stop #0, then unmask and step.
 pub fn kut_ss_program(f: &DebugFeatures) -> Result<Program, ProgramError> {
     let mut s = reset_debug_state(f);
-    s.push_str("mov x0, #0x2001\nmsr mdscr_el1, x0\nisb\nhvc #0\nmsr daifclr, #8\nss_start: mrs x0, esr_el1\nadd x0, x0, #1\nmsr daifset, #8\nhvc #1\n");
+    s.push_str("mov x0, #0x2001\nmsr mdscr_el1, x0\nisb\nstop #0\nmsr daifclr, #8\nss_start: mrs x0, esr_el1\nadd x0, x0, #1\nmsr daifset, #8\nstop #1\n");
     Program::assemble(CODE_BASE, &s)
 }
 
@@ -400,17 +398,27 @@ pub fn migration_registers(f: &DebugFeatures) -> Vec<u64> {
     }
     ids.extend([SysReg::MdscrEl1, SysReg::MdccintEl1, SysReg::OslsrEl1].map(|r| r.one_reg_id()));
     ids.extend((0..31).map(core_reg::x));
-    ids.extend([core_reg::SP, core_reg::PC, core_reg::PSTATE]);
+    ids.extend([
+        core_reg::SP,
+        core_reg::PC,
+        core_reg::PSTATE,
+        core_reg::SP_EL1,
+        core_reg::ELR_EL1,
+        core_reg::SPSR_EL1,
+    ]);
     ids
 }
 
-/// Migrate vcpu `from_vcpu` of `from` into vcpu `to_vcpu` of `to` through ONE_REG.
+/// Migrate vcpu `from_vcpu` of `from` into vcpu `to_vcpu` of `to` through ONE_REG, after
+/// completing an MMIO access the last exit left pending (the state of one is not visible to
+/// userspace).
 pub fn migrate(
     from: &mut Vm,
     from_vcpu: usize,
     to: &mut Vm,
     to_vcpu: usize,
 ) -> Result<(), KvmError> {
+    from.complete_pending_io(from_vcpu)?;
     for id in migration_registers(from.guest_features()) {
         let v = from.get_one_reg(from_vcpu, id)?;
         to.set_one_reg(to_vcpu, id, v)?;

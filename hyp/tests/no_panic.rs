@@ -54,7 +54,7 @@ fn guest_word() -> impl Strategy<Value = u32> {
         "nop",
         "brk #0",
         "svc #0",
-        "hvc #3",
+        "stop #3",
         "msr daifclr, #8",
         "msr daifset, #8",
         "eret",

@@ -51,10 +51,10 @@ fn lazy_path_touches_no_debug_register() {
         let mut vm = vm(v, p);
         load(
             &mut vm,
-            "mov x0, #1\nadd x0, x0, #1\nstr x0, [x1]\nhvc #0\nnop\nhvc #1\n",
+            "mov x0, #1\nadd x0, x0, #1\nstr x0, [x1]\nstop #0\nnop\nstop #1\n",
         );
-        assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 0 });
-        assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 1 });
+        assert_eq!(vm.run(0).unwrap(), VcpuExit::stop(0));
+        assert_eq!(vm.run(0).unwrap(), VcpuExit::stop(1));
         let s = switches(&vm);
         assert_eq!(s.len(), 4, "{v} {p}");
         for st in s {
@@ -78,7 +78,7 @@ fn mde_only_guest_gets_its_registers_switched() {
         // The guest enables MDE only (EL0 breakpoints): its DBGBCR0 = 0 must be live.
         load(
             &mut vm,
-            "mov x0, #0x8000\nmsr mdscr_el1, x0\nhvc #0\nnop\nhvc #1\n",
+            "mov x0, #0x8000\nmsr mdscr_el1, x0\nstop #0\nnop\nstop #1\n",
         );
         vm.run(0).unwrap();
         vm.run(0).unwrap();
@@ -107,9 +107,9 @@ fn guest_writes_while_clean_trap_then_load_on_next_entry() {
         let top = f.num_wrps() - 1;
         let mut vm = vm(v, p);
         let text =
-            format!("mov x0, #0x1234\nmsr dbgwvr{top}_el1, x0\nmrs x1, dbgwvr{top}_el1\nhvc #0\n");
+            format!("mov x0, #0x1234\nmsr dbgwvr{top}_el1, x0\nmrs x1, dbgwvr{top}_el1\nstop #0\n");
         load(&mut vm, &text);
-        assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 0 });
+        assert_eq!(vm.run(0).unwrap(), VcpuExit::stop(0));
         let trapped: Vec<_> = vm
             .events()
             .iter()
@@ -151,7 +151,7 @@ fn host_registers_survive_every_run_bit_for_bit() {
             .collect();
         load(
             &mut vm,
-            "mov x0, #0xa000\nmsr mdscr_el1, x0\nmov x0, #0x1e7\nmsr dbgbcr0_el1, x0\nmsr mdccint_el1, x0\nhvc #0\nmsr contextidr_el1, x0\nhvc #1\n",
+            "mov x0, #0xa000\nmsr mdscr_el1, x0\nmov x0, #0x1e7\nmsr dbgbcr0_el1, x0\nmsr mdccint_el1, x0\nstop #0\nmsr contextidr_el1, x0\nstop #1\n",
         );
         vm.run(0).unwrap();
         vm.set_vcpu_cpu(0, 1).unwrap();
@@ -178,9 +178,9 @@ fn userspace_hw_debug_runs_on_external_registers_and_gives_the_guest_its_own_bac
         let mut vm = vm(v, p);
         let prog = load(
             &mut vm,
-            "mov x0, #0xa000\nmsr mdscr_el1, x0\nmov x0, #0x1e5\nmsr dbgbcr0_el1, x0\nhvc #0\nbp: nop\nhvc #1\nmrs x3, dbgbcr0_el1\nmrs x4, mdscr_el1\nhvc #2\n",
+            "mov x0, #0xa000\nmsr mdscr_el1, x0\nmov x0, #0x1e5\nmsr dbgbcr0_el1, x0\nstop #0\nbp: nop\nstop #1\nmrs x3, dbgbcr0_el1\nmrs x4, mdscr_el1\nstop #2\n",
         );
-        assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 0 });
+        assert_eq!(vm.run(0).unwrap(), VcpuExit::stop(0));
         let bp = prog.label("bp").unwrap();
         let mut arch = KvmGuestDebugArch::default();
         arch.dbg_bcr[0] = 0x1e7;
@@ -213,8 +213,8 @@ fn userspace_hw_debug_runs_on_external_registers_and_gives_the_guest_its_own_bac
         assert!(l.mdscr_el1 & DBG_MDSCR_MDE != 0);
         // Stop debugging: the guest reads its own registers back.
         vm.set_guest_debug(0, &KvmGuestDebug::default()).unwrap();
-        assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 1 });
-        assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 2 });
+        assert_eq!(vm.run(0).unwrap(), VcpuExit::stop(1));
+        assert_eq!(vm.run(0).unwrap(), VcpuExit::stop(2));
         let r = vm.vcpu(0).unwrap().kvm.arch.ctxt.regs.regs;
         assert_eq!((r[3], r[4]), (0x1e5, 0xa000), "{v} {p}");
         assert_eq!(
@@ -231,9 +231,9 @@ fn userspace_single_step_is_one_instruction_and_restores_pstate_ss_and_mdscr() {
         let mut vm = vm(v, p);
         let prog = load(
             &mut vm,
-            "mov x0, #0x2000\nmsr mdscr_el1, x0\nhvc #0\na: nop\nb: msr dbgbvr0_el1, x0\nc: mrs x1, mdscr_el1\nd: nop\nhvc #1\n",
+            "mov x0, #0x2000\nmsr mdscr_el1, x0\nstop #0\na: nop\nb: msr dbgbvr0_el1, x0\nc: mrs x1, mdscr_el1\nd: nop\nstop #1\n",
         );
-        assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 0 });
+        assert_eq!(vm.run(0).unwrap(), VcpuExit::stop(0));
         let pstate_before = vm.get_one_reg(0, core_reg::PSTATE).unwrap();
         let control = GuestDebugControl::ENABLE | GuestDebugControl::SINGLESTEP;
         vm.set_guest_debug(
@@ -244,10 +244,13 @@ fn userspace_single_step_is_one_instruction_and_restores_pstate_ss_and_mdscr() {
             },
         )
         .unwrap();
-        for want in ["b", "c", "d"] {
+        // The stop's MMIO store completes on entry: a step exit before `a` with ISV=0; the
+        // nop executes (ISV=1); the trapped MSR and MRS are emulated (ISV=0).
+        for (want, isv) in [("a", false), ("b", true), ("c", false), ("d", false)] {
             match vm.run(0).unwrap() {
                 VcpuExit::Debug { arch, .. } => {
-                    assert_eq!((arch.hsr >> 26) as u8, ESR_ELX_EC_SOFTSTP_LOW)
+                    assert_eq!((arch.hsr >> 26) as u8, ESR_ELX_EC_SOFTSTP_LOW);
+                    assert_eq!(arch.hsr & (1 << 24) != 0, isv, "{v} {p}: ISV at {want}");
                 }
                 other => panic!("{v} {p}: {other:?}"),
             }
@@ -269,7 +272,7 @@ fn userspace_single_step_is_one_instruction_and_restores_pstate_ss_and_mdscr() {
             );
         }
         vm.set_guest_debug(0, &KvmGuestDebug::default()).unwrap();
-        assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 1 });
+        assert_eq!(vm.run(0).unwrap(), VcpuExit::stop(1));
         let r = vm.vcpu(0).unwrap().kvm.arch.ctxt.regs.regs;
         assert_eq!(
             r[1] & DBG_MDSCR_SS,
@@ -316,7 +319,7 @@ fn migration_between_physical_cpus_keeps_every_value() {
                     );
                 }
             }
-            text += "hvc #0\n";
+            text += "stop #0\n";
             for bank in ["dbgbcr", "dbgbvr", "dbgwcr", "dbgwvr"] {
                 let n = if bank.starts_with("dbgb") {
                     fa.num_brps()
@@ -324,18 +327,18 @@ fn migration_between_physical_cpus_keeps_every_value() {
                     fa.num_wrps()
                 };
                 for i in 0..n {
-                    text += &format!("mrs x0, {bank}{i}_el1\nhvc #2\n");
+                    text += &format!("mrs x0, {bank}{i}_el1\nstop #2\n");
                 }
             }
-            text += "hvc #1\n";
+            text += "stop #1\n";
             let mut vm2 = vm;
             load(&mut vm2, &text);
-            assert_eq!(vm2.run(0).unwrap(), VcpuExit::Hvc { imm: 0 });
+            assert_eq!(vm2.run(0).unwrap(), VcpuExit::stop(0));
             for cpu in [1usize, 0, 1].iter().cycle().take(200) {
                 vm2.set_vcpu_cpu(0, *cpu).unwrap();
                 match vm2.run(0).unwrap() {
-                    VcpuExit::Hvc { imm: 2 } => {}
-                    VcpuExit::Hvc { imm: 1 } => break,
+                    e if e == VcpuExit::stop(2) => {}
+                    e if e == VcpuExit::stop(1) => break,
                     other => panic!("{other:?}"),
                 }
             }
@@ -381,7 +384,7 @@ fn seed_v2_runs_an_mde_only_guest_on_the_hosts_registers() {
     let mut vm = vm("seed-v2", "cortex-a57");
     load(
         &mut vm,
-        "mov x0, #0x8000\nmsr mdscr_el1, x0\nhvc #0\nnop\nhvc #1\n",
+        "mov x0, #0x8000\nmsr mdscr_el1, x0\nstop #0\nnop\nstop #1\n",
     );
     vm.run(0).unwrap();
     vm.run(0).unwrap();
@@ -400,7 +403,7 @@ fn seed_v2_runs_an_mde_only_guest_on_the_hosts_registers() {
     let mut r = common::vm("era1", "cortex-a57");
     load(
         &mut r,
-        "mov x0, #0x8000\nmsr mdscr_el1, x0\nhvc #0\nnop\nhvc #1\n",
+        "mov x0, #0x8000\nmsr mdscr_el1, x0\nstop #0\nnop\nstop #1\n",
     );
     r.run(0).unwrap();
     r.run(0).unwrap();
@@ -415,7 +418,7 @@ fn unimplemented_register_access_is_a_hyp_panic_not_a_rust_panic() {
     let mut vm = vm("count-plus-one", "cortex-a57");
     load(
         &mut vm,
-        "mov x0, #0x8000\nmsr mdscr_el1, x0\nhvc #0\nnop\nhvc #1\n",
+        "mov x0, #0x8000\nmsr mdscr_el1, x0\nstop #0\nnop\nstop #1\n",
     );
     // The trapped MDSCR write makes the guest the owner; the next entry's copy faults.
     let e = vm.run(0).unwrap_err();

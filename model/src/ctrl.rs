@@ -38,6 +38,10 @@ pub const MDCR_EL2_HPMFZS: u64 = MdcrEl2::HPMFZS.bits();
 pub const DBG_SPSR_SS: u64 = 1 << 21;
 /// SPSR_ELx.D (bit 9), the saved PSTATE.D debug mask.
 pub const PSR_D_BIT: u64 = 1 << 9;
+/// SPSR_ELx.{D,A,I,F} (bits 9..6): every exception entry sets them (kernel `PSR_{D,A,I,F}_BIT`).
+pub const PSR_DAIF_MASK: u64 = 0xf << 6;
+/// KVM's vcpu reset PSTATE: EL1h with D, A, I, F masked (kernel `VCPU_RESET_PSTATE_EL1`).
+pub const VCPU_RESET_PSTATE_EL1: u64 = PSR_MODE_EL1H | PSR_DAIF_MASK;
 /// SPSR_ELx.M\[3:0\] for EL0t.
 pub const PSR_MODE_EL0T: u64 = 0b0000;
 /// SPSR_ELx.M\[3:0\] for EL1h.

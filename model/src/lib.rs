@@ -11,6 +11,8 @@
 //!   CONSTRAINED UNPREDICTABLE cases instead of guessing;
 //! - [`gating`]: AArch64.GenerateDebugExceptionsFrom and routing to EL1 or EL2;
 //! - [`insn`]: the A64 encodings a debugger writes (BRK);
+//! - [`guest_abi`]: the memory map, exception runtime and doorbell stops every hypdbg guest
+//!   shares with both backends;
 //! - [`esr`]: exception classes and syndromes (ESR_ELx), decoded with `arm-sysregs`;
 //! - [`sysreg`]: the debug system registers by name and encoding, ONE_REG ids;
 //! - [`regfile`]: a physical CPU's debug register file with only the implemented registers;
@@ -31,6 +33,7 @@ pub mod error;
 pub mod esr;
 pub mod explain;
 pub mod gating;
+pub mod guest_abi;
 pub mod insn;
 pub mod matching;
 pub mod profiles;

@@ -236,6 +236,16 @@ mod tests {
     }
 
     #[test]
+    fn sys_reg_ids() {
+        assert_eq!(VBAR_EL1_ID, 0x6030_0000_0013_c600);
+        assert_eq!(
+            sys_reg_id(2, 0, 0, 2, 2),
+            crate::SysReg::MdscrEl1.one_reg_id()
+        );
+        assert_eq!(core_reg::SP_EL1, 0x6030_0000_0010_0044);
+    }
+
+    #[test]
     fn banks_address_the_right_arrays() {
         let mut a = KvmGuestDebugArch::default();
         for (i, bank) in DbgBank::ALL.into_iter().enumerate() {
@@ -263,4 +273,24 @@ pub mod core_reg {
     pub const PC: u64 = PREFIX | 64;
     /// `regs.pstate`.
     pub const PSTATE: u64 = PREFIX | 66;
+    /// `sp_el1`.
+    pub const SP_EL1: u64 = PREFIX | 68;
+    /// `elr_el1`.
+    pub const ELR_EL1: u64 = PREFIX | 70;
+    /// `spsr[KVM_SPSR_EL1]`.
+    pub const SPSR_EL1: u64 = PREFIX | 72;
 }
+
+/// The ONE_REG id of the AArch64 system register (op0, op1, CRn, CRm, op2)
+/// (`ARM64_SYS_REG`), e.g. VBAR_EL1 = (3, 0, 12, 0, 0).
+pub const fn sys_reg_id(op0: u8, op1: u8, crn: u8, crm: u8, op2: u8) -> u64 {
+    0x6030_0000_0013_0000
+        | (op0 as u64) << 14
+        | (op1 as u64) << 11
+        | (crn as u64) << 7
+        | (crm as u64) << 3
+        | op2 as u64
+}
+
+/// VBAR_EL1's ONE_REG id.
+pub const VBAR_EL1_ID: u64 = sys_reg_id(3, 0, 12, 0, 0);

@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `check_extension(cap)` | `Kvm::check_extension_int(Cap)` or `VmFd::check_extension_raw(cap)` (KVM_CHECK_EXTENSION) |
 //! | `set_guest_debug(dbg)` | `VcpuFd::set_guest_debug(&kvm_guest_debug)` (KVM_SET_GUEST_DEBUG; `From<KvmGuestDebug>` in `hypdbg_model::uapi` converts on aarch64) |
-//! | `run()` | `VcpuFd::run()`: `VcpuExit::Debug(arch)` becomes [`RunExit::Debug`] with `flags` from `VcpuFd::get_kvm_run().flags`; `VcpuExit::Hypercall` becomes [`RunExit::Hypercall`]; anything else [`RunExit::Other`] |
+//! | `run()` | `VcpuFd::run()`: `VcpuExit::Debug(arch)` becomes [`RunExit::Debug`] with `flags` from `VcpuFd::get_kvm_run().flags`; `VcpuExit::MmioWrite` at a doorbell slot becomes [`RunExit::Stop`], other MMIO [`RunExit::Mmio`]; `VcpuExit::Hypercall` [`RunExit::Hypercall`]; `VcpuExit::SystemEvent` [`RunExit::SystemEvent`]; anything else [`RunExit::Other`] |
 //! | `get_one_reg(id)` / `set_one_reg(id, v)` | `VcpuFd::get_one_reg(id, &mut [u8; 8])` / `set_one_reg(id, &v.to_le_bytes())` (KVM_{GET,SET}_ONE_REG) |
 //! | `read_memory` / `write_memory` | the VMM's guest memory (`vm-memory`'s `GuestMemoryMmap::read_slice`/`write_slice`) after walking the guest's stage-1 tables for the virtual address (arm64 has no KVM_TRANSLATE) |
 //! | `inject_debug_exception(esr, far)` | KVM has no ioctl to inject a synchronous exception with a chosen ESR: the VMM emulates exception entry with ONE_REG (SPSR_EL1 = PSTATE, ELR_EL1 = PC, ESR_EL1, FAR_EL1, PSTATE = EL1h with DAIF masked, PC = VBAR_EL1 + vector offset), as QEMU's `do_interrupt` does under KVM |
@@ -56,10 +56,32 @@ pub enum RunExit {
         /// `run->flags` (bit 0: KVM_DEBUG_ARCH_HSR_HIGH_VALID).
         flags: u32,
     },
-    /// The guest made a hypercall to userspace (the simulator's HVC #imm).
+    /// The guest's `stop #n`: KVM_EXIT_MMIO at the doorbell slot `n`
+    /// ([`crate::guest_abi`]).
+    Stop {
+        /// The stop number.
+        n: u16,
+    },
+    /// Any other KVM_EXIT_MMIO.
+    Mmio {
+        /// `run->mmio.phys_addr`.
+        phys_addr: u64,
+        /// A store's value (`run->mmio.data`, `len` bytes little-endian).
+        data: u64,
+        /// `run->mmio.len`.
+        len: u32,
+        /// `run->mmio.is_write`.
+        is_write: bool,
+    },
+    /// KVM_EXIT_HYPERCALL: an HVC forwarded by the SMCCC filter.
     Hypercall {
-        /// The immediate.
-        imm: u16,
+        /// The SMCCC function id.
+        nr: u64,
+    },
+    /// KVM_EXIT_SYSTEM_EVENT (PSCI SYSTEM_OFF or SYSTEM_RESET).
+    SystemEvent {
+        /// KVM_SYSTEM_EVENT_*.
+        event_type: u32,
     },
     /// Any other exit, described.
     Other {
@@ -76,7 +98,26 @@ impl std::fmt::Display for RunExit {
                 "KVM_EXIT_DEBUG hsr={:#x} hsr_high={:#x} far={:#x} flags={flags:#x}",
                 arch.hsr, arch.hsr_high, arch.far
             ),
-            RunExit::Hypercall { imm } => write!(f, "hypercall #{imm:#x}"),
+            RunExit::Stop { n } => write!(f, "stop #{n}"),
+            RunExit::Mmio {
+                phys_addr,
+                data,
+                len,
+                is_write,
+            } => {
+                if *is_write {
+                    write!(
+                        f,
+                        "KVM_EXIT_MMIO write {phys_addr:#x} len {len} data {data:#x}"
+                    )
+                } else {
+                    write!(f, "KVM_EXIT_MMIO read {phys_addr:#x} len {len}")
+                }
+            }
+            RunExit::Hypercall { nr } => write!(f, "KVM_EXIT_HYPERCALL nr={nr:#x}"),
+            RunExit::SystemEvent { event_type } => {
+                write!(f, "KVM_EXIT_SYSTEM_EVENT type {event_type}")
+            }
             RunExit::Other { what } => f.write_str(what),
         }
     }

@@ -341,9 +341,9 @@ pub fn reference_flow(era: Era) -> Box<dyn DynFlow> {
     }
 }
 
-/// The guest of the `vcpu_run` benchmark: `hvc #0` in a loop, so every KVM_RUN executes one
-/// HVC and returns to userspace (the next run resumes at the branch back).
-pub const TINY_GUEST: &str = "top: hvc #0\n b top";
+/// The guest of the `vcpu_run` benchmark: `stop #0` in a loop, so every KVM_RUN makes one
+/// MMIO exit to userspace (the next run completes the store and resumes at the branch back).
+pub const TINY_GUEST: &str = "top: stop #0\n b top";
 
 /// A one-CPU, one-vcpu VM in [`AccessMode::Plain`] running [`TINY_GUEST`]; dirty means the
 /// guest's MDSCR_EL1 has MDE|KDE set (through KVM_SET_ONE_REG), so every run switches the
@@ -443,12 +443,12 @@ mod tests {
     }
 
     #[test]
-    fn tiny_vm_exits_on_hvc_every_run() {
+    fn tiny_vm_exits_on_its_stop_every_run() {
         for era in ERAS {
             for state in SwitchState::ALL {
                 let mut vm = tiny_vm(era, features("cortex-a57"), state).unwrap();
                 for _ in 0..3 {
-                    assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 0 });
+                    assert_eq!(vm.run(0).unwrap(), VcpuExit::stop(0));
                 }
             }
         }

@@ -80,11 +80,18 @@ impl Checker {
                 .register(r)
                 .push();
         }
-        let s = self.shadow(vcpu);
         if undef {
             // The instruction generated an exception (KVM injects UNDEF).
-            s.exception_since_step = true;
-        } else if let Some(c) = s.step_count.as_mut() {
+            self.shadow(vcpu).exception_since_step = true;
+        } else {
+            self.on_emulated(vcpu);
+        }
+    }
+
+    /// KVM completed an instruction for the guest (a trapped access, an MMIO access): it
+    /// counts as one step.
+    pub(super) fn on_emulated(&mut self, vcpu: usize) {
+        if let Some(c) = self.shadow(vcpu).step_count.as_mut() {
             *c += 1;
         }
     }

@@ -276,6 +276,7 @@ impl Checker {
                 fault,
                 accesses,
             } => self.on_hyp_panic(*vcpu, *pcpu, fault, accesses),
+            Event::MmioComplete { vcpu, .. } => self.on_emulated(*vcpu),
             Event::UserExit { .. } => {}
         }
     }

@@ -4,21 +4,22 @@
 
 use hypdbg_host::{DebugSnapshot, DebugStop, DebugVcpu, Debugger, RunExit, Stop, WatchRequest};
 use hypdbg_hyp::events::Event;
-use hypdbg_hyp::vm::VcpuExit;
+use hypdbg_hyp::vm::{MpState, RunOptions, SmcccAction, VcpuExit};
+use hypdbg_model::guest_abi::Doorbell;
 use hypdbg_model::uapi::{KvmGuestDebug, KvmGuestDebugArch};
 
 use super::outcome::{MAX_BUDGETS, MAX_RUN_ITERATIONS, MAX_RUNS};
 use super::tap::Tap;
 use super::{ActionError, ActionResult, Backend, Engine, ExitInfo, Outcome, SetupError};
 use crate::scenario::Op;
-use crate::scenario::ops::Value;
+use crate::scenario::ops::{ExitKind, FilterAction, MpStateName, Value};
 use crate::scenario::resolve::RegName;
 
 /// How one KVM_RUN (or debugger stop) of a `run` ended, for its loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RunEnd {
-    /// An HVC for userspace.
-    Hvc(u16),
+    /// The guest's `stop #n`.
+    Stop(u16),
     /// KVM_EXIT_INTR: the instruction budget ran out.
     Intr,
     /// A debug stop.
@@ -30,19 +31,48 @@ enum RunEnd {
 impl RunEnd {
     fn of_exit(e: &VcpuExit) -> Self {
         match e {
-            VcpuExit::Hvc { imm } => RunEnd::Hvc(*imm),
             VcpuExit::Intr => RunEnd::Intr,
             VcpuExit::Debug { .. } => RunEnd::Debug,
-            _ => RunEnd::Other,
+            e => match e.doorbell() {
+                Some(Doorbell::Stop(n)) => RunEnd::Stop(n),
+                _ => RunEnd::Other,
+            },
         }
     }
 
     fn of_stop(stop: &Stop, raw: Option<&VcpuExit>) -> Self {
         match stop {
-            Stop::Exit(RunExit::Hypercall { imm }) => RunEnd::Hvc(*imm),
+            Stop::Exit(RunExit::Stop { n }) => RunEnd::Stop(*n),
             Stop::Exit(_) if matches!(raw, Some(VcpuExit::Intr)) => RunEnd::Intr,
             Stop::Exit(_) => RunEnd::Other,
             Stop::Debug(_) => RunEnd::Debug,
+        }
+    }
+}
+
+/// What a validator run waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    /// `stop #n`.
+    Stop(u16),
+    /// The first exit of this kind.
+    Kind(ExitKind),
+}
+
+impl Target {
+    fn is_met(&self, x: &ExitInfo) -> bool {
+        match *self {
+            Target::Stop(n) => x.stop_n == Some(n),
+            Target::Kind(k) => k.accepts(x.kind),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Stop(n) => write!(f, "stop #{n}"),
+            Target::Kind(k) => write!(f, "a {k} exit"),
         }
     }
 }
@@ -56,7 +86,8 @@ impl<B: Backend> Engine<B> {
         sink: &mut dyn FnMut(&Event),
     ) -> ActionResult {
         match op {
-            Op::RunUntilHvc { .. }
+            Op::RunUntilStop { .. }
+            | Op::RunUntilExit { .. }
             | Op::Run { .. }
             | Op::KvmRun { .. }
             | Op::Step { .. }
@@ -75,9 +106,12 @@ impl<B: Backend> Engine<B> {
             | Op::Snapshot { .. }
             | Op::Restore { .. }
             | Op::WriteMemory { .. } => self.state_action(op, number, sink),
-            Op::Migrate { .. } | Op::Irq { .. } | Op::Preempt { .. } | Op::MigrateVm { .. } => {
-                self.placement_action(op)
-            }
+            Op::Migrate { .. }
+            | Op::Irq { .. }
+            | Op::Preempt { .. }
+            | Op::MigrateVm { .. }
+            | Op::SmcccFilter { .. }
+            | Op::SetMpState { .. } => self.placement_action(op, number),
             Op::Check { .. } => Ok(Outcome::text("check".into())),
             Op::Repeat { ops, times } => Ok(Outcome::text(format!(
                 "repeat of {} action(s) {times} times (played by the engine)",
@@ -92,6 +126,13 @@ impl<B: Backend> Engine<B> {
         } else {
             Err(ActionError::NoVcpu(v))
         }
+    }
+
+    /// A value a scenario names (a number, label or symbol).
+    fn value(&self, v: &Value) -> Result<u64, ActionError> {
+        self.resolver
+            .resolve(v)
+            .ok_or_else(|| ActionError::Register(format!("unknown label or symbol '{v}'")))
     }
 
     /// An address a scenario names.
@@ -119,29 +160,45 @@ impl<B: Backend> Engine<B> {
 
     // ---- running ---------------------------------------------------------------------
 
-    /// `run_until_hvc`, `run`, `kvm_run`, `step`, `run_concurrently`.
+    /// `run_until_stop`, `run`, `kvm_run`, `step`, `run_concurrently`.
     fn run_action(&mut self, op: &Op, sink: &mut dyn FnMut(&Event)) -> ActionResult {
         match op {
-            Op::RunUntilHvc { vcpu, imm, .. } => {
-                self.run_until_hvc(self.vcpu_ok(*vcpu)?, *imm, sink)
+            Op::RunUntilStop { vcpu, stop, .. } => {
+                self.run_until(self.vcpu_ok(*vcpu)?, Target::Stop(*stop), sink)
+            }
+            Op::RunUntilExit { vcpu, exit, .. } => {
+                self.run_until(self.vcpu_ok(*vcpu)?, Target::Kind(*exit), sink)
             }
             Op::Run {
                 vcpu,
-                until_hvc,
+                until_stop,
                 count,
                 ..
             } => {
                 let v = self.vcpu_ok(*vcpu)?;
                 let count = count.unwrap_or(1);
                 if self.users[v].debugger.is_some() {
-                    self.run_debugger(v, *until_hvc, count, sink)
+                    self.run_debugger(v, *until_stop, count, sink)
                 } else {
-                    self.run_raw(v, *until_hvc, count, sink)
+                    self.run_raw(v, *until_stop, count, sink)
                 }
             }
-            Op::KvmRun { vcpu, .. } => {
+            Op::KvmRun {
+                vcpu,
+                immediate_exit,
+                mmio_data,
+                ..
+            } => {
                 let v = self.vcpu_ok(*vcpu)?;
-                let e = self.kvm_run(v, sink)?;
+                let mut opts = RunOptions {
+                    immediate_exit: *immediate_exit,
+                    ..RunOptions::default()
+                };
+                if let Some(d) = mmio_data {
+                    opts.mmio_data = self.value(d)?.to_le_bytes();
+                }
+                let e =
+                    Tap::new(self.backend.vcpu(v)?, &mut self.exits, sink).run_exit_with(&opts)?;
                 Ok(Outcome {
                     text: format!("KVM_RUN: {}", self.exit_words(&e)),
                     exit: Some(ExitInfo::of_exit(&e)),
@@ -179,9 +236,15 @@ impl<B: Backend> Engine<B> {
         Tap::new(self.backend.vcpu(v)?, &mut self.exits, sink).run_exit()
     }
 
-    /// The validator's loop: KVM_RUN until HVC #imm, debug exits handled by the vcpu's
-    /// [`hypdbg_host::RawSession`] as a gdb stub would.
-    fn run_until_hvc(&mut self, v: usize, imm: u16, sink: &mut dyn FnMut(&Event)) -> ActionResult {
+    /// The validator's loop: KVM_RUN until `target`, debug exits handled by the vcpu's
+    /// [`hypdbg_host::RawSession`] as a gdb stub would; other stops and forwarded hypercalls
+    /// on the way are passed (the VMM resumes the vcpu).
+    fn run_until(
+        &mut self,
+        v: usize,
+        target: Target,
+        sink: &mut dyn FnMut(&Event),
+    ) -> ActionResult {
         let Engine {
             backend,
             users,
@@ -197,37 +260,39 @@ impl<B: Backend> Engine<B> {
             if deadline.is_some_and(|d| std::time::Instant::now() > d) {
                 return Err(ActionError::Deadline);
             }
-            match tap.run_exit()? {
-                VcpuExit::Hvc { imm: got } if got == imm => {
-                    return Ok(Outcome {
-                        text: format!("ran to hvc #{imm} ({debug_exits} debug exits)"),
-                        exit: Some(ExitInfo::of_exit(&VcpuExit::Hvc { imm })),
-                        stops: u64::from(debug_exits),
-                        value: None,
-                    });
-                }
-                VcpuExit::Hvc { .. } => {}
-                VcpuExit::Debug { arch, flags } => {
+            let e = tap.run_exit()?;
+            let info = ExitInfo::of_exit(&e);
+            if target.is_met(&info) {
+                return Ok(Outcome {
+                    text: format!("ran to {info} ({debug_exits} debug exits)"),
+                    exit: Some(info),
+                    stops: u64::from(debug_exits),
+                    value: None,
+                });
+            }
+            match (e, info.kind) {
+                (VcpuExit::Debug { arch, flags }, _) => {
                     debug_exits += 1;
                     raw.handle_debug_exit(&mut tap, &arch, flags)?;
                 }
-                other => {
+                (_, ExitKind::Stop | ExitKind::Hypercall) => {}
+                (other, _) => {
                     return Err(ActionError::UnexpectedExit {
-                        imm,
+                        target: target.to_string(),
                         exit: other.to_string(),
                     });
                 }
             }
         }
         Err(ActionError::NoProgress {
-            imm,
+            target: target.to_string(),
             count: MAX_RUNS,
             what: "KVM_RUNs",
         })
     }
 
-    /// `count` times: one exit (`until` is `None`), or every exit up to HVC #until (other
-    /// HVCs passed, interrupts passed within [`MAX_BUDGETS`], debug stops counted). Returns
+    /// `count` times: one exit (`until` is `None`), or every exit up to `stop #until` (other
+    /// stops passed, interrupts passed within [`MAX_BUDGETS`], debug stops counted). Returns
     /// the last iteration's value and the stops passed.
     fn run_loop<T>(
         &mut self,
@@ -245,11 +310,13 @@ impl<B: Backend> Engine<B> {
                 last = Some(x);
                 finished = match (end, until) {
                     (_, None) => true,
-                    (RunEnd::Hvc(imm), Some(n)) => imm == n,
+                    (RunEnd::Stop(got), Some(n)) => got == n,
                     (RunEnd::Intr, Some(n)) => {
                         budgets += 1;
                         if budgets >= MAX_BUDGETS {
-                            return Err(ActionError::OutOfBudget { imm: n });
+                            return Err(ActionError::OutOfBudget {
+                                target: Target::Stop(n).to_string(),
+                            });
                         }
                         false
                     }
@@ -265,7 +332,7 @@ impl<B: Backend> Engine<B> {
             }
             if !finished {
                 return Err(ActionError::NoProgress {
-                    imm: until.unwrap_or(0),
+                    target: Target::Stop(until.unwrap_or(0)).to_string(),
                     count: MAX_RUN_ITERATIONS,
                     what: noun,
                 });
@@ -601,8 +668,8 @@ impl<B: Backend> Engine<B> {
 
     // ---- where vcpus run ---------------------------------------------------------------
 
-    /// `migrate`, `irq`, `preempt`, `migrate_vm`.
-    fn placement_action(&mut self, op: &Op) -> ActionResult {
+    /// `migrate`, `irq`, `preempt`, `migrate_vm`, `smccc_filter`, `set_mp_state`.
+    fn placement_action(&mut self, op: &Op, number: u64) -> ActionResult {
         let text = match op {
             Op::Migrate { vcpu, cpu, .. } => {
                 let v = self.vcpu_ok(*vcpu)?;
@@ -628,6 +695,32 @@ impl<B: Backend> Engine<B> {
                     "migrated the VM: {n} registers per vcpu through KVM_GET/SET_ONE_REG, guest memory copied, onto {} physical CPU(s)",
                     self.backend.nr_pcpus()
                 )
+            }
+            Op::SmcccFilter {
+                base, nr, action, ..
+            } => {
+                let b = self.addr(base, number)?;
+                let base32 = u32::try_from(b).map_err(|_| {
+                    ActionError::Register(format!(
+                        "smccc_filter base {b:#x}: an SMCCC function id is 32 bits"
+                    ))
+                })?;
+                let a = match action {
+                    FilterAction::Handle => SmcccAction::Handle,
+                    FilterAction::Deny => SmcccAction::Deny,
+                    FilterAction::Forward => SmcccAction::ForwardToUser,
+                };
+                self.backend.set_smccc_filter(base32, *nr, a)?;
+                format!("SMCCC filter: {nr} function id(s) from {b:#x} -> {a:?}")
+            }
+            Op::SetMpState { vcpu, state, .. } => {
+                let v = self.vcpu_ok(*vcpu)?;
+                let s = match state {
+                    MpStateName::Runnable => MpState::Runnable,
+                    MpStateName::Stopped => MpState::Stopped,
+                };
+                self.backend.set_mp_state(v, s)?;
+                format!("KVM_SET_MP_STATE vcpu {v}: {s:?}")
             }
             other => {
                 return Err(ActionError::Misrouted(other.name()));

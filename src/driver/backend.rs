@@ -6,7 +6,7 @@
 use hypdbg_host::DebugVcpu;
 use hypdbg_hyp::events::{Event, GuestEvent};
 use hypdbg_hyp::flow::Era;
-use hypdbg_hyp::vm::VcpuExit;
+use hypdbg_hyp::vm::{MpState, RunOptions, SmcccAction, VcpuExit};
 use hypdbg_model::DebugFeatures;
 use hypdbg_model::profiles::CpuSpec;
 
@@ -15,9 +15,14 @@ use super::outcome::ActionError;
 /// One vcpu of a backend: the host crate's seam, plus the exit as the backend reports it
 /// (for expectations and counts; the debugger sees its [`hypdbg_host::RunExit`] view).
 pub trait BackendVcpu: DebugVcpu {
-    /// KVM_RUN, handing `sink` the events recorded on the way as they come (so a long run
-    /// holds only what one world switch recorded).
-    fn run_exit(&mut self, sink: &mut dyn FnMut(&Event)) -> Result<VcpuExit, ActionError>;
+    /// KVM_RUN with the inputs `opts` puts in `struct kvm_run`, handing `sink` the events
+    /// recorded on the way as they come (so a long run holds only what one world switch
+    /// recorded).
+    fn run_exit(
+        &mut self,
+        opts: &RunOptions,
+        sink: &mut dyn FnMut(&Event),
+    ) -> Result<VcpuExit, ActionError>;
 }
 
 /// A VM the driver plays actions on.
@@ -64,6 +69,17 @@ pub trait Backend {
     /// memory and every vcpu's registers through ONE_REG. Returns the registers carried per
     /// vcpu.
     fn migrate_vm(&mut self, cpus: Option<&[CpuSpec]>) -> Result<usize, ActionError>;
+
+    /// KVM_ARM_VM_SMCCC_FILTER: what KVM does with the HVCs of `[base, base + nr)`.
+    fn set_smccc_filter(
+        &mut self,
+        base: u32,
+        nr: u32,
+        action: SmcccAction,
+    ) -> Result<(), ActionError>;
+
+    /// KVM_SET_MP_STATE.
+    fn set_mp_state(&mut self, v: usize, state: MpState) -> Result<(), ActionError>;
 
     /// Write guest memory.
     fn write_memory(&mut self, addr: u64, bytes: &[u8]) -> Result<(), ActionError>;

@@ -11,16 +11,18 @@ use hypdbg_model::esr::{
     ESR_ELX_EC_SOFTSTP_LOW, ESR_ELX_EC_WATCHPT_CUR, ESR_ELX_EC_WATCHPT_LOW, Esr, ec_name,
 };
 
-use crate::scenario::ops::ExitKind;
+use hypdbg_model::guest_abi::Doorbell;
 
-/// KVM_RUN returns one `run` action may make while it waits for its HVC.
+use crate::scenario::ops::{ExitKind, SystemEvent};
+
+/// KVM_RUN returns one `run` action may make while it waits for its stop.
 pub const MAX_RUN_ITERATIONS: u32 = 100_000;
 
-/// KVM_EXIT_INTRs (full instruction budgets) a `run` with `until_hvc` may pass: a guest that
-/// loops without reaching its HVC fails fast.
+/// KVM_EXIT_INTRs (full instruction budgets) a `run` with `until_stop` may pass: a guest
+/// that loops without reaching its stop fails fast.
 pub const MAX_BUDGETS: u32 = 64;
 
-/// KVM_RUNs one `run_until_hvc` may make before the scenario is declared stuck.
+/// KVM_RUNs one `run_until_stop` may make before the scenario is declared stuck.
 pub const MAX_RUNS: u32 = 512;
 
 /// Why a scenario's VM could not be set up.
@@ -88,35 +90,46 @@ pub enum ActionError {
     /// A register name ONE_REG does not reach.
     #[error("{0}")]
     Register(String),
-    /// The HVC an action waits for never came.
-    #[error("no hvc #{imm} after {count} {what}: the guest makes no progress")]
+    /// The stop an action waits for never came.
+    #[error("no {target} after {count} {what}: the guest makes no progress")]
     NoProgress {
-        /// The HVC immediate.
-        imm: u16,
+        /// What the action waits for (`stop #2`).
+        target: String,
         /// How many runs or stops were made.
         count: u32,
         /// `KVM_RUNs` or `stops`.
         what: &'static str,
     },
-    /// The guest loops, using up whole instruction budgets, without reaching its HVC.
+    /// The guest loops, using up whole instruction budgets, without reaching its stop.
     #[error(
-        "no hvc #{imm} after {MAX_BUDGETS} KVM_RUNs that each used up the instruction budget (KVM_EXIT_INTR): the guest loops without reaching it"
+        "no {target} after {MAX_BUDGETS} KVM_RUNs that each used up the instruction budget (KVM_EXIT_INTR): the guest loops without reaching it"
     )]
     OutOfBudget {
-        /// The HVC immediate.
-        imm: u16,
+        /// What the action waits for.
+        target: String,
     },
-    /// `run_until_hvc` met an exit that is neither an HVC nor a debug exit.
-    #[error("expected hvc #{imm}, got {exit}")]
+    /// `run_until_stop` or `run_until_exit` met an exit it does not pass.
+    #[error("expected {target}, got {exit}")]
     UnexpectedExit {
-        /// The HVC immediate.
-        imm: u16,
+        /// What the action waits for.
+        target: String,
         /// The exit, in words.
         exit: String,
     },
     /// An action handed to the wrong family of actions (a driver defect).
     #[error("`{0}` reached the wrong family of actions (a driver defect)")]
     Misrouted(&'static str),
+    /// The backend cannot do this (a real kernel: an action only the simulator models).
+    #[error("not runnable on {backend}: {why}")]
+    NotRunnable {
+        /// The backend.
+        backend: String,
+        /// Why.
+        why: String,
+    },
+    /// The real kernel's backend failed (QEMU, the agent, an ioctl).
+    #[error("{0}")]
+    Backend(String),
     /// The wall-clock limit passed.
     #[error("stopped by the wall-clock limit (--timeout)")]
     Deadline,
@@ -137,10 +150,27 @@ pub struct ExitInfo {
     pub esr: Option<Esr>,
     /// FAR of a debug exit.
     pub far: Option<u64>,
-    /// The HVC immediate.
-    pub imm: Option<u16>,
+    /// The stop number of a `stop` exit.
+    pub stop_n: Option<u16>,
+    /// An MMIO exit: address, store, length, a store's value.
+    pub mmio: Option<MmioInfo>,
+    /// The function id of a hypercall exit, or the type of a system event.
+    pub code: Option<u64>,
     /// The debugger stop, when the debugger decided.
     pub stop: Option<DebugStop>,
+}
+
+/// An MMIO exit as the run reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioInfo {
+    /// `run->mmio.phys_addr`.
+    pub addr: u64,
+    /// `run->mmio.is_write`.
+    pub write: bool,
+    /// `run->mmio.len`.
+    pub len: u32,
+    /// A store's value.
+    pub data: u64,
 }
 
 /// The kind of a debug exit by its exception class.
@@ -160,7 +190,9 @@ impl ExitInfo {
             kind,
             esr: None,
             far: None,
-            imm: None,
+            stop_n: None,
+            mmio: None,
+            code: None,
             stop: None,
         }
     }
@@ -176,14 +208,54 @@ impl ExitInfo {
                     ..Self::of_kind(debug_kind(esr.ec()))
                 }
             }
-            VcpuExit::Hvc { imm } => ExitInfo {
-                imm: Some(imm),
-                ..Self::of_kind(ExitKind::Hvc)
+            VcpuExit::Mmio {
+                phys_addr,
+                len,
+                is_write,
+                ..
+            } => {
+                let mmio = Some(MmioInfo {
+                    addr: phys_addr,
+                    write: is_write,
+                    len,
+                    data: e.mmio_value().unwrap_or(0),
+                });
+                match e.doorbell() {
+                    Some(Doorbell::Stop(n)) => ExitInfo {
+                        stop_n: Some(n),
+                        mmio,
+                        ..Self::of_kind(ExitKind::Stop)
+                    },
+                    Some(Doorbell::GuestAbort) => ExitInfo {
+                        esr: e.mmio_value().map(Esr::from_bits),
+                        mmio,
+                        ..Self::of_kind(ExitKind::GuestAbort)
+                    },
+                    Some(Doorbell::ProgramEnd) => Self::of_kind(ExitKind::ProgramEnd),
+                    None => ExitInfo {
+                        mmio,
+                        ..Self::of_kind(ExitKind::Mmio)
+                    },
+                }
+            }
+            VcpuExit::Hypercall { nr, .. } => ExitInfo {
+                code: Some(nr),
+                ..Self::of_kind(ExitKind::Hypercall)
+            },
+            VcpuExit::SystemEvent { event_type } => ExitInfo {
+                code: Some(u64::from(event_type)),
+                ..Self::of_kind(ExitKind::SystemEvent)
             },
             VcpuExit::ProgramEnd { .. } => Self::of_kind(ExitKind::ProgramEnd),
             VcpuExit::Intr => Self::of_kind(ExitKind::Intr),
-            VcpuExit::GuestAbort { .. } => Self::of_kind(ExitKind::GuestAbort),
         }
+    }
+
+    /// ESR.ISV of a debug exit (bit 24).
+    pub fn isv(&self) -> Option<bool> {
+        self.esr
+            .filter(|_| self.kind.is_debug())
+            .map(|e| e.bits() & (1 << 24) != 0)
     }
 
     /// A debugger's stop, with the raw exit that produced it.
@@ -209,7 +281,30 @@ impl ExitInfo {
 impl std::fmt::Display for ExitInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.kind {
-            ExitKind::Hvc => write!(f, "hvc #{}", self.imm.unwrap_or(0)),
+            ExitKind::Stop => write!(f, "stop #{}", self.stop_n.unwrap_or(0)),
+            ExitKind::Mmio => match self.mmio {
+                Some(m) if m.write => write!(
+                    f,
+                    "mmio write {:#x} len {} data {:#x}",
+                    m.addr, m.len, m.data
+                ),
+                Some(m) => write!(f, "mmio read {:#x} len {}", m.addr, m.len),
+                None => write!(f, "mmio"),
+            },
+            ExitKind::Hypercall => write!(f, "hypercall {:#x}", self.code.unwrap_or(0)),
+            ExitKind::SystemEvent => match self.code.and_then(|c| SystemEvent::of_type(c as u32)) {
+                Some(ev) => write!(f, "system_event {}", ev.name()),
+                None => write!(f, "system_event type {}", self.code.unwrap_or(0)),
+            },
+            ExitKind::GuestAbort => match self.esr {
+                Some(e) => write!(
+                    f,
+                    "guest_abort (ESR_EL1 EC {:#x} {})",
+                    e.ec(),
+                    ec_name(e.ec())
+                ),
+                None => write!(f, "guest_abort"),
+            },
             k if k.is_debug() => {
                 write!(f, "{k}")?;
                 if let Some(e) = self.esr {
@@ -257,13 +352,17 @@ pub struct ExitCounts {
     pub total: u64,
     /// KVM_EXIT_DEBUG.
     pub debug: u64,
-    /// HVCs for userspace.
-    pub hvc: u64,
+    /// `stop #n` (KVM_EXIT_MMIO at the doorbell).
+    pub stop: u64,
+    /// Other KVM_EXIT_MMIO.
+    pub mmio: u64,
+    /// KVM_EXIT_HYPERCALL and KVM_EXIT_SYSTEM_EVENT.
+    pub hypercall: u64,
     /// KVM_EXIT_INTR.
     pub intr: u64,
     /// Program ends.
     pub program_end: u64,
-    /// Unhandled guest exceptions.
+    /// Exceptions the guest's runtime does not handle.
     pub guest_abort: u64,
 }
 
@@ -271,12 +370,16 @@ impl ExitCounts {
     /// Count one exit.
     pub fn record(&mut self, e: &VcpuExit) {
         self.total += 1;
-        match e {
-            VcpuExit::Debug { .. } => self.debug += 1,
-            VcpuExit::Hvc { .. } => self.hvc += 1,
-            VcpuExit::Intr => self.intr += 1,
-            VcpuExit::ProgramEnd { .. } => self.program_end += 1,
-            VcpuExit::GuestAbort { .. } => self.guest_abort += 1,
+        match (e, e.doorbell()) {
+            (VcpuExit::Debug { .. }, _) => self.debug += 1,
+            (_, Some(Doorbell::Stop(_))) => self.stop += 1,
+            (_, Some(Doorbell::GuestAbort)) => self.guest_abort += 1,
+            (VcpuExit::ProgramEnd { .. }, _) | (_, Some(Doorbell::ProgramEnd)) => {
+                self.program_end += 1
+            }
+            (VcpuExit::Mmio { .. }, None) => self.mmio += 1,
+            (VcpuExit::Hypercall { .. } | VcpuExit::SystemEvent { .. }, _) => self.hypercall += 1,
+            (VcpuExit::Intr, _) => self.intr += 1,
         }
     }
 }

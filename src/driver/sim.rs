@@ -6,7 +6,7 @@ use hypdbg_hyp::flow::Era;
 use hypdbg_hyp::guest::Program;
 use hypdbg_hyp::variants::Variant;
 use hypdbg_hyp::vcpu::VmVcpu;
-use hypdbg_hyp::vm::{AccessMode, VcpuExit, Vm, VmConfig};
+use hypdbg_hyp::vm::{AccessMode, MpState, RunOptions, SmcccAction, VcpuExit, Vm, VmConfig};
 use hypdbg_hyp::workloads;
 use hypdbg_model::DebugFeatures;
 use hypdbg_model::profiles::CpuSpec;
@@ -87,9 +87,15 @@ impl SimBackend {
 }
 
 impl BackendVcpu for VmVcpu<'_> {
-    fn run_exit(&mut self, sink: &mut dyn FnMut(&Event)) -> Result<VcpuExit, ActionError> {
+    fn run_exit(
+        &mut self,
+        opts: &RunOptions,
+        sink: &mut dyn FnMut(&Event),
+    ) -> Result<VcpuExit, ActionError> {
         let v = self.index();
-        Ok(self.vm().run_streamed(v, Some(&mut |e: Event| sink(&e)))?)
+        Ok(self
+            .vm()
+            .run_with(v, opts, Some(&mut |e: Event| sink(&e)))?)
     }
 }
 
@@ -150,7 +156,24 @@ impl Backend for SimBackend {
             .run_concurrently_streamed(vcpus, Some(&mut |e: Event| sink(&e)))?)
     }
 
+    fn set_smccc_filter(
+        &mut self,
+        base: u32,
+        nr: u32,
+        action: SmcccAction,
+    ) -> Result<(), ActionError> {
+        Ok(self.vm.set_smccc_filter(base, nr, action)?)
+    }
+
+    fn set_mp_state(&mut self, v: usize, state: MpState) -> Result<(), ActionError> {
+        let v = self.check_vcpu(v)?;
+        Ok(self.vm.set_mp_state(v, state)?)
+    }
+
     fn migrate_vm(&mut self, cpus: Option<&[CpuSpec]>) -> Result<usize, ActionError> {
+        for v in 0..self.config.vcpus {
+            self.vm.complete_pending_io(v)?;
+        }
         let mut config = self.config.clone();
         if let Some(list) = cpus {
             config.pcpus = list.iter().map(|c| *c.features()).collect();
@@ -178,13 +201,11 @@ impl Backend for SimBackend {
     }
 
     fn write_memory(&mut self, addr: u64, bytes: &[u8]) -> Result<(), ActionError> {
-        self.vm.memory_mut().write(addr, bytes);
-        Ok(())
+        Ok(self.vm.write_guest(addr, bytes)?)
     }
 
     fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ActionError> {
-        self.vm.memory().read(addr, buf);
-        Ok(())
+        Ok(self.vm.read_guest(addr, buf)?)
     }
 
     fn exceptions(&self, v: usize) -> Vec<GuestEvent> {

@@ -3,7 +3,7 @@
 
 use hypdbg_host::{DebugVcpu, RunExit, VcpuError};
 use hypdbg_hyp::events::Event;
-use hypdbg_hyp::vm::VcpuExit;
+use hypdbg_hyp::vm::{RunOptions, VcpuExit};
 use hypdbg_model::esr::Esr;
 use hypdbg_model::uapi::KvmGuestDebug;
 
@@ -34,7 +34,12 @@ impl<'e, V: BackendVcpu> Tap<'e, V> {
 
     /// KVM_RUN, the raw exit counted and remembered.
     pub fn run_exit(&mut self) -> Result<VcpuExit, ActionError> {
-        let exit = self.vcpu.run_exit(self.sink)?;
+        self.run_exit_with(&RunOptions::default())
+    }
+
+    /// KVM_RUN with `immediate_exit` or MMIO data, the raw exit counted and remembered.
+    pub fn run_exit_with(&mut self, opts: &RunOptions) -> Result<VcpuExit, ActionError> {
+        let exit = self.vcpu.run_exit(opts, self.sink)?;
         self.counts.record(&exit);
         self.last = Some(exit);
         Ok(exit)

@@ -5,8 +5,8 @@ use hypdbg_hyp::events::GuestEvent;
 use hypdbg_model::esr::ec_name;
 use hypdbg_model::uapi::core_reg;
 
-use crate::driver::{ActionResult, Probe};
-use crate::scenario::ops::{ExceptionExpect, Expect, Value};
+use crate::driver::{ActionResult, ExitInfo, Probe};
+use crate::scenario::ops::{ExceptionExpect, ExitKind, Expect, Value};
 use crate::scenario::resolve::RegName;
 use crate::scenario::source::Seg;
 
@@ -179,7 +179,8 @@ fn check_error(e: &Expect, outcome: &ActionResult) -> Result<(), Difference> {
     }
 }
 
-/// `exit`, `hvc`, `ec`, `far`, `stops`: how the running action ended.
+/// `exit`, `stop`, `ec`, `isv`, `far`, `mmio`, `hypercall`, `system_event`, `stops`: how the
+/// running action ended.
 fn check_exit(probe: &dyn Probe, e: &Expect, outcome: &ActionResult) -> Result<(), Difference> {
     let exit = outcome.as_ref().ok().and_then(|o| o.exit);
     let exit_words = exit.map_or("no exit".to_string(), |x| x.to_string());
@@ -191,12 +192,12 @@ fn check_exit(probe: &dyn Probe, e: &Expect, outcome: &ActionResult) -> Result<(
             format!("expected exit {k}, got {exit_words}"),
         ));
     }
-    if let Some(h) = e.hvc
-        && exit.and_then(|x| x.imm) != Some(h)
+    if let Some(n) = e.stop
+        && exit.and_then(|x| x.stop_n) != Some(n)
     {
         return Err(diff(
-            key("hvc"),
-            format!("expected hvc #{h}, got {exit_words}"),
+            key("stop"),
+            format!("expected stop #{n}, got {exit_words}"),
         ));
     }
     if let Some(ec) = e.ec {
@@ -212,6 +213,25 @@ fn check_exit(probe: &dyn Probe, e: &Expect, outcome: &ActionResult) -> Result<(
             ));
         }
     }
+    if let Some(want) = e.isv {
+        let got = exit.and_then(|x| x.isv());
+        if got != Some(want) {
+            return Err(diff(
+                key("isv"),
+                format!(
+                    "expected ISV={} ({}), got {}",
+                    u8::from(want),
+                    isv_words(want),
+                    got.map_or(exit_words.clone(), |g| format!(
+                        "ISV={} ({})",
+                        u8::from(g),
+                        isv_words(g)
+                    ))
+                ),
+            ));
+        }
+    }
+    check_exit_payload(probe, e, exit, &exit_words)?;
     if let Some(fv) = &e.far {
         let want = resolve(probe, &key("far"), fv)?;
         let got = exit.and_then(|x| x.far);
@@ -232,6 +252,90 @@ fn check_exit(probe: &dyn Probe, e: &Expect, outcome: &ActionResult) -> Result<(
             return Err(diff(
                 key("stops"),
                 format!("expected {n} stop(s) on the way, got {got}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What ISV of a software-step syndrome says.
+fn isv_words(isv: bool) -> &'static str {
+    if isv {
+        "an instruction executed"
+    } else {
+        "nothing executed: KVM completed an emulated instruction, or the step was pending"
+    }
+}
+
+/// `mmio`, `hypercall`, `system_event`: the payload of a non-debug exit.
+fn check_exit_payload(
+    probe: &dyn Probe,
+    e: &Expect,
+    exit: Option<ExitInfo>,
+    exit_words: &str,
+) -> Result<(), Difference> {
+    if let Some(m) = &e.mmio {
+        let got = exit.and_then(|x| x.mmio);
+        let Some(g) = got else {
+            return Err(diff(
+                key("mmio"),
+                format!("expected an MMIO exit, got {exit_words}"),
+            ));
+        };
+        let want = resolve(
+            probe,
+            &[Seg::Key("mmio".into()), Seg::Key("addr".into())],
+            &m.addr,
+        )?;
+        let data = match &m.data {
+            Some(d) => Some(resolve(
+                probe,
+                &[Seg::Key("mmio".into()), Seg::Key("data".into())],
+                d,
+            )?),
+            None => None,
+        };
+        let ok = g.addr == want
+            && m.write.is_none_or(|w| w == g.write)
+            && m.len.is_none_or(|l| l == g.len)
+            && data.is_none_or(|d| d == g.data);
+        if !ok {
+            return Err(diff(
+                key("mmio"),
+                format!(
+                    "expected an MMIO {} at {}{}{}, got {exit_words}",
+                    match m.write {
+                        Some(true) => "write",
+                        Some(false) => "read",
+                        None => "access",
+                    },
+                    want_words(&m.addr, want),
+                    m.len.map_or(String::new(), |l| format!(" len {l}")),
+                    data.map_or(String::new(), |d| format!(" data {d:#x}")),
+                ),
+            ));
+        }
+    }
+    if let Some(hv) = &e.hypercall {
+        let want = resolve(probe, &key("hypercall"), hv)?;
+        let got = exit
+            .filter(|x| x.kind == ExitKind::Hypercall)
+            .and_then(|x| x.code);
+        if got != Some(want) {
+            return Err(diff(
+                key("hypercall"),
+                format!("expected KVM_EXIT_HYPERCALL nr {want:#x}, got {exit_words}"),
+            ));
+        }
+    }
+    if let Some(ev) = e.system_event {
+        let got = exit
+            .filter(|x| x.kind == ExitKind::SystemEvent)
+            .and_then(|x| x.code);
+        if got != Some(u64::from(ev.event_type())) {
+            return Err(diff(
+                key("system_event"),
+                format!("expected system_event {}, got {exit_words}", ev.name()),
             ));
         }
     }

@@ -524,8 +524,10 @@ impl Report {
         let e = &self.exits;
         let mut kinds = Vec::new();
         for (n, k) in [
-            (e.hvc, "hvc"),
+            (e.stop, "stop"),
             (e.debug, "debug"),
+            (e.mmio, "mmio"),
+            (e.hypercall, "hypercall/system event"),
             (e.intr, "intr"),
             (e.program_end, "program end"),
             (e.guest_abort, "guest abort"),

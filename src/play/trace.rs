@@ -18,6 +18,7 @@ use hypdbg_hyp::flow::Era;
 use hypdbg_hyp::pcpu::HostSnapshot;
 use hypdbg_model::ctrl::{DBG_SPSR_SS, PSR_D_BIT};
 use hypdbg_model::esr::{Esr, ec_name};
+use hypdbg_model::guest_abi::{Doorbell, doorbell};
 use hypdbg_model::words;
 use hypdbg_model::{DbgBank, SysReg};
 use serde::Serialize;
@@ -257,15 +258,28 @@ impl TraceContext<'_> {
                     esr_words(*esr)
                 )
             }
-            ExitReason::Hvc { imm } => format!("hvc #{imm}"),
+            ExitReason::Hvc { imm } => format!("hvc #{imm} (SMCCC call for KVM)"),
             ExitReason::Irq => "host interrupt".into(),
             ExitReason::ProgramEnd { pc } => format!("program end at {}", self.addr(*pc)),
             ExitReason::Budget => "instruction budget exhausted (KVM_EXIT_INTR)".into(),
-            ExitReason::GuestAbort { esr, elr } => format!(
-                "unhandled guest exception {} at {}",
-                esr_words(*esr),
-                self.addr(*elr)
-            ),
+            ExitReason::Mmio(m) => match (m.data, doorbell(m.addr)) {
+                (_, Some(Doorbell::Stop(n))) => format!("stop #{n} (MMIO store to the doorbell)"),
+                (_, Some(Doorbell::GuestAbort)) => format!(
+                    "the guest runtime's abort stop: {}",
+                    esr_words(hypdbg_model::esr::Esr::from_bits(m.data.unwrap_or(0)))
+                ),
+                (_, Some(Doorbell::ProgramEnd)) => "the program-end stop".into(),
+                (Some(d), None) => {
+                    format!("MMIO store of {d:#x} ({} bytes) to {:#x}", m.len, m.addr)
+                }
+                (None, None) => format!(
+                    "MMIO load of {} bytes from {:#x} into x{}",
+                    m.len, m.addr, m.rt
+                ),
+            },
+            ExitReason::MmioNoSyndrome { addr } => {
+                format!("data abort at {addr:#x} outside memory without a valid syndrome")
+            }
         }
     }
 
@@ -368,6 +382,20 @@ impl TraceContext<'_> {
             }
             Event::Trap { vcpu, .. } => {
                 out.push(ev(running_on, *vcpu, "kvm_handle_sys_reg", trap_words(e)));
+            }
+            Event::MmioComplete { vcpu, mmio, value } => {
+                let text = if mmio.is_write() {
+                    format!(
+                        "the MMIO store to {:#x} is complete: skip the instruction on entry",
+                        mmio.addr
+                    )
+                } else {
+                    format!(
+                        "the MMIO load from {:#x} reads {value:#x} into x{}: skip the instruction on entry",
+                        mmio.addr, mmio.rt
+                    )
+                };
+                out.push(ev(None, *vcpu, "kvm_handle_mmio_return", text));
             }
             Event::Entered { .. } | Event::Exited { .. } | Event::HypPanic { .. } => {
                 self.switch_records(seq, e, out)

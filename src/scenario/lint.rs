@@ -648,6 +648,28 @@ impl<'a> Lint<'a> {
                     self.value(ctx, &with(p, &path!["value"]), v);
                 }
             }
+            Op::RunUntilExit { exit, .. } if exit.is_debug() || *exit == ExitKind::Intr => {
+                self.err(
+                    &with(p, &path!["exit"]),
+                    format!("run_until_exit handles debug exits and cannot wait for one: exit = \"{exit}\"; use kvm_run, run or step for those (and `stop`, `mmio`, `hypercall`, `system_event`, `guest_abort` or `program_end` here)"),
+                );
+            }
+            Op::KvmRun {
+                mmio_data: Some(v), ..
+            } => {
+                self.value(ctx, &with(p, &path!["mmio_data"]), v);
+            }
+            Op::SmcccFilter { base, nr, .. } => {
+                let bp = with(p, &path!["base"]);
+                if let Some(b) = self.value(ctx, &bp, base)
+                    && (b > u64::from(u32::MAX) || b + u64::from(*nr) > 1 << 32 || *nr == 0)
+                {
+                    self.err(
+                        &bp,
+                        format!("smccc_filter [{b:#x}, +{nr}): SMCCC function ids are 32 bits and the range holds at least one"),
+                    );
+                }
+            }
             _ => {}
         }
     }
@@ -665,9 +687,13 @@ impl<'a> Lint<'a> {
     fn expect_no_exit(&mut self, op: &Op, e: &Expect, p: &[Seg]) {
         let exit_fields = [
             ("exit", e.exit.is_some()),
-            ("hvc", e.hvc.is_some()),
+            ("stop", e.stop.is_some()),
             ("ec", e.ec.is_some()),
+            ("isv", e.isv.is_some()),
             ("far", e.far.is_some()),
+            ("mmio", e.mmio.is_some()),
+            ("hypercall", e.hypercall.is_some()),
+            ("system_event", e.system_event.is_some()),
             ("stops", e.stops.is_some()),
         ];
         for (k, present) in exit_fields {
@@ -675,7 +701,7 @@ impl<'a> Lint<'a> {
                 self.err_key(
                     &with(p, &[Seg::Key(k.to_string())]),
                     format!(
-                        "expect.{k} cannot be evaluated on a `{}` action: only run, kvm_run, step and run_until_hvc end with an exit",
+                        "expect.{k} cannot be evaluated on a `{}` action: only run, kvm_run, step and run_until_stop end with an exit",
                         op.name()
                     ),
                 );
@@ -689,25 +715,43 @@ impl<'a> Lint<'a> {
         let stops_ok = matches!(
             op,
             Op::Run {
-                until_hvc: Some(_),
+                until_stop: Some(_),
                 ..
-            } | Op::RunUntilHvc { .. }
+            } | Op::RunUntilStop { .. }
+                | Op::RunUntilExit { .. }
         );
         if e.stops.is_some() && !stops_ok {
             self.err_key(
                 &kp("stops"),
-                "expect.stops counts the stops passed on the way to an HVC: it applies to `run` with `until_hvc` and to `run_until_hvc`".into(),
+                "expect.stops counts the debug stops passed on the way to a stop: it applies to `run` with `until_stop` and to `run_until_stop`".into(),
             );
         }
-        if let (Some(k), Some(_)) = (e.exit, e.hvc)
-            && k != ExitKind::Hvc
-        {
-            self.err_key(
-                &kp("hvc"),
-                format!("expect.hvc cannot hold together with exit = \"{k}\": an hvc number belongs to an hvc exit"),
-            );
+        for (key, present, kind) in [
+            ("stop", e.stop.is_some(), ExitKind::Stop),
+            ("mmio", e.mmio.is_some(), ExitKind::Mmio),
+            ("hypercall", e.hypercall.is_some(), ExitKind::Hypercall),
+            (
+                "system_event",
+                e.system_event.is_some(),
+                ExitKind::SystemEvent,
+            ),
+        ] {
+            if let Some(k) = e.exit
+                && present
+                && k != kind
+                && !(kind == ExitKind::Mmio && k == ExitKind::Stop)
+            {
+                self.err_key(
+                    &kp(key),
+                    format!("expect.{key} cannot hold together with exit = \"{k}\": it belongs to a {kind} exit"),
+                );
+            }
         }
-        for (key, present) in [("ec", e.ec.is_some()), ("far", e.far.is_some())] {
+        for (key, present) in [
+            ("ec", e.ec.is_some()),
+            ("isv", e.isv.is_some()),
+            ("far", e.far.is_some()),
+        ] {
             if let Some(k) = e.exit
                 && present
                 && !k.is_debug()
@@ -719,34 +763,35 @@ impl<'a> Lint<'a> {
             }
         }
         let ends_at = match op {
-            Op::RunUntilHvc { imm, .. } => Some((*imm, "run_until_hvc ends at hvc #")),
+            Op::RunUntilStop { stop, .. } => Some((*stop, "run_until_stop ends at stop #")),
             Op::Run {
-                until_hvc: Some(n), ..
-            } => Some((*n, "this run ends at hvc #")),
+                until_stop: Some(n),
+                ..
+            } => Some((*n, "this run ends at stop #")),
             _ => None,
         };
-        let Some((imm, words)) = ends_at else {
+        let Some((n, words)) = ends_at else {
             return;
         };
-        if let (Op::RunUntilHvc { .. }, Some(k)) = (op, e.exit)
-            && k != ExitKind::Hvc
+        if let (Op::RunUntilStop { .. }, Some(k)) = (op, e.exit)
+            && k != ExitKind::Stop
         {
             self.err_key(
                 &kp("exit"),
-                format!("{words}{imm} or fails: exit = \"{k}\" cannot be met"),
+                format!("{words}{n} or fails: exit = \"{k}\" cannot be met"),
             );
         }
-        if let Some(h) = e.hvc
-            && h != imm
+        if let Some(h) = e.stop
+            && h != n
         {
             let how = if matches!(op, Op::Run { .. }) {
-                " (until_hvc)"
+                " (until_stop)"
             } else {
                 ""
             };
             self.err_key(
-                &kp("hvc"),
-                format!("{words}{imm}{how}: hvc = {h} cannot be met"),
+                &kp("stop"),
+                format!("{words}{n}{how}: stop = {h} cannot be met"),
             );
         }
     }

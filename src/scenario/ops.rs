@@ -175,13 +175,19 @@ fn de_control<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExitKind {
-    /// The guest's `hvc #imm` (a hypercall for userspace).
-    Hvc,
+    /// The guest's `stop #n`: KVM_EXIT_MMIO at the doorbell slot `n`.
+    Stop,
+    /// Any other KVM_EXIT_MMIO (a data access outside every memory slot).
+    Mmio,
+    /// KVM_EXIT_HYPERCALL: an HVC the SMCCC filter forwards to userspace.
+    Hypercall,
+    /// KVM_EXIT_SYSTEM_EVENT: PSCI SYSTEM_OFF or SYSTEM_RESET.
+    SystemEvent,
     /// The guest ran off its code.
     ProgramEnd,
     /// KVM_EXIT_INTR: the run's instruction budget ran out.
     Intr,
-    /// The guest took an exception its handler does not handle.
+    /// The guest took an exception its runtime does not handle (the runtime's doorbell stop).
     GuestAbort,
     /// Any KVM_EXIT_DEBUG (or debugger stop).
     Debug,
@@ -200,7 +206,10 @@ impl ExitKind {
     /// The name used in scenario files.
     pub const fn name(self) -> &'static str {
         match self {
-            ExitKind::Hvc => "hvc",
+            ExitKind::Stop => "stop",
+            ExitKind::Mmio => "mmio",
+            ExitKind::Hypercall => "hypercall",
+            ExitKind::SystemEvent => "system_event",
             ExitKind::ProgramEnd => "program_end",
             ExitKind::Intr => "intr",
             ExitKind::GuestAbort => "guest_abort",
@@ -262,18 +271,94 @@ pub struct MemoryExpect {
     pub bytes: Vec<u8>,
 }
 
+/// An MMIO exit, as an expectation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MmioExpect {
+    /// `run->mmio.phys_addr`.
+    pub addr: Value,
+    /// A store (`true`) or a load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<bool>,
+    /// `run->mmio.len`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub len: Option<u32>,
+    /// A store's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+/// A KVM_EXIT_SYSTEM_EVENT type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SystemEvent {
+    /// KVM_SYSTEM_EVENT_SHUTDOWN (PSCI SYSTEM_OFF).
+    Shutdown,
+    /// KVM_SYSTEM_EVENT_RESET (PSCI SYSTEM_RESET).
+    Reset,
+}
+
+impl SystemEvent {
+    /// KVM_SYSTEM_EVENT_*.
+    pub const fn event_type(self) -> u32 {
+        match self {
+            SystemEvent::Shutdown => 1,
+            SystemEvent::Reset => 2,
+        }
+    }
+
+    /// The name in scenario files.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SystemEvent::Shutdown => "shutdown",
+            SystemEvent::Reset => "reset",
+        }
+    }
+
+    /// The event of a KVM_SYSTEM_EVENT_* type.
+    pub fn of_type(t: u32) -> Option<Self> {
+        match t {
+            1 => Some(SystemEvent::Shutdown),
+            2 => Some(SystemEvent::Reset),
+            _ => None,
+        }
+    }
+}
+
+/// What the SMCCC filter does with a range of function ids (`KVM_SMCCC_FILTER_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterAction {
+    /// KVM handles the call.
+    Handle,
+    /// The guest gets SMCCC_RET_NOT_SUPPORTED.
+    Deny,
+    /// KVM_EXIT_HYPERCALL.
+    Forward,
+}
+
+/// A vcpu's KVM_MP_STATE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MpStateName {
+    /// KVM_MP_STATE_RUNNABLE.
+    Runnable,
+    /// KVM_MP_STATE_STOPPED.
+    Stopped,
+}
+
 /// What must hold after an action. Every field is optional; the first difference is
-/// reported. `exit`, `hvc`, `ec`, `far` and `stops` apply to the running actions (`run`,
-/// `kvm_run`, `step`, `run_until_hvc`).
+/// reported. `exit`, `stop`, `ec`, `isv`, `far`, `mmio`, `hypercall`, `system_event` and
+/// `stops` apply to the running actions (`run`, `kvm_run`, `step`, `run_until_stop`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
     /// How the last KVM_RUN (or debugger stop) ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<ExitKind>,
-    /// The immediate of the `hvc` exit.
+    /// The number of the `stop` exit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hvc: Option<u16>,
+    pub stop: Option<u16>,
     /// The exception class of the debug exit (`hsr >> 26`; number or name).
     #[serde(
         default,
@@ -281,13 +366,26 @@ pub struct Expect {
         skip_serializing_if = "Option::is_none"
     )]
     pub ec: Option<u8>,
+    /// ESR_EL2.ISV of the debug exit: for a software step, whether an instruction executed
+    /// (true) or KVM completed an emulated one (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isv: Option<bool>,
     /// FAR of the debug exit (watchpoints: the address accessed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub far: Option<Value>,
+    /// The MMIO exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmio: Option<MmioExpect>,
+    /// The function id of the KVM_EXIT_HYPERCALL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hypercall: Option<Value>,
+    /// The KVM_EXIT_SYSTEM_EVENT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_event: Option<SystemEvent>,
     /// The vcpu's PC after the action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pc: Option<Value>,
-    /// Debug stops passed on the way (`run` with `until_hvc`).
+    /// Debug stops passed on the way (`run` with `until_stop`, `run_until_stop`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stops: Option<u64>,
     /// Registers after the action: `x0`..`x30`, `pc`, `sp`, `pstate`, or a ONE_REG system
@@ -316,15 +414,27 @@ fn is_zero(v: &usize) -> bool {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "do", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Op {
-    /// KVM_RUN until the guest executes `hvc #imm`; debug exits on the way are handled as a
+    /// KVM_RUN until the guest executes `stop #n`; debug exits on the way are handled as a
     /// debugger would (its own breakpoints stepped over, steps continued, others reinjected),
     /// from the raw control of the last `set_guest_debug`.
-    RunUntilHvc {
+    RunUntilStop {
         /// vcpu.
         #[serde(default)]
         vcpu: usize,
-        /// The HVC immediate that ends this action.
-        imm: u16,
+        /// The stop that ends this action.
+        stop: u16,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// The same loop as `run_until_stop`, ending at the first exit of kind `exit`
+    /// (`hypercall`, `system_event`, `mmio`, `stop`, `guest_abort`, `program_end`).
+    RunUntilExit {
+        /// vcpu.
+        #[serde(default)]
+        vcpu: usize,
+        /// The kind of exit that ends this action.
+        exit: ExitKind,
         /// Expectations.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expect: Option<Box<Expect>>,
@@ -385,15 +495,15 @@ pub enum Op {
     },
     /// KVM_RUN as a debugger's `continue`: through the vcpu's debugger once one is attached
     /// (by `break`, `watch`, `sw_break`, `step`, `single_step`), else a plain KVM_RUN. Ends at
-    /// the first exit to userspace, or with `until_hvc` at that HVC (other HVCs, interrupts
-    /// and debug stops on the way are passed and counted).
+    /// the first exit to userspace, or with `until_stop` at that stop (other stops,
+    /// interrupts and debug stops on the way are passed and counted).
     Run {
         /// vcpu.
         #[serde(default)]
         vcpu: usize,
-        /// Keep going until the guest's `hvc #until_hvc`.
+        /// Keep going until the guest's `stop #until_stop`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        until_hvc: Option<u16>,
+        until_stop: Option<u16>,
         /// Do it this many times (the expectation applies to the last).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         count: Option<u32>,
@@ -406,6 +516,13 @@ pub enum Op {
         /// vcpu.
         #[serde(default)]
         vcpu: usize,
+        /// `run->immediate_exit`: complete the last exit's MMIO access, then return -EINTR
+        /// without entering the guest (exit `intr`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        immediate_exit: bool,
+        /// `run->mmio.data`: what the MMIO load of the last exit reads.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mmio_data: Option<Value>,
         /// Expectations.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expect: Option<Box<Expect>>,
@@ -604,6 +721,31 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expect: Option<Box<Expect>>,
     },
+    /// KVM_ARM_VM_SMCCC_FILTER (v6.4+): what KVM does with the HVCs whose function id (x0)
+    /// is in `[base, base + nr)`. Before any vcpu runs.
+    SmcccFilter {
+        /// The first function id.
+        base: Value,
+        /// How many.
+        #[serde(default = "one_u32")]
+        nr: u32,
+        /// `forward` (KVM_EXIT_HYPERCALL), `deny` or `handle`.
+        action: FilterAction,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
+    /// KVM_SET_MP_STATE (a stopped vcpu's KVM_RUN sleeps: exit `intr`).
+    SetMpState {
+        /// vcpu.
+        #[serde(default)]
+        vcpu: usize,
+        /// `runnable` or `stopped`.
+        state: MpStateName,
+        /// Expectations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Box<Expect>>,
+    },
     /// Check expectations only.
     Check {
         /// vcpu.
@@ -625,6 +767,10 @@ fn one_u64() -> u64 {
     1
 }
 
+fn one_u32() -> u32 {
+    1
+}
+
 fn write_access() -> WatchAccess {
     WatchAccess::Write
 }
@@ -633,7 +779,8 @@ impl Op {
     /// The `do` name.
     pub const fn name(&self) -> &'static str {
         match self {
-            Op::RunUntilHvc { .. } => "run_until_hvc",
+            Op::RunUntilStop { .. } => "run_until_stop",
+            Op::RunUntilExit { .. } => "run_until_exit",
             Op::SetGuestDebug { .. } => "set_guest_debug",
             Op::Migrate { .. } => "migrate",
             Op::Irq { .. } => "irq",
@@ -656,6 +803,8 @@ impl Op {
             Op::GetOneReg { .. } => "get_one_reg",
             Op::WriteMemory { .. } => "write_memory",
             Op::Preempt { .. } => "preempt",
+            Op::SmcccFilter { .. } => "smccc_filter",
+            Op::SetMpState { .. } => "set_mp_state",
             Op::Check { .. } => "check",
             Op::Repeat { .. } => "repeat",
         }
@@ -664,7 +813,9 @@ impl Op {
     /// The vcpu the action is about (0 for VM-wide actions).
     pub fn vcpu(&self) -> usize {
         match self {
-            Op::RunUntilHvc { vcpu, .. }
+            Op::RunUntilStop { vcpu, .. }
+            | Op::RunUntilExit { vcpu, .. }
+            | Op::SetMpState { vcpu, .. }
             | Op::SetGuestDebug { vcpu, .. }
             | Op::Migrate { vcpu, .. }
             | Op::Irq { vcpu, .. }
@@ -686,14 +837,20 @@ impl Op {
             | Op::Preempt { vcpu, .. }
             | Op::Check { vcpu, .. } => *vcpu,
             Op::RunConcurrently { vcpus, .. } => vcpus.first().copied().unwrap_or(0),
-            Op::MigrateVm { .. } | Op::WriteMemory { .. } | Op::Repeat { .. } => 0,
+            Op::MigrateVm { .. }
+            | Op::WriteMemory { .. }
+            | Op::SmcccFilter { .. }
+            | Op::Repeat { .. } => 0,
         }
     }
 
     /// The action's expectations.
     pub fn expect(&self) -> Option<&Expect> {
         match self {
-            Op::RunUntilHvc { expect, .. }
+            Op::RunUntilStop { expect, .. }
+            | Op::RunUntilExit { expect, .. }
+            | Op::SmcccFilter { expect, .. }
+            | Op::SetMpState { expect, .. }
             | Op::SetGuestDebug { expect, .. }
             | Op::Migrate { expect, .. }
             | Op::Irq { expect, .. }
@@ -721,12 +878,16 @@ impl Op {
         }
     }
 
-    /// Whether the action runs the guest and ends with one exit (so `exit`, `hvc`, `ec` and
-    /// `far` expectations apply).
+    /// Whether the action runs the guest and ends with one exit (so `exit`, `stop`, `ec`,
+    /// `isv`, `far`, `mmio`, `hypercall` and `system_event` expectations apply).
     pub const fn has_exit(&self) -> bool {
         matches!(
             self,
-            Op::RunUntilHvc { .. } | Op::Run { .. } | Op::KvmRun { .. } | Op::Step { .. }
+            Op::RunUntilStop { .. }
+                | Op::RunUntilExit { .. }
+                | Op::Run { .. }
+                | Op::KvmRun { .. }
+                | Op::Step { .. }
         )
     }
 }

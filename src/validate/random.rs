@@ -12,14 +12,14 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 
 use super::run::{assemble, run_checked};
-use super::sweep::{CleanAccess, Params, controls, sibling};
+use super::sweep::{CleanAccess, Params, controls, first_run, forward_filter, sibling};
 use crate::checker::Violation;
 use crate::scenario::{Op, Scenario, Value};
 
 /// One random userspace step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// KVM_RUN to the next HVC.
+    /// KVM_RUN to the next stop.
     Run,
     /// KVM_SET_GUEST_DEBUG with this control (breakpoint/watchpoint values as the sweep's).
     Debug(u32),
@@ -78,9 +78,10 @@ impl Case {
     pub fn scenario(&self, cpu: &CpuSpec) -> Scenario {
         let mut sc = self.guest.scenario("random", cpu);
         let runs = self.steps.iter().filter(|s| **s == Step::Run).count();
-        // The sweep's program has HVC #0..#2; add one marker per further run.
+        // The sweep's program has a forwarded HVC, stop #1 and stop #2; add one marker per
+        // further run.
         for imm in 3..runs.max(3) {
-            sc.code += &format!("nop\nhvc #{imm}\n");
+            sc.code += &format!("nop\nstop #{imm}\n");
         }
         let set = |control: u32| Op::SetGuestDebug {
             vcpu: 0,
@@ -91,15 +92,19 @@ impl Case {
             wvr: vec![(0, Value::Num(0x8_0000))],
             expect: None,
         };
-        let mut ops = Vec::new();
+        let mut ops = vec![forward_filter()];
         let mut imm = 0u16;
         for s in &self.steps {
             ops.push(match s {
+                Step::Run if imm == 0 => {
+                    imm += 1;
+                    first_run()
+                }
                 Step::Run => {
                     imm += 1;
-                    Op::RunUntilHvc {
+                    Op::RunUntilStop {
                         vcpu: 0,
-                        imm: imm - 1,
+                        stop: imm - 1,
                         expect: None,
                     }
                 }

@@ -13,6 +13,9 @@ use hypdbg_model::profiles::CpuSpec;
 use hypdbg_model::uapi::GuestDebugControl;
 use hypdbg_model::words;
 
+use hypdbg_model::guest_abi::HYPDBG_FORWARDED_FID;
+
+use crate::scenario::ops::{ExitKind, FilterAction};
 use crate::scenario::{Op, Scenario, Value};
 
 /// What the guest does with its debug registers before the first exit.
@@ -31,14 +34,14 @@ pub enum CleanAccess {
 pub enum Session {
     /// From before the first run to the end.
     Whole,
-    /// Starting at the guest's first HVC.
+    /// Starting at the guest's first stop.
     StartMidway,
-    /// From the start, stopped at the second HVC.
+    /// From the start, stopped at the second stop.
     StopMidway,
-    /// From the start; at the first HVC SINGLESTEP is dropped (ENABLE kept), at the second
+    /// From the start; at the first stop SINGLESTEP is dropped (ENABLE kept), at the second
     /// it is set again.
     StepPauses,
-    /// From the start, re-issued unchanged at every HVC, as QEMU's gdbstub does on every
+    /// From the start, re-issued unchanged at every stop, as QEMU's gdbstub does on every
     /// resume (a KVM_SET_GUEST_DEBUG that changes nothing must not change the step state).
     StepResent,
 }
@@ -199,9 +202,9 @@ impl Params {
                 expect: None,
             });
         }
-        ops.push(Op::RunUntilHvc {
+        ops.push(Op::RunUntilStop {
             vcpu: 0,
-            imm: 2,
+            stop: 2,
             expect: None,
         });
         Scenario {
@@ -211,8 +214,9 @@ impl Params {
         }
     }
 
-    /// The guest: its debug set-up, then three runs to HVC #0, #1 and #2 that read its
-    /// registers back (`bt`, `wt`: the highest breakpoint and watchpoint index).
+    /// The guest: its debug set-up, then three runs, to a forwarded HVC, `stop #1` and
+    /// `stop #2`, that read its registers back (`bt`, `wt`: the highest breakpoint and
+    /// watchpoint index).
     fn program(&self, bt: usize, wt: usize) -> String {
         let mut c = String::new();
         match self.clean {
@@ -256,7 +260,14 @@ impl Params {
         if self.d_clear {
             c += "msr daifclr, #8\n";
         }
-        c += "mov x5, #0x80000\nhvc #0\n";
+        // The first exit to userspace is an HVC the SMCCC filter forwards (KVM completed
+        // it: a step is pending at the exit); the others are `stop`s (MMIO stores KVM
+        // completes on the next entry).
+        let _ = writeln!(
+            c,
+            "mov x5, #0x80000\nmovz x0, #{:#x}, lsl #16\nhvc #0",
+            HYPDBG_FORWARDED_FID >> 16
+        );
         for (i, imm) in [(1, 1), (2, 2)] {
             if i == 1 {
                 c += "gbp: nop\nubp: nop\n";
@@ -265,7 +276,7 @@ impl Params {
             }
             let _ = writeln!(
                 c,
-                "str x0, [x5]\nmrs x12, dbgbcr0_el1\nmrs x13, dbgbvr{bt}_el1\nmrs x14, dbgwcr{wt}_el1\nmrs x15, mdscr_el1\nmrs x16, mdccint_el1\nhvc #{imm}"
+                "str x0, [x5]\nmrs x12, dbgbcr0_el1\nmrs x13, dbgbvr{bt}_el1\nmrs x14, dbgwcr{wt}_el1\nmrs x15, mdscr_el1\nmrs x16, mdccint_el1\nstop #{imm}"
             );
         }
         c
@@ -286,12 +297,12 @@ impl Params {
             wvr: vec![(0, Value::Num(0x8_0000)), (wt, Value::Num(0x7300_0000))],
             expect: None,
         };
-        let run = |imm| Op::RunUntilHvc {
+        let run = |stop| Op::RunUntilStop {
             vcpu: 0,
-            imm,
+            stop,
             expect: None,
         };
-        let mut ops = Vec::new();
+        let mut ops = vec![forward_filter()];
         if self.irq {
             ops.push(Op::Irq {
                 vcpu: 0,
@@ -303,7 +314,7 @@ impl Params {
         if debug && self.session != Session::StartMidway {
             ops.push(set(self.control));
         }
-        ops.push(run(0));
+        ops.push(first_run());
         if debug && self.session == Session::StartMidway {
             ops.push(set(self.control));
         }
@@ -321,6 +332,26 @@ impl Params {
             ops.push(set(self.control));
         }
         ops
+    }
+}
+
+/// The SMCCC filter every sweep and random scenario installs: the guest's first exit to
+/// userspace is an HVC it forwards.
+pub fn forward_filter() -> Op {
+    Op::SmcccFilter {
+        base: Value::Num(HYPDBG_FORWARDED_FID),
+        nr: 1,
+        action: FilterAction::Forward,
+        expect: None,
+    }
+}
+
+/// The first run of a sweep or random scenario: to the forwarded HVC.
+pub fn first_run() -> Op {
+    Op::RunUntilExit {
+        vcpu: 0,
+        exit: ExitKind::Hypercall,
+        expect: None,
     }
 }
 
@@ -426,7 +457,8 @@ pub fn count_points() -> [Params; 2] {
 /// Two vcpus on two physical CPUs of `cpu` entering their guests at the same time, both
 /// using their debug registers: per-CPU host state must stay per CPU.
 pub fn smp_scenario(cpu: &CpuSpec) -> Scenario {
-    let code = "mov x0, #0xa000\nmsr mdscr_el1, x0\nhvc #0\nnop\nhvc #1\nnop\nhvc #2\n".to_string();
+    let code =
+        "mov x0, #0xa000\nmsr mdscr_el1, x0\nstop #0\nnop\nstop #1\nnop\nstop #2\n".to_string();
     let run = || Op::RunConcurrently {
         vcpus: vec![0, 1],
         expect: None,

@@ -56,9 +56,9 @@ pub fn x(v: &mut VmVcpu<'_>, n: u8) -> u64 {
     v.get_one_reg(core_reg::x(n)).unwrap()
 }
 
-/// The hypercall exit `hvc #imm`.
-pub fn hvc(imm: u16) -> RunExit {
-    RunExit::Hypercall { imm }
+/// The exit of `stop #n`.
+pub fn stop(n: u16) -> RunExit {
+    RunExit::Stop { n }
 }
 
 /// Assemble `text` whose `{label}` placeholders stand for label addresses (each used as a

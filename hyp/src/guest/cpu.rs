@@ -3,20 +3,16 @@
 //! DBG*R\<n>_EL1, gated by the live MDSCR_EL1, PSTATE.D, the physical OS lock and MDCR_EL2.TDE
 //! (AArch64.CheckBreakpoint, CheckWatchpoint, CheckSoftwareStep, SSAdvance).
 //!
-//! Exceptions the guest takes go to a handler policy at VBAR_EL1 like the kernel selftest's
-//! (debug-exceptions.c): BRK: ELR += 4; breakpoint and watchpoint: set SPSR.D; software
-//! step: set SPSR.SS; SVC: record; UNDEFINED: record and skip. The handler counts as one
-//! instruction.
+//! Exceptions the guest takes to EL1 are recorded as they are taken and go to the vector at
+//! VBAR_EL1, where the guest's runtime ([`super::runtime`], real A64 code) handles them. Data
+//! accesses outside every memory slot are MMIO: they exit to EL2 before they complete (a
+//! stage-2 abort), as on a real host.
 
 use hypdbg_model::ctrl::{
-    DBG_MDSCR_SS, DBG_SPSR_SS, OSLSR_EL1_OSLK, PSR_D_BIT, PSR_MODE_EL0T, PSR_MODE_EL1H,
-    PSR_MODE_MASK, spsr_el,
+    DBG_MDSCR_SS, DBG_SPSR_SS, OSLSR_EL1_OSLK, PSR_D_BIT, PSR_DAIF_MASK, PSR_MODE_EL0T,
+    PSR_MODE_EL1H, PSR_MODE_MASK, spsr_el,
 };
-use hypdbg_model::esr::{
-    ESR_ELX_EC_BREAKPT_CUR, ESR_ELX_EC_BREAKPT_LOW, ESR_ELX_EC_BRK64, ESR_ELX_EC_SOFTSTP_CUR,
-    ESR_ELX_EC_SOFTSTP_LOW, ESR_ELX_EC_SVC64, ESR_ELX_EC_UNKNOWN, ESR_ELX_EC_WATCHPT_CUR,
-    ESR_ELX_EC_WATCHPT_LOW, Esr, SysRegIss,
-};
+use hypdbg_model::esr::{ESR_ELX_EC_WATCHPT_CUR, ESR_ELX_EC_WATCHPT_LOW, Esr, SysRegIss};
 use hypdbg_model::gating::{DebugContext, DebugEvent, access_traps};
 use hypdbg_model::matching::{DataAccess, MatchResult};
 use hypdbg_model::{El, SysReg};
@@ -25,10 +21,11 @@ use super::insn::Insn;
 use super::memory::GuestMemory;
 use crate::access::PhysRegs;
 use crate::context::KvmVcpu;
-use crate::events::{ExitReason, GuestEvent};
+use crate::events::{ExitReason, GuestEvent, Mmio};
+use hypdbg_model::guest_abi::is_memory;
 
-/// VBAR_EL1 of every modelled guest.
-pub const GUEST_VBAR: u64 = 0x0f00_0000;
+/// VBAR_EL1 of every modelled guest (`guest_abi::RUNTIME_BASE`).
+pub const GUEST_VBAR: u64 = hypdbg_model::guest_abi::RUNTIME_BASE;
 /// Synchronous exception from the current EL with SP_ELx.
 pub const VECTOR_CURRENT_SYNC: u64 = GUEST_VBAR + 0x200;
 /// Synchronous exception from a lower EL using AArch64.
@@ -104,18 +101,24 @@ impl GuestRun<'_> {
         }
     }
 
-    /// Xn|SP as a base register.
-    fn xsp(&self, r: u8) -> u64 {
-        if r == 31 {
-            self.vcpu.arch.ctxt.regs.sp
+    /// The stack pointer PSTATE.SP selects: SP_EL1 at EL1h, SP_EL0 at EL0t and EL1t.
+    fn sp_slot(&mut self) -> &mut u64 {
+        let ctxt = &mut self.vcpu.arch.ctxt;
+        if ctxt.regs.pstate & PSR_MODE_MASK == PSR_MODE_EL1H {
+            &mut ctxt.sp_el1
         } else {
-            self.x(r)
+            &mut ctxt.regs.sp
         }
+    }
+
+    /// Xn|SP as a base register.
+    fn xsp(&mut self, r: u8) -> u64 {
+        if r == 31 { *self.sp_slot() } else { self.x(r) }
     }
 
     fn set_xsp(&mut self, r: u8, v: u64) {
         if r == 31 {
-            self.vcpu.arch.ctxt.regs.sp = v;
+            *self.sp_slot() = v;
         } else {
             self.set_x(r, v);
         }
@@ -177,9 +180,6 @@ impl GuestRun<'_> {
 
     fn execute_one(&mut self, gate: &DebugContext) -> Step {
         let pc = self.vcpu.arch.ctxt.regs.pc;
-        if pc == VECTOR_CURRENT_SYNC || pc == VECTOR_LOWER_SYNC {
-            return self.handler();
-        }
         let Some(word) = self.mem.fetch(pc) else {
             return Step::Exit(ExitReason::ProgramEnd { pc });
         };
@@ -288,6 +288,16 @@ impl GuestRun<'_> {
                 self.set_x(rd, v);
                 self.advance()
             }
+            Insn::LsrImm { rd, rn, shift } => {
+                let v = self.x(rn) >> shift;
+                self.set_x(rd, v);
+                self.advance()
+            }
+            Insn::OrrReg { rd, rn, rm } => {
+                let v = self.x(rn) | self.x(rm);
+                self.set_x(rd, v);
+                self.advance()
+            }
             Insn::B { offset } => self.branch(offset),
             Insn::Cbz { rt, offset } => {
                 if self.x(rt) == 0 {
@@ -304,13 +314,13 @@ impl GuestRun<'_> {
                 }
             }
             Insn::DaifSet(imm) | Insn::DaifClr(imm) => {
-                // Only D (bit 3 of the immediate) matters to this model.
-                if imm & 8 != 0 {
-                    if matches!(insn, Insn::DaifSet(_)) {
-                        *self.vcpu.cpsr_mut() |= PSR_D_BIT;
-                    } else {
-                        *self.vcpu.cpsr_mut() &= !PSR_D_BIT;
-                    }
+                // The immediate's D, A, I, F are PSTATE bits 9..6; only D gates debug
+                // exceptions here (the guest takes no interrupts).
+                let bits = u64::from(imm & 0xf) << 6;
+                if matches!(insn, Insn::DaifSet(_)) {
+                    *self.vcpu.cpsr_mut() |= bits;
+                } else {
+                    *self.vcpu.cpsr_mut() &= !bits;
                 }
                 self.advance()
             }
@@ -325,6 +335,9 @@ impl GuestRun<'_> {
                 let addr = self.xsp(rn).wrapping_add(u64::from(imm));
                 if let Some(s) = self.watch(gate, addr, size, false, pc) {
                     return s;
+                }
+                if !is_memory(addr, u64::from(size)) {
+                    return Step::Exit(ExitReason::Mmio(Mmio::new(addr, size, None, rt)));
                 }
                 let v = self.mem.read_uint(addr, usize::from(size));
                 self.set_x(rt, v);
@@ -341,6 +354,9 @@ impl GuestRun<'_> {
                     return s;
                 }
                 let v = self.x(rt);
+                if !is_memory(addr, u64::from(size)) {
+                    return Step::Exit(ExitReason::Mmio(Mmio::new(addr, size, Some(v), rt)));
+                }
                 self.mem.write_uint(addr, usize::from(size), v);
                 self.record(GuestEvent::Access {
                     address: addr,
@@ -354,6 +370,9 @@ impl GuestRun<'_> {
                 let addr = self.xsp(rn).wrapping_add(imm as i64 as u64);
                 if let Some(s) = self.watch(gate, addr, 16, is_store, pc) {
                     return s;
+                }
+                if !is_memory(addr, 16) {
+                    return Step::Exit(ExitReason::MmioNoSyndrome { addr });
                 }
                 if is_store {
                     let (a, b) = (self.x(rt), self.x(rt2));
@@ -376,6 +395,9 @@ impl GuestRun<'_> {
                 let addr = self.x(rt) & !63;
                 if let Some(s) = self.watch(gate, addr, 64, true, pc) {
                     return s;
+                }
+                if !is_memory(addr, 64) {
+                    return Step::Exit(ExitReason::MmioNoSyndrome { addr });
                 }
                 self.mem.write(addr, &[0u8; 64]);
                 self.record(GuestEvent::Access {
@@ -551,8 +573,11 @@ impl GuestRun<'_> {
     }
 
     /// AArch64.TakeException to EL1: SPSR_EL1, ELR_EL1, ESR_EL1, FAR_EL1; PSTATE.EL = 1,
-    /// D = 1, SS = 0; PC = the vector.
+    /// D, A, I, F = 1, SS = 0; PC = the vector. Recorded as the guest takes it.
     fn take_el1_exception(&mut self, esr: Esr, far: Option<u64>, preferred: u64) -> Step {
+        let ev = exception_event(self.vcpu, esr, far, preferred);
+        self.exceptions.push(ev.clone());
+        self.record(ev);
         take_el1_exception(self.vcpu, esr, far, preferred);
         Step::Exception
     }
@@ -574,43 +599,18 @@ impl GuestRun<'_> {
         self.vcpu.arch.ctxt.regs.pstate = pstate;
         self.vcpu.arch.ctxt.regs.pc = self.vcpu.arch.ctxt.sys_regs.elr_el1;
     }
+}
 
-    /// The handler at the vector: record, apply the selftest's policy, ERET.
-    fn handler(&mut self) -> Step {
-        let sys = self.vcpu.arch.ctxt.sys_regs;
-        let esr = Esr::from_bits(sys.esr_el1);
-        let from = spsr_el(sys.spsr_el1);
-        let far = matches!(esr.ec(), ESR_ELX_EC_WATCHPT_CUR | ESR_ELX_EC_WATCHPT_LOW)
-            .then_some(sys.far_el1);
-        let ev = GuestEvent::Exception {
-            esr,
-            elr: sys.elr_el1,
-            far,
-            from,
-        };
-        self.exceptions.push(ev.clone());
-        self.record(ev);
-        let s = &mut self.vcpu.arch.ctxt.sys_regs;
-        match esr.ec() {
-            ESR_ELX_EC_BRK64 | ESR_ELX_EC_UNKNOWN => s.elr_el1 = s.elr_el1.wrapping_add(4),
-            ESR_ELX_EC_BREAKPT_CUR
-            | ESR_ELX_EC_BREAKPT_LOW
-            | ESR_ELX_EC_WATCHPT_CUR
-            | ESR_ELX_EC_WATCHPT_LOW => {
-                s.spsr_el1 |= PSR_D_BIT;
-            }
-            ESR_ELX_EC_SOFTSTP_CUR | ESR_ELX_EC_SOFTSTP_LOW => s.spsr_el1 |= DBG_SPSR_SS,
-            ESR_ELX_EC_SVC64 => {}
-            _ => {
-                return Step::Exit(ExitReason::GuestAbort {
-                    esr,
-                    elr: s.elr_el1,
-                });
-            }
-        }
-        let gate = self.gate();
-        self.eret(&gate);
-        Step::Returned
+/// The record of an exception the guest is about to take from its current state: what its
+/// runtime logs (FAR_EL1 only for watchpoints, where it is defined).
+pub fn exception_event(vcpu: &KvmVcpu, esr: Esr, far: Option<u64>, preferred: u64) -> GuestEvent {
+    let far = matches!(esr.ec(), ESR_ELX_EC_WATCHPT_CUR | ESR_ELX_EC_WATCHPT_LOW)
+        .then(|| far.unwrap_or(vcpu.arch.ctxt.sys_regs.far_el1));
+    GuestEvent::Exception {
+        esr,
+        elr: preferred,
+        far,
+        from: spsr_el(vcpu.cpsr()),
     }
 }
 
@@ -626,7 +626,7 @@ pub fn take_el1_exception(vcpu: &mut KvmVcpu, esr: Esr, far: Option<u64>, prefer
         sys.far_el1 = f;
     }
     let regs = &mut vcpu.arch.ctxt.regs;
-    regs.pstate = (pstate & !(PSR_MODE_MASK | DBG_SPSR_SS)) | PSR_MODE_EL1H | PSR_D_BIT;
+    regs.pstate = (pstate & !(PSR_MODE_MASK | DBG_SPSR_SS)) | PSR_MODE_EL1H | PSR_DAIF_MASK;
     regs.pc = if from == El::El0 {
         VECTOR_LOWER_SYNC
     } else {

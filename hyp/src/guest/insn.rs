@@ -110,6 +110,24 @@ pub enum Insn {
         /// Shift.
         shift: u8,
     },
+    /// LSR Xd, Xn, #shift (UBFM).
+    LsrImm {
+        /// Xd.
+        rd: u8,
+        /// Xn.
+        rn: u8,
+        /// Shift.
+        shift: u8,
+    },
+    /// ORR Xd, Xn, Xm (shifted register, no shift); `mov Xd, Xm` is ORR Xd, XZR, Xm.
+    OrrReg {
+        /// Xd.
+        rd: u8,
+        /// Xn.
+        rn: u8,
+        /// Xm.
+        rm: u8,
+    },
     /// LDR{B,H,W,X} Rt, [Xn|SP, #imm].
     Ldr {
         /// 1, 2, 4 or 8 bytes.
@@ -180,6 +198,7 @@ pub enum Insn {
     },
 }
 
+use hypdbg_model::guest_abi::{DOORBELL_REG, STOP_MAX};
 pub use hypdbg_model::insn::BRK0;
 use hypdbg_model::insn::{brk, is_brk};
 
@@ -228,6 +247,10 @@ impl Insn {
                 let s = u32::from(shift & 63);
                 0xd340_0000 | ((64 - s) % 64) << 16 | (63 - s) << 10 | r(rn) << 5 | r(rd)
             }
+            Insn::LsrImm { rd, rn, shift } => {
+                0xd340_fc00 | u32::from(shift & 63) << 16 | r(rn) << 5 | r(rd)
+            }
+            Insn::OrrReg { rd, rn, rm } => 0xaa00_0000 | r(rm) << 16 | r(rn) << 5 | r(rd),
             Insn::Ldr { size, rt, rn, imm } => {
                 ldst_base(size) | 0x0040_0000 | ldst_imm(size, imm) | r(rn) << 5 | r(rt)
             }
@@ -246,6 +269,27 @@ impl Insn {
             Insn::Cbnz { rt, offset } => {
                 0xb500_0000 | ((offset / 4) as u32 & 0x7_ffff) << 5 | r(rt)
             }
+        }
+    }
+
+    /// The general-purpose registers the instruction writes (XZR writes nothing; SP is not a
+    /// general-purpose register here).
+    pub fn writes(self) -> Vec<u8> {
+        let gpr = |r: u8| if r < 31 { vec![r] } else { Vec::new() };
+        match self {
+            Insn::Mrs { rt, .. } | Insn::Ldr { rt, .. } => gpr(rt),
+            Insn::Ldp { rt, rt2, .. } => [gpr(rt), gpr(rt2)].concat(),
+            Insn::Movz { rd, .. }
+            | Insn::Movk { rd, .. }
+            | Insn::Adr { rd, .. }
+            | Insn::AddReg { rd, .. }
+            | Insn::SubReg { rd, .. }
+            | Insn::LslImm { rd, .. }
+            | Insn::LsrImm { rd, .. }
+            | Insn::OrrReg { rd, .. } => gpr(rd),
+            // ADD/SUB (immediate) write SP for register 31.
+            Insn::AddImm { rd, .. } | Insn::SubImm { rd, .. } => gpr(rd),
+            _ => Vec::new(),
         }
     }
 
@@ -304,6 +348,16 @@ impl Insn {
                 rd: rt,
                 rn,
                 imm12: bits(w, 10, 12) as u16,
+            },
+            _ if w & 0xffe0_fc00 == 0xaa00_0000 => Insn::OrrReg {
+                rd: rt,
+                rn,
+                rm: bits(w, 16, 5) as u8,
+            },
+            _ if w & 0xffc0_fc00 == 0xd340_fc00 && bits(w, 16, 6) != 0 => Insn::LsrImm {
+                rd: rt,
+                rn,
+                shift: bits(w, 16, 6) as u8,
             },
             _ if w & 0xffc0_0000 == 0xd340_0000 => {
                 let (immr, imms) = (bits(w, 16, 6), bits(w, 10, 6));
@@ -428,6 +482,9 @@ impl fmt::Display for Insn {
             Insn::AddImm { rd, rn, imm12 } => write!(f, "add {}, {}, #{imm12:#x}", xs(rd), xs(rn)),
             Insn::SubImm { rd, rn, imm12 } => write!(f, "sub {}, {}, #{imm12:#x}", xs(rd), xs(rn)),
             Insn::LslImm { rd, rn, shift } => write!(f, "lsl {}, {}, #{shift}", x(rd), x(rn)),
+            Insn::LsrImm { rd, rn, shift } => write!(f, "lsr {}, {}, #{shift}", x(rd), x(rn)),
+            Insn::OrrReg { rd, rn: 31, rm } => write!(f, "mov {}, {}", x(rd), x(rm)),
+            Insn::OrrReg { rd, rn, rm } => write!(f, "orr {}, {}, {}", x(rd), x(rn), x(rm)),
             Insn::Ldr { size, rt, rn, imm } | Insn::Str { size, rt, rn, imm } => {
                 let op = if matches!(self, Insn::Ldr { .. }) {
                     "ldr"
@@ -714,6 +771,11 @@ impl Line<'_> {
             return err(self.line, format!("{} takes Xd, #imm[, lsl #s]", self.mn));
         }
         let rd = self.reg(0, false)?;
+        if self.mn == "mov" && n == 2 && !self.ops[1].trim().starts_with('#') {
+            // MOV Xd, Xm is ORR Xd, XZR, Xm.
+            let rm = self.reg(1, false)?;
+            return Ok(Insn::OrrReg { rd, rn: 31, rm });
+        }
         if self.mn == "movk" {
             let imm16 = fit::<u16>(self.imm(1)?, self.line, "immediate")?;
             let shift = if n == 3 { self.shift(2)? } else { 0 };
@@ -748,15 +810,23 @@ impl Line<'_> {
     /// ADD/SUB (register or 12-bit immediate), LSL (immediate).
     fn arith(&self) -> Result<Insn, AsmError> {
         self.want(3)?;
-        if self.mn == "lsl" {
+        if self.mn == "lsl" || self.mn == "lsr" {
             let shift = fit::<u8>(self.imm(2)?, self.line, "shift")?;
-            if shift > 63 {
-                return err(self.line, "shift must be 0..63");
+            if shift > 63 || (shift == 0 && self.mn == "lsr") {
+                return err(self.line, format!("{} shift must be 1..63", self.mn));
             }
-            return Ok(Insn::LslImm {
+            let (rd, rn) = (self.reg(0, false)?, self.reg(1, false)?);
+            return Ok(if self.mn == "lsl" {
+                Insn::LslImm { rd, rn, shift }
+            } else {
+                Insn::LsrImm { rd, rn, shift }
+            });
+        }
+        if self.mn == "orr" {
+            return Ok(Insn::OrrReg {
                 rd: self.reg(0, false)?,
                 rn: self.reg(1, false)?,
-                shift,
+                rm: self.reg(2, false)?,
             });
         }
         let add = self.mn == "add";
@@ -829,6 +899,25 @@ impl Line<'_> {
         })
     }
 
+    /// `stop #n`: hypdbg's userspace stop, `str xzr, [x28, #8*n]`, an MMIO store to the
+    /// doorbell (x28 holds `guest_abi::DOORBELL`).
+    fn stop(&self) -> Result<Insn, AsmError> {
+        self.want(1)?;
+        let n = self.imm(0)?;
+        if !(0..=i64::from(STOP_MAX)).contains(&n) {
+            return err(
+                self.line,
+                format!("stop #{n}: stop numbers are 0..={STOP_MAX}"),
+            );
+        }
+        Ok(Insn::Str {
+            size: 8,
+            rt: 31,
+            rn: DOORBELL_REG,
+            imm: (8 * n) as u16,
+        })
+    }
+
     /// B, CBZ, CBNZ.
     fn branches(&self) -> Result<Insn, AsmError> {
         if self.mn == "b" {
@@ -865,7 +954,8 @@ pub fn assemble(line: &str, pc: u64, label: &dyn Fn(&str) -> Option<u64>) -> Res
         }
         "nop" | "isb" | "eret" | "brk" | "svc" | "hvc" | "msr" | "mrs" | "dc" => l.system()?,
         "mov" | "movz" | "movk" | "adr" => l.moves()?,
-        "add" | "sub" | "lsl" => l.arith()?,
+        "add" | "sub" | "lsl" | "lsr" | "orr" => l.arith()?,
+        "stop" => l.stop()?,
         "ldr" | "str" | "ldrb" | "strb" | "ldrh" | "strh" | "ldp" | "stp" => l.loads()?,
         "b" | "cbz" | "cbnz" => l.branches()?,
         _ => {

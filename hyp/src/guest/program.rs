@@ -2,7 +2,21 @@
 
 use std::collections::BTreeMap;
 
-use super::insn::{AsmError, assemble};
+use hypdbg_model::guest_abi::{DOORBELL_REG, STOP_PROGRAM_END, stop_address};
+
+use super::insn::{AsmError, Insn, assemble};
+
+/// `str xzr, [x28, #8*STOP_PROGRAM_END]`: the word placed after every program, so a guest
+/// that runs off its code stops for userspace on every backend.
+pub fn program_end_word() -> u32 {
+    Insn::Str {
+        size: 8,
+        rt: 31,
+        rn: DOORBELL_REG,
+        imm: (stop_address(STOP_PROGRAM_END) - hypdbg_model::guest_abi::DOORBELL) as u16,
+    }
+    .encode()
+}
 
 /// An assembled guest program.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -75,6 +89,17 @@ impl Program {
         for (line, text, pc) in lines {
             let w = assemble(&text, pc, &|l| labels.get(l).copied())
                 .map_err(|error| ProgramError { line, error })?;
+            if Insn::decode(w).is_some_and(|i| i.writes().contains(&DOORBELL_REG)) {
+                return Err(ProgramError {
+                    line,
+                    error: AsmError {
+                        text,
+                        why: format!(
+                            "x{DOORBELL_REG} is reserved: it holds the doorbell address `stop` stores to"
+                        ),
+                    },
+                });
+            }
             words.push(w);
         }
         Ok(Program {
@@ -87,6 +112,14 @@ impl Program {
     /// A label's address.
     pub fn label(&self, name: &str) -> Option<u64> {
         self.labels.get(name).copied()
+    }
+
+    /// What a backend loads at `base`: the instructions, then the program-end stop.
+    pub fn loaded_words(&self) -> Vec<u32> {
+        let mut w = Vec::with_capacity(self.words.len() + 1);
+        w.extend_from_slice(&self.words);
+        w.push(program_end_word());
+        w
     }
 
     /// The address just past the last instruction.
@@ -113,5 +146,11 @@ mod tests {
         assert_eq!(e.line, 3);
         let e = Program::assemble(0, "x: nop\nx: nop").unwrap_err();
         assert!(e.to_string().contains("twice"));
+        let e = Program::assemble(0, "nop\nmov x28, #1").unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.to_string().contains("x28 is reserved"), "{e}");
+        let p = Program::assemble(0x1000, "stop #3").unwrap();
+        assert_eq!(p.words, vec![0xf900_0f9f], "str xzr, [x28, #24]");
+        assert_eq!(p.loaded_words()[1], 0xf93f_ff9f, "str xzr, [x28, #32760]");
     }
 }
