@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 
 use hypdbg_model::esr::Esr;
 use hypdbg_model::guest_abi::{
-    CODE_BASE, Doorbell, LOG_BASE, RAM_BASE, RAM_SIZE, RUNTIME_BASE, RUNTIME_SIZE, doorbell,
-    is_memory, stop_address,
+    CODE_BASE, Doorbell, MAX_VCPUS, RAM_BASE, RAM_SIZE, RUNTIME_BASE, RUNTIME_SIZE, doorbell,
+    is_memory, log_base, stop_address,
 };
 use hypdbg_model::uapi::{
     KVM_CAP_GUEST_DEBUG_HW_BPS, KVM_CAP_GUEST_DEBUG_HW_WPS, KVM_CAP_SET_GUEST_DEBUG,
@@ -398,10 +398,16 @@ impl Vm {
     fn reset_guest(&mut self) -> Result<(), KvmError> {
         let rt = runtime::program()
             .map_err(|e| KvmError::Inval(format!("the guest runtime does not assemble: {e}")))?;
+        if self.vcpus.len() > MAX_VCPUS {
+            return Err(KvmError::Inval(format!(
+                "{} vcpus: the guest runtime has room for {MAX_VCPUS}",
+                self.vcpus.len()
+            )));
+        }
         self.mem.load_code(rt.base, &rt.words);
-        self.mem.write(LOG_BASE, &runtime::log_reset());
         for i in 0..self.vcpus.len() {
-            for (id, value) in runtime::reset_registers(CODE_BASE) {
+            self.mem.write(log_base(i), &runtime::log_reset(i));
+            for (id, value) in runtime::reset_registers(CODE_BASE, i) {
                 self.set_core_reg(i, id, value);
             }
         }

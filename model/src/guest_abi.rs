@@ -23,27 +23,41 @@ pub const CODE_BASE: u64 = 0x1_0000;
 /// The conventional data area of scenarios.
 pub const DATA_BASE: u64 = 0x8_0000;
 
-/// VBAR_EL1 of every hypdbg guest: the exception runtime (vector table, handler, exception
-/// log, stack), memory slot 1.
+/// VBAR_EL1 of every hypdbg guest: the exception runtime (vector table and handler, then
+/// one area per vcpu with its stack and exception log), memory slot 1.
 pub const RUNTIME_BASE: u64 = 0x0f00_0000;
-/// The runtime slot's size: 64 KiB.
-pub const RUNTIME_SIZE: u64 = 0x1_0000;
-/// The exception log: a cursor (the address of the next entry), the number of exceptions
-/// not logged because the log was full, then entries of [`LOG_ENTRY_BYTES`] bytes from
-/// [`LOG_ENTRIES`]: ESR_EL1, ELR_EL1, FAR_EL1, SPSR_EL1.
-pub const LOG_BASE: u64 = RUNTIME_BASE + 0x1000;
-/// The first log entry.
-pub const LOG_ENTRIES: u64 = LOG_BASE + 16;
-/// Bytes per exception log entry.
+/// The runtime slot's size: 1 MiB.
+pub const RUNTIME_SIZE: u64 = 0x10_0000;
+/// The most vcpus the runtime has areas for.
+pub const MAX_VCPUS: usize = 64;
+/// Each vcpu's area: its stack, then its exception log.
+pub const VCPU_AREA_BYTES: u64 = 0x3f00;
+/// The stack at the start of each vcpu's area (the handler uses 32 bytes of it).
+pub const STACK_BYTES: u64 = 0x100;
+/// Bytes per exception log entry: ESR_EL1, ELR_EL1, FAR_EL1, SPSR_EL1.
 pub const LOG_ENTRY_BYTES: u64 = 32;
-/// The log's entries end here (the stack is above).
-pub const LOG_END: u64 = RUNTIME_BASE + 0xc000;
-/// The most entries the exception log holds; later exceptions are counted, not logged (and
-/// the backends report the overflow).
-pub const LOG_CAPACITY: u64 = (LOG_END - LOG_ENTRIES) / LOG_ENTRY_BYTES;
-const _: () = assert!(LOG_CAPACITY >= 1000);
-/// SP_EL1 at reset: the top of the runtime slot.
-pub const STACK_TOP: u64 = RUNTIME_BASE + RUNTIME_SIZE;
+/// The log header: the cursor (the address of the next entry), then the number of
+/// exceptions not logged because the log was full.
+pub const LOG_HEADER_BYTES: u64 = 16;
+/// The most entries a vcpu's exception log holds; later exceptions are counted, not logged
+/// (and the backends report the overflow).
+pub const LOG_CAPACITY: u64 = (VCPU_AREA_BYTES - STACK_BYTES - LOG_HEADER_BYTES) / LOG_ENTRY_BYTES;
+/// From a log header to the end of its last entry.
+pub const LOG_SPAN: u64 = LOG_HEADER_BYTES + LOG_CAPACITY * LOG_ENTRY_BYTES;
+const _: () = assert!(LOG_CAPACITY >= 400);
+const _: () = assert!(0x1000 + MAX_VCPUS as u64 * VCPU_AREA_BYTES <= RUNTIME_SIZE);
+const _: () = assert!(LOG_SPAN <= 0xffff);
+
+/// SP_EL1 of vcpu `i` at reset: the top of its stack, which is also where its exception log
+/// starts (the runtime finds its log from the stack pointer: the guest must not move SP).
+pub const fn stack_top(vcpu: usize) -> u64 {
+    RUNTIME_BASE + 0x1000 + vcpu as u64 * VCPU_AREA_BYTES + STACK_BYTES
+}
+
+/// The exception log header of vcpu `i`.
+pub const fn log_base(vcpu: usize) -> u64 {
+    stack_top(vcpu)
+}
 
 /// The doorbell: 32 KiB of guest-physical space no memory slot backs.
 pub const DOORBELL: u64 = 0x0900_0000;
@@ -142,9 +156,10 @@ mod tests {
         assert!(is_memory(CODE_BASE, 4));
         assert!(is_memory(RAM_SIZE - 8, 8));
         assert!(!is_memory(RAM_SIZE - 4, 8), "straddles the end of RAM");
-        assert!(is_memory(LOG_BASE, 8));
+        assert!(is_memory(log_base(MAX_VCPUS - 1), LOG_SPAN));
         assert!(!is_memory(DOORBELL, 8));
         assert!(!is_memory(u64::MAX, 1));
-        assert!(!is_memory(STACK_TOP, 1));
+        assert!(!is_memory(RUNTIME_BASE + RUNTIME_SIZE, 1));
+        assert_eq!(log_base(1) - log_base(0), VCPU_AREA_BYTES);
     }
 }

@@ -228,7 +228,7 @@ impl<'a> Lint<'a> {
                 }
             }
         }
-        if sc.vcpus == 0 || sc.vcpus > 64 {
+        if sc.vcpus == 0 || sc.vcpus > hypdbg_model::guest_abi::MAX_VCPUS {
             self.err(
                 &path!["vcpus"],
                 format!("vcpus = {}: a scenario has 1 to 64 vcpus", sc.vcpus),

@@ -6,7 +6,8 @@
 //! every exception it takes, so a userspace observer of a real guest sees what the simulator
 //! records:
 //!
-//! - log ESR_EL1, ELR_EL1, FAR_EL1 and SPSR_EL1 at the log cursor (`guest_abi::LOG_BASE`);
+//! - log ESR_EL1, ELR_EL1, FAR_EL1 and SPSR_EL1 in the vcpu's exception log, which starts at
+//!   the top of its stack (`guest_abi::log_base`);
 //! - BRK and UNDEFINED (EC 0x3c, 0x00): return after the instruction (ELR_EL1 += 4);
 //! - breakpoint and watchpoint (EC 0x30, 0x31, 0x34, 0x35): return with SPSR_EL1.D set, so
 //!   the guest does not take the same debug exception again at once;
@@ -16,14 +17,14 @@
 //! - anything else: stop for userspace (`STOP_GUEST_ABORT`, ESR_EL1 as the stored data),
 //!   then return after the instruction.
 //!
-//! It saves x0..x3 on the stack (SP_EL1, `guest_abi::STACK_TOP` at reset) and runs with
-//! PSTATE.D set, as every exception entry leaves it.
+//! It saves x0..x3 on the vcpu's stack (SP_EL1, `guest_abi::stack_top` at reset: the guest
+//! must not move SP) and runs with PSTATE.D set, as every exception entry leaves it.
 
 use std::sync::OnceLock;
 
 use hypdbg_model::guest_abi::{
-    DOORBELL, DOORBELL_REG, LOG_BASE, LOG_CAPACITY, LOG_ENTRIES, LOG_ENTRY_BYTES, RUNTIME_BASE,
-    STACK_TOP, STOP_GUEST_ABORT, stop_address,
+    DOORBELL, DOORBELL_REG, LOG_CAPACITY, LOG_ENTRY_BYTES, LOG_HEADER_BYTES, LOG_SPAN,
+    RUNTIME_BASE, STOP_GUEST_ABORT, log_base, stack_top, stop_address,
 };
 use hypdbg_model::uapi::core_reg;
 
@@ -45,7 +46,7 @@ fn source() -> String {
         s += &format!("vector_{v}: b {target}\n");
         s += &"nop\n".repeat(31);
     }
-    let end = LOG_ENTRIES + LOG_CAPACITY * LOG_ENTRY_BYTES;
+
     let abort = stop_address(STOP_GUEST_ABORT) - DOORBELL;
     s += &format!(
         "\
@@ -53,11 +54,10 @@ sync:
     sub sp, sp, #32
     stp x0, x1, [sp]
     stp x2, x3, [sp, #16]
-    movz x2, #{cur_hi:#x}, lsl #16      // x2 = the log cursor's address
-    movk x2, #{cur_lo:#x}
+    add x2, sp, #32                     // x2 = this vcpu's log header (its stack top)
     ldr x3, [x2]                        // x3 = the next entry
-    movz x1, #{end_hi:#x}, lsl #16      // one past the log's last entry
-    movk x1, #{end_lo:#x}
+    mov x1, #{span:#x}                  // one past the log's last entry
+    add x1, x1, x2
     sub x1, x1, x3
     cbz x1, full
     add x0, x3, #{entry}
@@ -121,10 +121,7 @@ other:
     str xzr, [x28, #{abort}]            // IRQ, FIQ, SError: the guest never unmasks them
     eret
 ",
-        cur_hi = LOG_BASE >> 16,
-        cur_lo = LOG_BASE & 0xffff,
-        end_hi = end >> 16,
-        end_lo = end & 0xffff,
+        span = LOG_SPAN,
         entry = LOG_ENTRY_BYTES,
     );
     s
@@ -138,25 +135,23 @@ pub fn program() -> Result<&'static Program, &'static ProgramError> {
         .as_ref()
 }
 
-/// The log cursor's value at reset: the first entry.
-pub const LOG_CURSOR_RESET: u64 = LOG_ENTRIES;
-
-/// The exception log's header at reset (cursor, lost count), at `guest_abi::LOG_BASE`.
-pub fn log_reset() -> Vec<u8> {
-    [LOG_CURSOR_RESET, 0]
+/// Vcpu `i`'s exception log header at reset (the cursor at the first entry, nothing lost),
+/// to write at `guest_abi::log_base(i)`.
+pub fn log_reset(vcpu: usize) -> Vec<u8> {
+    [log_base(vcpu) + LOG_HEADER_BYTES, 0]
         .iter()
         .flat_map(|w| w.to_le_bytes())
         .collect()
 }
 
-/// The core registers a VMM sets on every vcpu before its first KVM_RUN (ONE_REG id,
-/// value): the PC, SP_EL1 at the top of the runtime slot, x28 = the doorbell. (A real guest
-/// also needs VBAR_EL1 = `guest_abi::RUNTIME_BASE`, `uapi::VBAR_EL1_ID`; the simulator's is
-/// fixed there.)
-pub fn reset_registers(pc: u64) -> [(u64, u64); 3] {
+/// The core registers a VMM sets on vcpu `i` before its first KVM_RUN (ONE_REG id, value):
+/// the PC, SP_EL1 at the top of its stack in the runtime slot, x28 = the doorbell. (A real
+/// guest also needs VBAR_EL1 = `guest_abi::RUNTIME_BASE`, `uapi::VBAR_EL1_ID`; the
+/// simulator's is fixed there.)
+pub fn reset_registers(pc: u64, vcpu: usize) -> [(u64, u64); 3] {
     [
         (core_reg::PC, pc),
-        (core_reg::SP_EL1, STACK_TOP),
+        (core_reg::SP_EL1, stack_top(vcpu)),
         (core_reg::x(DOORBELL_REG), DOORBELL),
     ]
 }
@@ -174,15 +169,14 @@ pub struct LogEntry {
     pub spsr: u64,
 }
 
-/// How many bytes from `guest_abi::LOG_BASE` hold the log's header and its first `n`
-/// entries.
+/// How many bytes from a log header hold the header and the first `n` entries.
 pub fn log_bytes(n: u64) -> usize {
-    (LOG_ENTRIES - LOG_BASE + n.min(LOG_CAPACITY) * LOG_ENTRY_BYTES) as usize
+    (LOG_HEADER_BYTES + n.min(LOG_CAPACITY) * LOG_ENTRY_BYTES) as usize
 }
 
-/// The number of entries the header (the first 16 bytes at `guest_abi::LOG_BASE`) says the
-/// log holds, and how many exceptions it could not log.
-pub fn log_header(header: &[u8]) -> (u64, u64) {
+/// The number of entries vcpu `i`'s log header (16 bytes at `guest_abi::log_base(i)`) says
+/// the log holds, and how many exceptions it could not log.
+pub fn log_header(vcpu: usize, header: &[u8]) -> (u64, u64) {
     let word = |off: usize| -> u64 {
         let mut b = [0u8; 8];
         if let Some(s) = header.get(off..off + 8) {
@@ -190,13 +184,14 @@ pub fn log_header(header: &[u8]) -> (u64, u64) {
         }
         u64::from_le_bytes(b)
     };
-    let n = (word(0).saturating_sub(LOG_CURSOR_RESET) / LOG_ENTRY_BYTES).min(LOG_CAPACITY);
+    let first = log_base(vcpu) + LOG_HEADER_BYTES;
+    let n = (word(0).saturating_sub(first) / LOG_ENTRY_BYTES).min(LOG_CAPACITY);
     (n, word(8))
 }
 
-/// Decode the exception log from the bytes at `guest_abi::LOG_BASE` (header first): the
-/// entries, and how many exceptions were not logged because it was full.
-pub fn parse_log(log: &[u8]) -> (Vec<LogEntry>, u64) {
+/// Decode vcpu `i`'s exception log from the bytes at `guest_abi::log_base(i)` (header
+/// first): the entries, and how many exceptions were not logged because it was full.
+pub fn parse_log(vcpu: usize, log: &[u8]) -> (Vec<LogEntry>, u64) {
     let word = |off: usize| -> u64 {
         let mut b = [0u8; 8];
         if let Some(s) = log.get(off..off + 8) {
@@ -204,10 +199,10 @@ pub fn parse_log(log: &[u8]) -> (Vec<LogEntry>, u64) {
         }
         u64::from_le_bytes(b)
     };
-    let (n, lost) = log_header(log);
+    let (n, lost) = log_header(vcpu, log);
     let entries = (0..n as usize)
         .map(|i| {
-            let at = (LOG_ENTRIES - LOG_BASE) as usize + i * LOG_ENTRY_BYTES as usize;
+            let at = LOG_HEADER_BYTES as usize + i * LOG_ENTRY_BYTES as usize;
             LogEntry {
                 esr: word(at),
                 elr: word(at + 8),
@@ -234,23 +229,27 @@ mod tests {
             };
             assert_eq!(RUNTIME_BASE + v + offset as u64, p.label("sync").unwrap());
         }
-        assert!(p.end() < LOG_BASE, "the code stays below the log");
+        assert!(
+            p.end() <= RUNTIME_BASE + 0x1000,
+            "the code stays in its page"
+        );
         assert!(p.words.iter().all(|w| Insn::decode(*w).is_some()));
     }
 
     #[test]
     fn log_parsing() {
         let mut log = vec![0u8; log_bytes(3)];
-        log[..8].copy_from_slice(&(LOG_CURSOR_RESET + 2 * LOG_ENTRY_BYTES).to_le_bytes());
+        let first = log_base(1) + LOG_HEADER_BYTES;
+        log[..8].copy_from_slice(&(first + 2 * LOG_ENTRY_BYTES).to_le_bytes());
         log[8..16].copy_from_slice(&5u64.to_le_bytes());
         log[16..24].copy_from_slice(&0xf200_0000u64.to_le_bytes());
         log[16 + 32 + 8..16 + 32 + 16].copy_from_slice(&0x1_0010u64.to_le_bytes());
-        let (e, lost) = parse_log(&log);
+        let (e, lost) = parse_log(1, &log);
         assert_eq!(lost, 5);
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].esr, 0xf200_0000);
         assert_eq!(e[1].elr, 0x1_0010);
-        let (e, lost) = parse_log(&log_reset());
+        let (e, lost) = parse_log(0, &log_reset(0));
         assert!(e.is_empty());
         assert_eq!(lost, 0);
     }
