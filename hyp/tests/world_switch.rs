@@ -533,3 +533,59 @@ fn debug_exit_reports_the_whole_syndrome_and_far_only_for_watchpoints() {
         );
     }
 }
+
+/// Issue 15 row 3: the id register reads of one dirty round trip, per era. v4.5's
+/// `__debug_save_state`/`__debug_restore_state` (era 1) and v4.17..v6.13's debug-sr.h bodies
+/// (era 2) each read ID_AA64DFR0_EL1 themselves, so a round trip (save host, restore guest,
+/// save guest, restore host) reads it four times, each read right before the body that uses
+/// it; era 3 reads the counts cached in `kvm_host_data`.
+#[test]
+fn id_aa64dfr0_is_read_by_every_save_and_restore_body_in_eras_1_and_2() {
+    use hypdbg_hyp::access::Scope;
+    for (v, reads) in [("era1", 4), ("era2", 4), ("era3", 0)] {
+        let mut vm = vm(v, "cortex-a57");
+        load(
+            &mut vm,
+            "mov x0, #0x8000\nmsr mdscr_el1, x0\nhvc #0\nnop\nhvc #1\n",
+        );
+        vm.run(0).unwrap();
+        vm.run(0).unwrap();
+        let trip: Vec<_> = vm
+            .events()
+            .iter()
+            .filter_map(|e| match e {
+                Event::Entered { accesses, .. } | Event::Exited { accesses, .. } => {
+                    Some(accesses.clone())
+                }
+                _ => None,
+            })
+            .rev()
+            .take(2)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .flatten()
+            .collect();
+        let n = trip
+            .iter()
+            .filter(|r| r.reg == HypReg::IdAa64dfr0El1)
+            .count();
+        assert_eq!(n, reads, "{v}");
+        if reads == 0 {
+            continue;
+        }
+        // Each body's first access is preceded by an ID_AA64DFR0_EL1 read.
+        for scope in [
+            Scope::SaveHost,
+            Scope::RestoreGuest,
+            Scope::SaveGuest,
+            Scope::RestoreHost,
+        ] {
+            let first = trip
+                .iter()
+                .position(|r| r.scope == scope && r.reg != HypReg::IdAa64dfr0El1)
+                .unwrap();
+            assert_eq!(trip[first - 1].reg, HypReg::IdAa64dfr0El1, "{v} {scope:?}");
+        }
+    }
+}

@@ -225,11 +225,12 @@ impl Era2 for NeverClearDirty {
         if !vcpu.flag(DebugFlags::DEBUG_DIRTY) {
             return Ok(());
         }
-        let c = self.read_debug_counts(a.read_id_aa64dfr0());
         a.scope(Scope::SaveGuest);
+        let c = self.read_debug_counts(a.read_id_aa64dfr0());
         let (dbg, ctxt) = debug_ptr_and_ctxt(vcpu);
         self.__debug_save_state(a, dbg, ctxt, c)?;
         a.scope(Scope::RestoreHost);
+        let c = self.read_debug_counts(a.read_id_aa64dfr0());
         self.__debug_restore_state(a, &vcpu.arch.host_debug_state, host_ctxt, c)
     }
 }
