@@ -80,6 +80,8 @@ fn each_historical_defect_breaks_its_invariant() {
         ("ownership-no-mdcr", Invariant::Lazy),
         ("ownership-on-write-only", Invariant::Lazy),
         ("ss-pending-survives", Invariant::UserspaceDebug),
+        ("ss-pending-survives-era2", Invariant::UserspaceDebug),
+        ("pkvm-external-mdscr-not-flushed", Invariant::UserspaceDebug),
     ];
     let historical: Vec<&str> = variants::all()
         .iter()

@@ -14,10 +14,12 @@ bitflags! {
     /// `vcpu->arch.debug_flags` / the vcpu's single flags, as far as debug is concerned.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
     pub struct DebugFlags: u32 {
-        /// KVM_ARM64_DEBUG_DIRTY / DEBUG_DIRTY (eras 1 and 2): switch the debug registers on
-        /// this run.
+        /// Eras 1 and 2: switch the debug registers on this run. `KVM_ARM64_DEBUG_DIRTY` in
+        /// `vcpu->arch.debug_flags` (v4.5..v4.17) and `vcpu->arch.flags` (v4.18..v5.19),
+        /// `DEBUG_DIRTY` in `iflags` (v6.0+).
         const DEBUG_DIRTY = 1 << 0;
-        /// DBG_SS_ACTIVE_PENDING (era 2, v6.1+): the step state was active-pending at exit.
+        /// DBG_SS_ACTIVE_PENDING in `sflags` (era 2, v6.1..v6.13): the step state was
+        /// active-pending at exit.
         const DBG_SS_ACTIVE_PENDING = 1 << 5;
         /// HOST_SS_ACTIVE_PENDING (era 3): userspace's step state, kept across put/load.
         const HOST_SS_ACTIVE_PENDING = 1 << 6;
@@ -28,16 +30,16 @@ bitflags! {
     }
 }
 
-/// `enum debug_owner` (era 3).
+/// `enum debug_owner` (era 3), in the kernel's order: FREE, HOST_OWNED, GUEST_OWNED.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub enum DebugOwner {
     /// VCPU_DEBUG_FREE: nobody uses the debug registers; accesses trap.
     #[default]
     VcpuDebugFree,
-    /// VCPU_DEBUG_GUEST_OWNED: the guest's registers are loaded; no traps.
-    VcpuDebugGuestOwned,
     /// VCPU_DEBUG_HOST_OWNED: userspace's registers (or the OS lock) own the hardware.
     VcpuDebugHostOwned,
+    /// VCPU_DEBUG_GUEST_OWNED: the guest's registers are loaded; no traps.
+    VcpuDebugGuestOwned,
 }
 
 impl DebugOwner {
@@ -212,6 +214,10 @@ pub struct KvmVcpu {
     pub guest_debug: GuestDebugControl,
     /// Architecture state.
     pub arch: KvmVcpuArch,
+    /// `vcpu->run->debug.arch`: the part of `struct kvm_run`'s exit union a debug exit
+    /// fills. It lives as long as the vcpu: a field an exit does not write keeps what the
+    /// union held (`far` is written for watchpoints only).
+    pub run_debug_arch: hypdbg_model::uapi::KvmDebugExitArch,
 }
 
 impl KvmVcpu {

@@ -135,7 +135,7 @@ pub struct SimVcpu {
     pub preempt: Option<(u32, usize)>,
     /// Register moves of the last KVM_RUN, by class.
     pub last_run_stats: SwitchStats,
-    /// pKVM: the hyp's copy of the vcpu while it runs.
+    /// pKVM: the hyp's own copy of the vcpu (`pkvm_hyp_vcpu`), from the first entry on.
     hyp_vcpu: Option<KvmVcpu>,
 }
 
@@ -241,6 +241,8 @@ impl Vm {
             KVM_CAP_SET_GUEST_DEBUG => 1,
             KVM_CAP_GUEST_DEBUG_HW_BPS => self.guest_features.num_brps() as i64,
             KVM_CAP_GUEST_DEBUG_HW_WPS => self.guest_features.num_wrps() as i64,
+            // KVM_CAP_SET_GUEST_DEBUG2 came with v5.12: era 1 (v4.5..v4.16) does not know it.
+            KVM_CAP_SET_GUEST_DEBUG2 if self.era() == Era::One => 0,
             KVM_CAP_SET_GUEST_DEBUG2 => i64::from(KVM_GUESTDBG_VALID_MASK),
             _ => 0,
         }
@@ -358,7 +360,7 @@ impl Vm {
         r
     }
 
-    /// KVM_GET_ONE_REG: the debug registers (only the guest's implemented ones), MDSCR_EL1,
+    /// KVM_GET_ONE_REG: the debug registers (all 16 of each bank), MDSCR_EL1,
     /// MDCCINT_EL1, OSLSR_EL1, and the core registers PC, PSTATE, SP, X0..X30.
     pub fn get_one_reg(&mut self, i: usize, id: u64) -> Result<u64, KvmError> {
         self.vcpu(i)?;
@@ -422,19 +424,30 @@ impl Vm {
         Ok(())
     }
 
+    /// KVM_GET_REG_LIST, the part this model exposes: the core registers it knows, then
+    /// every DBG{B,W}{C,V}R0..15_EL1 (64, whatever the implemented count: `walk_sys_regs`
+    /// lists each descriptor without a visibility hook), MDSCR_EL1, MDCCINT_EL1, OSLSR_EL1.
+    pub fn get_reg_list(&self, i: usize) -> Result<Vec<u64>, KvmError> {
+        self.vcpu(i)?;
+        let mut ids = vec![core_reg::PC, core_reg::PSTATE, core_reg::SP];
+        ids.extend((0..31u8).map(core_reg::x));
+        for n in 0..16u8 {
+            for bank in hypdbg_model::DbgBank::ALL {
+                ids.push(SysReg::Dbg(bank, n).one_reg_id());
+            }
+        }
+        ids.extend(
+            [SysReg::MdscrEl1, SysReg::MdccintEl1, SysReg::OslsrEl1].map(SysReg::one_reg_id),
+        );
+        Ok(ids)
+    }
+
     fn debug_one_reg(&self, id: u64) -> Result<SysReg, KvmError> {
         let reg = SysReg::from_one_reg_id(id).map_err(|e| KvmError::NoEnt(e.to_string()))?;
         match reg {
-            SysReg::Dbg(bank, n) => {
-                let implemented = self.guest_features.count(bank);
-                if usize::from(n) >= implemented {
-                    return Err(KvmError::NoEnt(format!(
-                        "{reg} is not implemented on this VM ({implemented} {})",
-                        bank.units()
-                    )));
-                }
-                Ok(reg)
-            }
+            // The DBG{B,W}{C,V}R<n>_EL1 descriptors of sys_regs.c have no visibility hook: all
+            // 16 slots of each bank are ONE_REG registers whatever the implemented count.
+            SysReg::Dbg(..) => Ok(reg),
             SysReg::MdscrEl1 | SysReg::MdccintEl1 | SysReg::OslsrEl1 => Ok(reg),
             other => Err(KvmError::NoEnt(format!(
                 "{other} is not accessible through ONE_REG here"
@@ -652,7 +665,11 @@ impl Vm {
         let pcpu = &mut pcpus[cpu];
         let v = &mut vcpus[i];
         if flow.protected_mode() {
-            v.hyp_vcpu = Some(flush_hyp_vcpu(flow.as_ref(), &v.kvm));
+            // __pkvm_init_vcpu made the hyp's vcpu once; every entry flushes into it.
+            let hyp = v
+                .hyp_vcpu
+                .get_or_insert_with(|| KvmVcpu::new(v.kvm.vcpu_id));
+            flush_hyp_vcpu(flow.as_ref(), hyp, &v.kvm);
         }
         let r = {
             let mut a = Self::new_access(mode, &mut pcpu.regs, &mut log);
@@ -743,8 +760,8 @@ impl Vm {
                 let mut a = Self::new_access(mode, &mut pcpu.regs, &mut log);
                 hyp_exit(flow.as_ref(), &mut a, v.running(), &mut pcpu.host_data)
             };
-            if let Some(hyp) = v.hyp_vcpu.take() {
-                sync_hyp_vcpu(flow.as_ref(), &mut v.kvm, &hyp);
+            if let Some(hyp) = &v.hyp_vcpu {
+                sync_hyp_vcpu(flow.as_ref(), &mut v.kvm, hyp);
             }
             v.last_run_stats.add(&SwitchStats::of(&log));
             r
@@ -865,17 +882,16 @@ impl Vm {
     }
 }
 
-/// pKVM `flush_hyp_vcpu`: the hyp runs a copy of the vcpu that receives the context,
-/// MDCR_EL2, the flags and, through `flush_debug_state`, the debug owner and block.
-fn flush_hyp_vcpu(flow: &dyn DynFlow, host: &KvmVcpu) -> KvmVcpu {
-    let mut hyp = KvmVcpu::new(host.vcpu_id);
-    hyp.guest_debug = host.guest_debug;
+/// pKVM `flush_hyp_vcpu` (nvhe/hyp-main.c, v6.14+): the hyp's own vcpu, which lives as long
+/// as the VM, receives the context, MDCR_EL2 and the flags on every entry, and through
+/// `flush_debug_state` the debug owner and the owned block. Nothing else: whatever else the
+/// hyp vcpu holds (its `external_mdscr_el1` before v7.3) is what its last exit left there.
+fn flush_hyp_vcpu(flow: &dyn DynFlow, hyp: &mut KvmVcpu, host: &KvmVcpu) {
+    flow.flush_debug_state(hyp, host);
     hyp.arch.ctxt = host.arch.ctxt;
     hyp.arch.mdcr_el2 = host.arch.mdcr_el2;
     hyp.arch.debug_flags = host.arch.debug_flags;
     hyp.arch.pending_exception = host.arch.pending_exception;
-    flow.flush_debug_state(&mut hyp, host);
-    hyp
 }
 
 /// pKVM `sync_hyp_vcpu`: bring the hyp copy's context, flags and (`sync_debug_state`) the

@@ -459,10 +459,6 @@ fn check_extension_reports_the_counts_and_bad_control_is_einval() {
             .is_ok()
     );
     let mut vm2 = vm("era2", "min");
-    let e = vm2
-        .get_one_reg(0, SysReg::Dbg(DbgBank::Bcr, 2).one_reg_id())
-        .unwrap_err();
-    assert!(e.to_string().contains("not implemented"), "{e}");
     assert!(
         vm2.set_one_reg(0, SysReg::OslsrEl1.one_reg_id(), 0)
             .is_err(),
@@ -505,8 +501,13 @@ fn debug_exit_reports_the_whole_syndrome_and_far_only_for_watchpoints() {
             "{v}: a watchpoint reports its FAR"
         );
         let (arch, _) = flow.handle_guest_debug(&mut vcpu, Esr::breakpoint(false), 0x1234);
-        assert_eq!(arch.far, 0, "{v}: only a watchpoint reports FAR");
+        assert_eq!(
+            arch.far, 0xffff_0000_7100_0040,
+            "{v}: only a watchpoint writes run->debug.arch.far; a breakpoint leaves the union's"
+        );
         assert_eq!(arch.hsr_high, 0, "{v}");
+        let (arch, _) = flow.handle_guest_debug(&mut KvmVcpu::new(0), Esr::breakpoint(false), 1);
+        assert_eq!(arch.far, 0, "{v}: a fresh kvm_run is zeroed");
         // Eras 1/2 clear DBG_SS_ACTIVE_PENDING; era 3 re-arms the step (SPSR.SS = 1,
         // active-not-pending) in the vcpu's PSTATE.
         let era3 = v.starts_with("era3");
@@ -587,5 +588,186 @@ fn id_aa64dfr0_is_read_by_every_save_and_restore_body_in_eras_1_and_2() {
                 .unwrap();
             assert_eq!(trip[first - 1].reg, HypReg::IdAa64dfr0El1, "{v} {scope:?}");
         }
+    }
+}
+
+fn set_control(vm: &mut hypdbg_hyp::Vm, control: GuestDebugControl) {
+    vm.set_guest_debug(
+        0,
+        &KvmGuestDebug {
+            control: control.bits(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}
+
+/// Issue 15 row 2: a step left active-pending by a run (the stepped HVC completed, its step
+/// exception not yet taken) survives userspace turning SINGLESTEP off and on again without
+/// a run in between: the next run reports that step before any instruction executes. The
+/// references forget the pending step where the vcpu is about to run without SINGLESTEP
+/// (`kvm_arm_setup_debug`, `kvm_vcpu_load_debug`), not in KVM_SET_GUEST_DEBUG.
+#[test]
+fn singlestep_off_and_on_without_a_run_keeps_a_pending_step() {
+    for &v in REFERENCES {
+        let mut vm = vm(v, "cortex-a57");
+        let prog = load(&mut vm, "nop\nhvc #0\na: nop\nb: nop\nhvc #1\n");
+        let step = GuestDebugControl::ENABLE | GuestDebugControl::SINGLESTEP;
+        set_control(&mut vm, step);
+        assert!(matches!(vm.run(0).unwrap(), VcpuExit::Debug { .. }), "{v}");
+        assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 0 }, "{v}");
+        set_control(&mut vm, GuestDebugControl::ENABLE);
+        set_control(&mut vm, step);
+        match vm.run(0).unwrap() {
+            VcpuExit::Debug { arch, .. } => {
+                assert_eq!((arch.hsr >> 26) as u8, ESR_ELX_EC_SOFTSTP_LOW, "{v}")
+            }
+            other => panic!("{v}: {other:?}"),
+        }
+        assert_eq!(
+            vm.get_one_reg(0, core_reg::PC).unwrap(),
+            prog.label("a").unwrap(),
+            "{v}: the pending step is reported before `a` executes"
+        );
+        // A run without SINGLESTEP forgets it: stepping again starts afresh.
+        set_control(&mut vm, GuestDebugControl::ENABLE);
+        assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 1 }, "{v}");
+    }
+}
+
+/// Issue 15 row 5: the DBG{B,W}{C,V}R<n>_EL1 descriptors have no visibility hook, so
+/// KVM_GET_ONE_REG/KVM_SET_ONE_REG succeed for all 16 slots of each bank and KVM_GET_REG_LIST
+/// lists all 64, whatever the implemented count (the real kernels do the same).
+#[test]
+fn one_reg_reaches_all_sixteen_slots_of_each_bank_whatever_the_count() {
+    for &v in REFERENCES {
+        let mut vm = vm(v, "min");
+        let list = vm.get_reg_list(0).unwrap();
+        for bank in DbgBank::ALL {
+            for n in 0..16u8 {
+                let id = SysReg::Dbg(bank, n).one_reg_id();
+                assert!(list.contains(&id), "{v}: {bank:?}{n} not listed");
+                let value = 0x1000 + u64::from(n);
+                vm.set_one_reg(0, id, value).unwrap();
+                assert_eq!(vm.get_one_reg(0, id).unwrap(), value, "{v} {bank:?}{n}");
+            }
+        }
+        let dbg = list
+            .iter()
+            .filter(|&&id| matches!(SysReg::from_one_reg_id(id), Ok(SysReg::Dbg(..))))
+            .count();
+        assert_eq!(dbg, 64, "{v}");
+    }
+}
+
+/// Issue 15 row 7: an access to DBG{B,W}{C,V}R<n>_EL1 with n at or above the implemented
+/// count is UNDEFINED on hardware before any trap to EL2 is considered: the guest takes the
+/// UNDEF at EL1 even while MDCR_EL2.TDA traps the implemented ones, and no trap is recorded.
+#[test]
+fn unimplemented_debug_register_undefs_in_the_guest_without_a_trap() {
+    use hypdbg_model::esr::ESR_ELX_EC_UNKNOWN;
+    for &v in REFERENCES {
+        let mut vm = vm(v, "min");
+        let prog = load(
+            &mut vm,
+            "a: mrs x0, dbgbcr5_el1\nb: msr dbgwvr2_el1, x0\nhvc #0\n",
+        );
+        assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 0 }, "{v}");
+        let undefs: Vec<u64> = vm
+            .vcpu(0)
+            .unwrap()
+            .exceptions
+            .iter()
+            .filter_map(|e| match e {
+                GuestEvent::Exception { esr, elr, .. } if esr.ec() == ESR_ELX_EC_UNKNOWN => {
+                    Some(*elr)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            undefs,
+            vec![prog.label("a").unwrap(), prog.label("b").unwrap()],
+            "{v}"
+        );
+        assert!(
+            !vm.events().iter().any(|e| matches!(e, Event::Trap { .. })),
+            "{v}: no trap to EL2"
+        );
+    }
+}
+
+/// Issue 15 row 13: names and numbers of the era each flow claims. KVM_CAP_SET_GUEST_DEBUG2
+/// came with v5.12 (era 1 answers 0); `enum debug_owner` is {FREE, HOST_OWNED, GUEST_OWNED};
+/// the DEBUG_DIRTY flag is `KVM_ARM64_DEBUG_DIRTY` before v6.0.
+#[test]
+fn each_era_answers_with_its_own_names_and_capabilities() {
+    use hypdbg_hyp::context::DebugOwner;
+    use hypdbg_hyp::flow::Era;
+    use hypdbg_model::uapi::KVM_CAP_SET_GUEST_DEBUG2;
+    assert_eq!(
+        vm("era1", "min").check_extension(KVM_CAP_SET_GUEST_DEBUG2),
+        0
+    );
+    assert_eq!(
+        vm("era2", "min").check_extension(KVM_CAP_SET_GUEST_DEBUG2),
+        0x3_0003
+    );
+    assert_eq!(
+        [
+            DebugOwner::VcpuDebugFree as u8,
+            DebugOwner::VcpuDebugHostOwned as u8,
+            DebugOwner::VcpuDebugGuestOwned as u8
+        ],
+        [0, 1, 2]
+    );
+    assert_eq!(Era::One.dirty_flag_name(), "KVM_ARM64_DEBUG_DIRTY");
+    assert_eq!(Era::Two.dirty_flag_name(), "DEBUG_DIRTY");
+}
+
+/// Issue 15 row 1: what pKVM's `flush_debug_state` hands the hyp's vcpu, per kernel. v7.3
+/// (the reference) gives it the owner, the owned block and, while the host owns debug, the
+/// `external_mdscr_el1` the world switch loads; v6.14..v7.2 leave that MDSCR out; v6.14-rc1
+/// flushed nothing (the hyp vcpu keeps its own owner and MDSCR).
+#[test]
+fn pkvm_flush_debug_state_is_each_kernels_own() {
+    use hypdbg_hyp::context::{DebugOwner, KvmVcpu};
+    let mut host = KvmVcpu::new(0);
+    host.arch.debug_owner = DebugOwner::VcpuDebugHostOwned;
+    host.arch.external_mdscr_el1 = DBG_MDSCR_SS;
+    host.arch.external_debug_state.dbg_bcr[0] = 0x1e7;
+    for (v, owner, mdscr) in [
+        ("era3-pkvm", DebugOwner::VcpuDebugHostOwned, DBG_MDSCR_SS),
+        (
+            "pkvm-external-mdscr-not-flushed",
+            DebugOwner::VcpuDebugHostOwned,
+            0x1234,
+        ),
+        ("pkvm-owner-not-flushed", DebugOwner::VcpuDebugFree, 0x1234),
+    ] {
+        let flow = (hypdbg_hyp::variants::by_name(v).unwrap().make)();
+        let mut hyp = KvmVcpu::new(0);
+        hyp.arch.external_mdscr_el1 = 0x1234; // what the hyp vcpu's last exit saved
+        flow.flush_debug_state(&mut hyp, &host);
+        assert_eq!(hyp.arch.debug_owner, owner, "{v}");
+        assert_eq!(hyp.arch.external_mdscr_el1, mdscr, "{v}");
+    }
+    // Under v6.14..v7.2 a userspace single-step never arms: the guest runs to its HVC.
+    for (v, stepped) in [
+        ("era3-pkvm", true),
+        ("pkvm-external-mdscr-not-flushed", false),
+    ] {
+        let mut vm = vm(v, "cortex-a57");
+        load(&mut vm, "nop\nnop\nhvc #0\n");
+        set_control(
+            &mut vm,
+            GuestDebugControl::ENABLE | GuestDebugControl::SINGLESTEP,
+        );
+        let exit = vm.run(0).unwrap();
+        assert_eq!(
+            matches!(exit, VcpuExit::Debug { .. }),
+            stepped,
+            "{v}: {exit:?}"
+        );
     }
 }

@@ -987,3 +987,37 @@ fn a_command_timeout_poisons_the_agent() {
     drop(m);
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
 }
+
+/// Issue 15 row 1: how the MDSCR_EL1 the guest runs with reaches pKVM's hyp vcpu. v6.14..v7.2
+/// flush the debug owner and the owned block but not `external_mdscr_el1`, which the world
+/// switch loads while the host owns debug; v7.3 flushes it (119a9a23fbae). The simulator's
+/// `pkvm-external-mdscr-not-flushed` says a userspace single-step never arms on 6.18 in either
+/// protected mode, and `era3-pkvm` that it steps on 7.3.
+#[test]
+#[ignore = "needs qemu-system-aarch64 and a Debian arm64 kernel: boots four machines"]
+fn extra_pkvm_single_step_per_kernel() {
+    let _l = qemu_lock();
+    for (spec, stepped) in [("debian:6.18", false), ("debian:7.3", true)] {
+        let k = kernel(spec);
+        for mode in [Mode::Protected, Mode::ProtectedNvhe] {
+            let mut m = boot(&k, mode, 1);
+            let said = m.mode_line().to_string();
+            let a = m.agent();
+            let mut g = guest(a, LINEAR);
+            g.debug(
+                GuestDebugControl::ENABLE | GuestDebugControl::SINGLESTEP,
+                &[],
+                &[],
+            );
+            let got = g.runs(1);
+            drop(g);
+            println!("{spec} {mode:?} ({said}): {got}");
+            assert_eq!(
+                got.starts_with("debug 0xcb000022"),
+                stepped,
+                "{spec} {mode:?}: {got}"
+            );
+            m.power_off().unwrap();
+        }
+    }
+}

@@ -166,7 +166,8 @@ impl TraceContext<'_> {
             Era::One | Era::Two => {
                 let _ = write!(
                     w,
-                    "DEBUG_DIRTY={} debug_ptr={}",
+                    "{}={} debug_ptr={}",
+                    self.era.dirty_flag_name(),
                     u8::from(s.debug_flags.contains(DebugFlags::DEBUG_DIRTY)),
                     match s.debug_ptr {
                         hypdbg_hyp::context::DebugPtr::VcpuDebugState => "&vcpu_debug_state",

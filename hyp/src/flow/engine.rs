@@ -98,21 +98,18 @@ pub trait EraEngine: Send + Sync + 'static {
     }
 
     /// `emulate_sys_reg` and the debug handlers of sys_regs.c: emulate a trapped MSR/MRS
-    /// against the vcpu's state. An index above the guest's implemented count is UNDEFINED.
+    /// against the vcpu's state. `trap_dbg_wb_reg` has no count check: an index the hardware
+    /// does not implement UNDEFs at EL1 before it could trap, so slot n is all it sees.
     fn emulate_sys_reg(
         &self,
         vcpu: &mut KvmVcpu,
-        guest: &DebugFeatures,
+        _guest: &DebugFeatures,
         host_mdcr_el2: u64,
         p: &mut SysRegParams,
     ) -> TrapOutcome {
         let flow = self.flow();
         let outcome = match p.reg {
-            SysReg::Dbg(bank, n) => {
-                let implemented = guest.count(bank);
-                if usize::from(n) >= implemented {
-                    return TrapOutcome::Undef;
-                }
+            SysReg::Dbg(..) => {
                 let Some(slot) = flow.demux_wb_reg(&mut vcpu.arch.vcpu_debug_state, p.reg) else {
                     return TrapOutcome::Undef;
                 };
@@ -247,9 +244,10 @@ impl<T: Era1> EraEngine for Era1Engine<T> {
         esr: Esr,
         far: u64,
     ) -> (KvmDebugExitArch, u32) {
-        // v4.x reported hsr only: no hsr_high, no KVM_DEBUG_ARCH_HSR_HIGH_VALID.
+        // v4.x reported hsr only: no hsr_high (v5.19), no KVM_DEBUG_ARCH_HSR_HIGH_VALID.
         let (mut exit, _) = self.0.kvm_handle_guest_debug(vcpu, esr, far);
         exit.hsr_high = 0;
+        vcpu.run_debug_arch.hsr_high = 0;
         (exit, 0)
     }
 }

@@ -49,6 +49,16 @@ impl Era {
             Era::Three => "era3",
         }
     }
+    /// The name of the DEBUG_DIRTY flag in the kernels the era's reference reads:
+    /// `KVM_ARM64_DEBUG_DIRTY` (v4.5..v5.19), `DEBUG_DIRTY` in `iflags` (v6.0+, era 2's
+    /// v6.13); era 3 has none.
+    pub const fn dirty_flag_name(self) -> &'static str {
+        match self {
+            Era::One => "KVM_ARM64_DEBUG_DIRTY",
+            Era::Two => "DEBUG_DIRTY",
+            Era::Three => "",
+        }
+    }
     /// The kernel versions.
     pub const fn kernels(self) -> &'static str {
         match self {

@@ -468,6 +468,12 @@ impl GuestRun<'_> {
         if self.el() == El::El0 {
             return self.take_el1_exception(Esr::unknown(), None, pc);
         }
+        // An unimplemented DBG{B,W}{C,V}R<n> is UNDEFINED at EL1 before any trap to EL2.
+        if let SysReg::Dbg(bank, n) = reg
+            && usize::from(n) >= self.regs.file.features().count(bank)
+        {
+            return self.take_el1_exception(Esr::unknown(), None, pc);
+        }
         if access_traps(reg, self.regs.mdcr_el2) {
             let iss = SysRegIss {
                 encoding: enc,

@@ -38,7 +38,8 @@ pub struct Variant {
     pub kind: VariantKind,
     /// What it changes, in one line.
     pub description: &'static str,
-    /// For historical defects: the kernel fix.
+    /// For historical defects: shipped / posted / hypothetical, with the source (kernel
+    /// versions and the fix).
     pub fix: Option<&'static str>,
     /// A fresh instance.
     pub make: fn() -> Box<dyn DynFlow>,
@@ -151,6 +152,18 @@ mod tests {
                 v.fix.is_some(),
                 v.kind == VariantKind::Historical,
                 "{}",
+                v.name
+            );
+        }
+        // Issue 15 row 14: every historical variant says whether its form shipped, was only
+        // posted, or is hypothetical, and where it comes from.
+        for v in all.iter().filter(|v| v.kind == VariantKind::Historical) {
+            let fix = v.fix.unwrap_or("");
+            assert!(
+                ["shipped", "posted", "hypothetical"]
+                    .iter()
+                    .any(|l| fix.starts_with(l)),
+                "{}: {fix}",
                 v.name
             );
         }
