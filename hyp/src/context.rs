@@ -86,6 +86,8 @@ pub struct SysRegs {
     pub esr_el1: u64,
     /// FAR_EL1.
     pub far_el1: u64,
+    /// DBGVCR32_EL2 (ONE_REG only: `reset_val`, no guest access from AArch64 EL1).
+    pub dbgvcr32_el2: u64,
 }
 
 impl SysRegs {
@@ -102,6 +104,7 @@ impl SysRegs {
             SysReg::ElrEl1 => self.elr_el1,
             SysReg::EsrEl1 => self.esr_el1,
             SysReg::FarEl1 => self.far_el1,
+            SysReg::Dbgvcr32El2 => self.dbgvcr32_el2,
             _ => return None,
         })
     }
@@ -118,6 +121,7 @@ impl SysRegs {
             SysReg::ElrEl1 => &mut self.elr_el1,
             SysReg::EsrEl1 => &mut self.esr_el1,
             SysReg::FarEl1 => &mut self.far_el1,
+            SysReg::Dbgvcr32El2 => &mut self.dbgvcr32_el2,
             _ => return false,
         };
         *slot = v;

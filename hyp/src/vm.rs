@@ -426,7 +426,8 @@ impl Vm {
 
     /// KVM_GET_REG_LIST, the part this model exposes: the core registers it knows, then
     /// every DBG{B,W}{C,V}R0..15_EL1 (64, whatever the implemented count: `walk_sys_regs`
-    /// lists each descriptor without a visibility hook), MDSCR_EL1, MDCCINT_EL1, OSLSR_EL1.
+    /// lists each descriptor without a visibility hook), MDSCR_EL1, MDCCINT_EL1, OSLSR_EL1,
+    /// DBGVCR32_EL2 (the trap_raz_wi registers keep no state and are not listed).
     pub fn get_reg_list(&self, i: usize) -> Result<Vec<u64>, KvmError> {
         self.vcpu(i)?;
         let mut ids = vec![core_reg::PC, core_reg::PSTATE, core_reg::SP];
@@ -437,7 +438,13 @@ impl Vm {
             }
         }
         ids.extend(
-            [SysReg::MdscrEl1, SysReg::MdccintEl1, SysReg::OslsrEl1].map(SysReg::one_reg_id),
+            [
+                SysReg::MdscrEl1,
+                SysReg::MdccintEl1,
+                SysReg::OslsrEl1,
+                SysReg::Dbgvcr32El2,
+            ]
+            .map(SysReg::one_reg_id),
         );
         Ok(ids)
     }
@@ -448,7 +455,9 @@ impl Vm {
             // The DBG{B,W}{C,V}R<n>_EL1 descriptors of sys_regs.c have no visibility hook: all
             // 16 slots of each bank are ONE_REG registers whatever the implemented count.
             SysReg::Dbg(..) => Ok(reg),
-            SysReg::MdscrEl1 | SysReg::MdccintEl1 | SysReg::OslsrEl1 => Ok(reg),
+            SysReg::MdscrEl1 | SysReg::MdccintEl1 | SysReg::OslsrEl1 | SysReg::Dbgvcr32El2 => {
+                Ok(reg)
+            }
             other => Err(KvmError::NoEnt(format!(
                 "{other} is not accessible through ONE_REG here"
             ))),

@@ -771,3 +771,62 @@ fn pkvm_flush_debug_state_is_each_kernels_own() {
         );
     }
 }
+
+/// Issue 15 row 6: the debug registers sys_regs.c handles without state. DBGCLAIMSET/CLR_EL1,
+/// MDCCSR_EL0, DBGDTR*_EL0, OSDTRRX/TX_EL1 and OSECCR_EL1 are `trap_raz_wi`,
+/// DBGAUTHSTATUS_EL1 reads the host's value; none is UNDEFINED, trapped (clean) or not
+/// (the guest owns its debug state). DBGVCR32_EL2 is an EL2 register: UNDEFINED at EL1,
+/// kept for ONE_REG.
+#[test]
+fn dcc_claim_and_auth_registers_are_emulated_not_undefined() {
+    use hypdbg_model::esr::ESR_ELX_EC_UNKNOWN;
+    let program = "
+        mov x1, #1
+        msr dbgclaimset_el1, x1
+        msr dbgclaimclr_el1, x1
+        msr dbgdtr_el0, x1
+        msr dbgdtrtx_el0, x1
+        msr osdtrrx_el1, x1
+        msr osdtrtx_el1, x1
+        msr oseccr_el1, x1
+        mrs x2, dbgclaimclr_el1
+        mrs x3, mdccsr_el0
+        mrs x4, dbgdtrrx_el0
+        mrs x5, oseccr_el1
+        mrs x6, dbgauthstatus_el1
+        hvc #0
+    v: mrs x7, dbgvcr32_el2
+        hvc #1
+    ";
+    for &v in REFERENCES {
+        for mdscr in [0u64, 0xa000] {
+            let mut vm = vm(v, "cortex-a57");
+            let prog = load(
+                &mut vm,
+                &format!("mov x0, #{mdscr:#x}\nmsr mdscr_el1, x0\n{program}"),
+            );
+            assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 0 }, "{v} {mdscr:#x}");
+            let r = vm.vcpu(0).unwrap().kvm.arch.ctxt.regs.regs;
+            assert_eq!(r[2..=6], [0, 0, 0, 0, 0xff], "{v} {mdscr:#x}");
+            assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 1 }, "{v}");
+            let undefs: Vec<u64> = vm
+                .vcpu(0)
+                .unwrap()
+                .exceptions
+                .iter()
+                .filter_map(|e| match e {
+                    GuestEvent::Exception { esr, elr, .. } if esr.ec() == ESR_ELX_EC_UNKNOWN => {
+                        Some(*elr)
+                    }
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(undefs, vec![prog.label("v").unwrap()], "{v} {mdscr:#x}");
+        }
+        let mut vm = vm(v, "min");
+        let id = SysReg::Dbgvcr32El2.one_reg_id();
+        assert!(vm.get_reg_list(0).unwrap().contains(&id));
+        vm.set_one_reg(0, id, 0x12).unwrap();
+        assert_eq!(vm.get_one_reg(0, id).unwrap(), 0x12, "{v}");
+    }
+}

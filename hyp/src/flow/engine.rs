@@ -138,7 +138,14 @@ pub trait EraEngine: Send + Sync + 'static {
                 return o;
             }
             SysReg::OslsrEl1 => return flow.trap_oslsr_el1(vcpu, p),
-            SysReg::OsdlrEl1 | SysReg::DbgprcrEl1 | SysReg::MdrarEl1 => {
+            SysReg::DbgauthstatusEl1 => {
+                // trap_dbgauthstatus_el1: the host's value; a write is ignored.
+                if !p.is_write {
+                    p.regval = hypdbg_model::ctrl::DBGAUTHSTATUS_EL1_HW;
+                }
+                return TrapOutcome::Handled;
+            }
+            r if r.is_raz_wi() => {
                 // trap_raz_wi
                 if !p.is_write {
                     p.regval = 0;

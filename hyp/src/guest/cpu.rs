@@ -523,7 +523,10 @@ impl GuestRun<'_> {
                     Ok(v) => v,
                     Err(_) => return self.take_el1_exception(Esr::unknown(), None, pc),
                 }
-            } else if reg == SysReg::MdrarEl1 || reg == SysReg::DbgprcrEl1 {
+            } else if reg == SysReg::DbgauthstatusEl1 {
+                hypdbg_model::ctrl::DBGAUTHSTATUS_EL1_HW
+            } else if reg.is_raz_wi() {
+                // No ROM table, power-down request, claim tags, DCC or OS save/restore.
                 0
             } else {
                 self.vcpu.arch.ctxt.sys_regs.get(reg).unwrap_or(0)
