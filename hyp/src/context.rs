@@ -222,6 +222,10 @@ pub struct KvmVcpu {
     /// fills. It lives as long as the vcpu: a field an exit does not write keeps what the
     /// union held (`far` is written for watchpoints only).
     pub run_debug_arch: hypdbg_model::uapi::KvmDebugExitArch,
+    /// `kvm_read_vm_id_reg(vcpu->kvm, SYS_ID_AA64DFR0_EL1)`: the VM's ID_AA64DFR0_EL1, what the
+    /// guest reads (sanitised; WRPs possibly lowered by userspace, v6.7+). The world switch
+    /// never uses it: it moves the hardware's registers.
+    pub id_aa64dfr0_el1: u64,
 }
 
 impl KvmVcpu {

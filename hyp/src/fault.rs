@@ -45,6 +45,9 @@ pub enum KvmError {
     /// -EBUSY.
     #[error("EBUSY: {0}")]
     Busy(String),
+    /// -E2BIG: an ID register value the host cannot give the guest.
+    #[error("E2BIG: {0}")]
+    TooBig(String),
     /// The hypervisor panicked while running the vcpu (the VM is dead).
     #[error("{0}")]
     Hyp(#[from] HypFault),

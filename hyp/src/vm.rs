@@ -165,6 +165,8 @@ pub struct Vm {
     config: VmConfig,
     events: Vec<Event>,
     dead: Option<HypFault>,
+    /// `kvm_vm_has_ran_once`: ID registers are frozen from the first KVM_RUN.
+    ran_once: bool,
 }
 
 impl Vm {
@@ -200,9 +202,13 @@ impl Vm {
             let raw = p.features().raw();
             flow.init_host_data(&mut p.host_data, raw);
         }
+        let id_aa64dfr0 = hypdbg_model::dfr0::sanitise_id_aa64dfr0_el1(first.raw());
         let vcpus = (0..config.vcpus)
             .map(|i| SimVcpu {
-                kvm: KvmVcpu::new(i),
+                kvm: KvmVcpu {
+                    id_aa64dfr0_el1: id_aa64dfr0,
+                    ..KvmVcpu::new(i)
+                },
                 cpu: i % pcpus.len(),
                 loaded: None,
                 exceptions: Vec::new(),
@@ -227,6 +233,7 @@ impl Vm {
             config,
             events,
             dead: None,
+            ran_once: false,
         })
     }
 
@@ -370,6 +377,7 @@ impl Vm {
         let reg = self.debug_one_reg(id)?;
         let v = &mut self.vcpus[i].kvm;
         let value = match reg {
+            SysReg::IdAa64dfr0El1 => v.id_aa64dfr0_el1,
             SysReg::Dbg(..) => self
                 .flow
                 .get_dbg_reg(v, reg)
@@ -402,6 +410,9 @@ impl Vm {
                 if !self.flow.set_dbg_reg(v, reg, value) {
                     return Err(KvmError::NoEnt(format!("{reg}")));
                 }
+            }
+            SysReg::IdAa64dfr0El1 => {
+                self.set_id_aa64dfr0_el1(value)?;
             }
             SysReg::OslsrEl1 => {
                 let cur = v.arch.ctxt.sys_regs.oslsr_el1;
@@ -443,10 +454,36 @@ impl Vm {
                 SysReg::MdccintEl1,
                 SysReg::OslsrEl1,
                 SysReg::Dbgvcr32El2,
+                SysReg::IdAa64dfr0El1,
             ]
             .map(SysReg::one_reg_id),
         );
         Ok(ids)
+    }
+
+    /// `set_id_aa64dfr0_el1` (v6.7+): userspace may lower WRPs (and DebugVer, PMUVer,
+    /// DoubleLock) of the VM's ID_AA64DFR0_EL1 before the first run; BRPs and CTX_CMPs are
+    /// locked. The guest's view changes; KVM_CAP_GUEST_DEBUG_HW_WPS and the world switch keep
+    /// the hardware's count.
+    fn set_id_aa64dfr0_el1(&mut self, value: u64) -> Result<(), KvmError> {
+        let cur = self.vcpus[0].kvm.id_aa64dfr0_el1;
+        if value == cur {
+            return Ok(());
+        }
+        if self.ran_once {
+            return Err(KvmError::Busy(
+                "ID_AA64DFR0_EL1 cannot change once the VM has run".into(),
+            ));
+        }
+        if !hypdbg_model::dfr0::id_aa64dfr0_write_is_safe(cur, value) {
+            return Err(KvmError::TooBig(format!(
+                "ID_AA64DFR0_EL1 = {value:#x}: only DoubleLock, WRPs, PMUVer and DebugVer of {cur:#x} may change, and only downwards"
+            )));
+        }
+        for v in &mut self.vcpus {
+            v.kvm.id_aa64dfr0_el1 = value;
+        }
+        Ok(())
     }
 
     fn debug_one_reg(&self, id: u64) -> Result<SysReg, KvmError> {
@@ -455,9 +492,11 @@ impl Vm {
             // The DBG{B,W}{C,V}R<n>_EL1 descriptors of sys_regs.c have no visibility hook: all
             // 16 slots of each bank are ONE_REG registers whatever the implemented count.
             SysReg::Dbg(..) => Ok(reg),
-            SysReg::MdscrEl1 | SysReg::MdccintEl1 | SysReg::OslsrEl1 | SysReg::Dbgvcr32El2 => {
-                Ok(reg)
-            }
+            SysReg::MdscrEl1
+            | SysReg::MdccintEl1
+            | SysReg::OslsrEl1
+            | SysReg::Dbgvcr32El2
+            | SysReg::IdAa64dfr0El1 => Ok(reg),
             other => Err(KvmError::NoEnt(format!(
                 "{other} is not accessible through ONE_REG here"
             ))),
@@ -536,6 +575,7 @@ impl Vm {
             return Err(KvmError::Hyp(f.clone()));
         }
         let cpu = self.vcpus[i].cpu;
+        self.ran_once = true;
         self.vcpus[i].last_run_stats = SwitchStats::default();
         self.vcpu_load(i, cpu);
         let mut budget = self.config.budget_per_run;
@@ -591,6 +631,7 @@ impl Vm {
         if let Some(f) = &self.dead {
             return Err(KvmError::Hyp(f.clone()));
         }
+        self.ran_once = true;
         for &i in vcpus {
             let cpu = self.vcpus[i].cpu;
             self.vcpus[i].last_run_stats = SwitchStats::default();
@@ -675,9 +716,10 @@ impl Vm {
         let v = &mut vcpus[i];
         if flow.protected_mode() {
             // __pkvm_init_vcpu made the hyp's vcpu once; every entry flushes into it.
-            let hyp = v
-                .hyp_vcpu
-                .get_or_insert_with(|| KvmVcpu::new(v.kvm.vcpu_id));
+            let hyp = v.hyp_vcpu.get_or_insert_with(|| KvmVcpu {
+                id_aa64dfr0_el1: v.kvm.id_aa64dfr0_el1,
+                ..KvmVcpu::new(v.kvm.vcpu_id)
+            });
             flush_hyp_vcpu(flow.as_ref(), hyp, &v.kvm);
         }
         let r = {

@@ -805,7 +805,11 @@ fn dcc_claim_and_auth_registers_are_emulated_not_undefined() {
                 &mut vm,
                 &format!("mov x0, #{mdscr:#x}\nmsr mdscr_el1, x0\n{program}"),
             );
-            assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 0 }, "{v} {mdscr:#x}");
+            assert_eq!(
+                vm.run(0).unwrap(),
+                VcpuExit::Hvc { imm: 0 },
+                "{v} {mdscr:#x}"
+            );
             let r = vm.vcpu(0).unwrap().kvm.arch.ctxt.regs.regs;
             assert_eq!(r[2..=6], [0, 0, 0, 0, 0xff], "{v} {mdscr:#x}");
             assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 1 }, "{v}");
@@ -828,5 +832,54 @@ fn dcc_claim_and_auth_registers_are_emulated_not_undefined() {
         assert!(vm.get_reg_list(0).unwrap().contains(&id));
         vm.set_one_reg(0, id, 0x12).unwrap();
         assert_eq!(vm.get_one_reg(0, id).unwrap(), 0x12, "{v}");
+    }
+}
+
+/// Issue 15 row 11: the guest-visible ID_AA64DFR0_EL1. The guest sees the sanitised value
+/// (DebugVer capped at Armv8.8; SPE, TRBE and BRBE hidden); userspace may lower WRPs before
+/// the first run (v6.7+) but not raise it nor touch BRPs; KVM_CAP_GUEST_DEBUG_HW_WPS and the
+/// world switch keep the hardware's count, so a guest that uses every hardware watchpoint
+/// still reads back what it wrote.
+#[test]
+fn guest_visible_id_aa64dfr0_is_sanitised_and_its_wrps_may_only_go_down() {
+    use hypdbg_model::dfr0::sanitise_id_aa64dfr0_el1;
+    use hypdbg_model::uapi::KVM_CAP_GUEST_DEBUG_HW_WPS;
+    // DebugVer 0xb (v8.9), PMSVer 1, TraceBuffer 1, BRBE 1 on top of a 6/4 CPU.
+    let host = 0x1030_510b | (1 << 32) | (1 << 44) | (1 << 52);
+    assert_eq!(sanitise_id_aa64dfr0_el1(host), 0x1030_510a);
+    let id = SysReg::IdAa64dfr0El1.one_reg_id();
+    for &v in REFERENCES {
+        let f = features("cortex-a57");
+        let mut vm = vm(v, "cortex-a57");
+        let view = vm.get_one_reg(0, id).unwrap();
+        assert_eq!(view, sanitise_id_aa64dfr0_el1(f.raw()), "{v}");
+        let e = vm.set_one_reg(0, id, view + (1 << 20)).unwrap_err();
+        assert!(e.to_string().contains("E2BIG"), "{v}: raising WRPs: {e}");
+        let e = vm.set_one_reg(0, id, view - (1 << 12)).unwrap_err();
+        assert!(e.to_string().contains("E2BIG"), "{v}: BRPs is locked: {e}");
+        let lowered = view - (1 << 20);
+        vm.set_one_reg(0, id, lowered).unwrap();
+        assert_eq!(vm.get_one_reg(0, id).unwrap(), lowered, "{v}");
+        assert_eq!(vm.check_extension(KVM_CAP_GUEST_DEBUG_HW_WPS), 4, "{v}");
+        let prog = "
+            mrs x0, id_aa64dfr0_el1
+            mov x1, #0x1ff7
+            msr dbgwcr3_el1, x1
+            mov x1, #0xa000
+            msr mdscr_el1, x1
+            hvc #0
+            mrs x2, dbgwcr3_el1
+            hvc #1
+        ";
+        load(&mut vm, prog);
+        assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 0 }, "{v}");
+        assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 1 }, "{v}");
+        let r = vm.vcpu(0).unwrap().kvm.arch.ctxt.regs.regs;
+        assert_eq!((r[0], r[2]), (lowered, 0x1ff7), "{v}");
+        let e = vm.set_one_reg(0, id, lowered - (1 << 20)).unwrap_err();
+        assert!(
+            e.to_string().contains("EBUSY"),
+            "{v}: frozen after the first run: {e}"
+        );
     }
 }

@@ -35,9 +35,7 @@ impl Checker {
                 hypdbg_model::ctrl::DBGAUTHSTATUS_EL1_HW,
                 "the host's value (trap_dbgauthstatus_el1)",
             ),
-            r if r.is_raz_wi() && r != SysReg::OsdlrEl1 => {
-                (0, "KVM's trap_raz_wi: reads as zero")
-            }
+            r if r.is_raz_wi() && r != SysReg::OsdlrEl1 => (0, "KVM's trap_raz_wi: reads as zero"),
             _ => return None,
         })
     }

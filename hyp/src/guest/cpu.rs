@@ -523,6 +523,9 @@ impl GuestRun<'_> {
                     Ok(v) => v,
                     Err(_) => return self.take_el1_exception(Esr::unknown(), None, pc),
                 }
+            } else if reg == SysReg::IdAa64dfr0El1 {
+                // HCR_EL2.TID3: KVM answers with the VM's view (access_id_reg).
+                self.vcpu.id_aa64dfr0_el1
             } else if reg == SysReg::DbgauthstatusEl1 {
                 hypdbg_model::ctrl::DBGAUTHSTATUS_EL1_HW
             } else if reg.is_raz_wi() {
