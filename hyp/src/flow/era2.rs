@@ -82,7 +82,7 @@ pub trait Era2: DebugDirty {
     }
 }
 
-/// The era-2 reference (v6.13).
+/// The era-2 reference (v4.17..v6.13; v6.13 names, the v4.17..v6.9 per-vcpu host save area).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Era2Reference;
 impl Common for Era2Reference {}

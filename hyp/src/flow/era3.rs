@@ -259,7 +259,7 @@ pub struct Era3Reference;
 impl Common for Era3Reference {}
 impl Era3 for Era3Reference {}
 
-/// The era-3 reference under pKVM (nVHE protected mode): the hyp runs a copy of the vcpu.
+/// The era-3 reference under pKVM (protected hVHE or nVHE, v7.3): the hyp runs its own vcpu.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Era3Protected;
 impl Common for Era3Protected {}

@@ -80,14 +80,14 @@ pub fn references() -> Vec<Variant> {
         Variant {
             name: "era1",
             kind: VariantKind::Reference,
-            description: "v4.5 structure (DIRTY decided in the world switch from KDE || MDE) with later fixes applied",
+            description: "v4.5 structure (KVM_ARM64_DEBUG_DIRTY decided in the world switch from KDE || MDE) with later stepping, OS lock and MDCR_EL2 fixes applied",
             fix: None,
             make: || Box::new(Era1Engine(Era1Reference)),
         },
         Variant {
             name: "era2",
             kind: VariantKind::Reference,
-            description: "v6.13: DIRTY decided in kvm_arm_setup_debug, __debug_switch_to_guest/host gated on it",
+            description: "v4.17..v6.13 (v6.13 names; the host save area per vcpu as in v4.17..v6.9): DIRTY decided in kvm_arm_setup_debug, __debug_switch_to_guest/host gated on it",
             fix: None,
             make: || Box::new(Era2Engine(Era2Reference)),
         },
@@ -101,7 +101,7 @@ pub fn references() -> Vec<Variant> {
         Variant {
             name: "era3-pkvm",
             kind: VariantKind::Reference,
-            description: "v6.14+ in nVHE protected mode: the hyp runs a copy of the vcpu (flush/sync_debug_state)",
+            description: "v7.3 in protected mode (hVHE or nVHE): pKVM's hyp vcpu receives the owner, the owned block and external_mdscr_el1 (flush/sync_debug_state)",
             fix: None,
             make: || Box::new(Era3Engine(Era3Protected)),
         },
