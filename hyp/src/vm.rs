@@ -20,7 +20,7 @@ use crate::access::{AccessRecord, CheckingAccess, PlainAccess, RegAccess, Scope,
 use crate::context::{DebugFlags, KvmVcpu, PendingException};
 use crate::events::{Event, ExitReason, FlowState, GuestEvent, LiveState};
 use crate::fault::{HypFault, KvmError};
-use crate::flow::{AnyAccess, DynFlow, Era, SysRegParams, TrapOutcome};
+use crate::flow::{AnyAccess, DynFlow, Era, HostMode, SysRegParams, TrapOutcome};
 use crate::guest::cpu::take_el1_exception;
 use crate::guest::{GuestMemory, GuestRun, Program};
 use crate::pcpu::{HostSnapshot, Pcpu};
@@ -47,6 +47,8 @@ pub struct VmConfig {
     pub trace_instructions: bool,
     /// Guest instructions one KVM_RUN may execute before returning (KVM_EXIT_INTR).
     pub budget_per_run: u64,
+    /// nVHE or VHE host (VHE: eras 2 and 3 outside protected mode).
+    pub host_mode: HostMode,
 }
 
 impl VmConfig {
@@ -58,6 +60,7 @@ impl VmConfig {
             mode: AccessMode::Checking,
             trace_instructions: false,
             budget_per_run: 1_000_000,
+            host_mode: HostMode::Nvhe,
         }
     }
 }
@@ -180,6 +183,11 @@ impl Vm {
         };
         if config.vcpus == 0 {
             return Err(KvmError::Inval("a VM needs at least one vcpu".into()));
+        }
+        if config.host_mode == HostMode::Vhe && (flow.era() == Era::One || flow.protected_mode()) {
+            return Err(KvmError::Inval(
+                "a VHE host runs eras 2 and 3 (v4.17+) outside protected mode".into(),
+            ));
         }
         for (i, f) in config.pcpus.iter().enumerate() {
             if !f.same_counts(&first) {
@@ -543,28 +551,55 @@ impl Vm {
         Ok(())
     }
 
+    fn vhe(&self) -> bool {
+        self.config.host_mode == HostMode::Vhe
+    }
+
+    /// The host's registers of `cpu` for a Load/Put event (VHE, checking mode).
+    fn load_put_snapshot(&self, cpu: usize) -> Option<Box<HostSnapshot>> {
+        (self.vhe() && self.checking()).then(|| Box::new(self.pcpus[cpu].host_snapshot()))
+    }
+
     fn vcpu_load(&mut self, i: usize, cpu: usize) {
         let mdcr = self.pcpus[cpu].mdcr_el2_boot;
-        let v = &mut self.vcpus[i];
+        let host = self.load_put_snapshot(cpu);
+        let vhe = self.vhe();
+        let Vm {
+            flow, pcpus, vcpus, ..
+        } = self;
+        let v = &mut vcpus[i];
         v.loaded = Some(cpu);
-        self.flow.vcpu_load(&mut v.kvm, mdcr);
-        let state = Self::flow_state(self.flow.as_ref(), &v.kvm);
+        flow.vcpu_load(&mut v.kvm, mdcr);
+        if vhe {
+            vhe_load(flow.as_ref(), &mut v.kvm, &mut pcpus[cpu]);
+        }
+        let state = Self::flow_state(self.flow.as_ref(), &self.vcpus[i].kvm);
         self.record(Event::Load {
             vcpu: i,
             pcpu: cpu,
             state,
+            host,
         });
     }
 
     fn vcpu_put(&mut self, i: usize) {
-        let v = &mut self.vcpus[i];
+        let vhe = self.vhe();
+        let Vm {
+            flow, pcpus, vcpus, ..
+        } = self;
+        let v = &mut vcpus[i];
         let cpu = v.loaded.take().unwrap_or(v.cpu);
-        self.flow.vcpu_put(&mut v.kvm);
-        let state = Self::flow_state(self.flow.as_ref(), &v.kvm);
+        flow.vcpu_put(&mut v.kvm);
+        if vhe {
+            vhe_put(flow.as_ref(), &mut v.kvm, &mut pcpus[cpu]);
+        }
+        let state = Self::flow_state(self.flow.as_ref(), &self.vcpus[i].kvm);
+        let host = self.load_put_snapshot(cpu);
         self.record(Event::Put {
             vcpu: i,
             pcpu: cpu,
             state,
+            host,
         });
     }
 
@@ -693,6 +728,10 @@ impl Vm {
         let cpu = self.vcpus[i].loaded.unwrap_or(self.vcpus[i].cpu);
         let mdcr_boot = self.pcpus[cpu].mdcr_el2_boot;
         self.flow.setup_debug(&mut self.vcpus[i].kvm, mdcr_boot);
+        if self.vhe() {
+            // kvm_arm_setup_debug (era 2): `if (has_vhe() && orig_mdcr_el2 != mdcr_el2)`.
+            write_mdcr_if_changed(&self.vcpus[i].kvm, &mut self.pcpus[cpu]);
+        }
         if self.checking() {
             let host = self.pcpus[cpu].host_snapshot();
             let state = Self::flow_state(self.flow.as_ref(), &self.vcpus[i].kvm);
@@ -709,6 +748,7 @@ impl Vm {
         } else {
             0
         });
+        let vhe = self.vhe();
         let Vm {
             flow, pcpus, vcpus, ..
         } = self;
@@ -724,7 +764,7 @@ impl Vm {
         }
         let r = {
             let mut a = Self::new_access(mode, &mut pcpu.regs, &mut log);
-            hyp_enter(flow.as_ref(), &mut a, v.running(), &mut pcpu.host_data)
+            hyp_enter(flow.as_ref(), &mut a, v.running(), &mut pcpu.host_data, vhe)
         };
         v.last_run_stats.add(&SwitchStats::of(&log));
         if let Err(f) = r {
@@ -749,6 +789,7 @@ impl Vm {
         let cpu = self.vcpus[i].loaded.unwrap_or(self.vcpus[i].cpu);
         let mode = self.config.mode;
         let checking = self.checking();
+        let vhe = self.vhe();
         let trace = self.config.trace_instructions;
         let mut guest_log = Vec::new();
         let mut log = Vec::with_capacity(if self.config.mode == AccessMode::Checking {
@@ -809,7 +850,7 @@ impl Vm {
             }
             let r = {
                 let mut a = Self::new_access(mode, &mut pcpu.regs, &mut log);
-                hyp_exit(flow.as_ref(), &mut a, v.running(), &mut pcpu.host_data)
+                hyp_exit(flow.as_ref(), &mut a, v.running(), &mut pcpu.host_data, vhe)
             };
             if let Some(hyp) = &v.hyp_vcpu {
                 sync_hyp_vcpu(flow.as_ref(), &mut v.kvm, hyp);
@@ -890,6 +931,11 @@ impl Vm {
             }
             None => (TrapOutcome::Undef, 0),
         };
+        if self.config.host_mode == HostMode::Vhe {
+            // kvm_arm_setup_mdcr_el2 (era 3, ownership promotion): `if (has_vhe())
+            // write_sysreg(vcpu->arch.mdcr_el2, mdcr_el2)`.
+            write_mdcr_if_changed(v, &mut self.pcpus[cpu]);
+        }
         match outcome {
             TrapOutcome::Handled => {
                 if iss.is_read && rt < 31 {
@@ -954,21 +1000,65 @@ fn sync_hyp_vcpu(flow: &dyn DynFlow, host: &mut KvmVcpu, hyp: &KvmVcpu) {
     flow.sync_debug_state(host, hyp);
 }
 
+/// The VHE half of `kvm_arch_vcpu_load` after `kvm_vcpu_load_debug`: `kvm_vcpu_load_vhe`
+/// loads the guest's EL1 registers (CONTEXTIDR_EL1; the host at EL2 uses CONTEXTIDR_EL2) and
+/// `__activate_traps_common` keeps the host's MDCR_EL2 and writes the vcpu's (era 3 keeps it
+/// in `kvm_vcpu_load_debug`, era 2 in `__activate_traps_common`: the same slot the flow names).
+fn vhe_load(flow: &dyn DynFlow, v: &mut KvmVcpu, pcpu: &mut Pcpu) {
+    let mut log = Vec::new();
+    let Pcpu {
+        regs, host_data, ..
+    } = pcpu;
+    host_data.host_ctxt.sys_regs.contextidr_el1 = regs.file.contextidr_el1;
+    regs.file.contextidr_el1 = v.arch.ctxt.sys_regs.contextidr_el1;
+    let mut a = AnyAccess::Checking(CheckingAccess::new(regs, &mut log));
+    flow.activate_traps(&mut a, v, host_data);
+}
+
+/// The VHE half of `kvm_arch_vcpu_put`: `__deactivate_traps_common` gives the host its
+/// MDCR_EL2 back and `kvm_vcpu_put_vhe` saves the guest's EL1 registers.
+fn vhe_put(flow: &dyn DynFlow, v: &mut KvmVcpu, pcpu: &mut Pcpu) {
+    let mut log = Vec::new();
+    let Pcpu {
+        regs, host_data, ..
+    } = pcpu;
+    {
+        let mut a = AnyAccess::Checking(CheckingAccess::new(regs, &mut log));
+        flow.deactivate_traps(&mut a, v, host_data);
+    }
+    v.arch.ctxt.sys_regs.contextidr_el1 = regs.file.contextidr_el1;
+    regs.file.contextidr_el1 = host_data.host_ctxt.sys_regs.contextidr_el1;
+}
+
+/// VHE: the host runs at EL2 with the vcpu's MDCR_EL2 loaded, so a function that recomputes
+/// it writes the register at once.
+fn write_mdcr_if_changed(v: &KvmVcpu, pcpu: &mut Pcpu) {
+    if pcpu.regs.mdcr_el2 != v.arch.mdcr_el2 {
+        pcpu.regs.mdcr_el2 = v.arch.mdcr_el2;
+    }
+}
+
 /// The entry half of `__kvm_vcpu_run`.
 fn hyp_enter(
     flow: &dyn DynFlow,
     a: &mut AnyAccess<'_>,
     v: &mut KvmVcpu,
     host: &mut crate::context::KvmHostData,
+    vhe: bool,
 ) -> Result<(), HypFault> {
-    // __sysreg_save_state_nvhe(host_ctxt)
+    // __sysreg_save_state_nvhe(host_ctxt); VHE: sysreg_save_host_state_vhe, the common
+    // state (MDSCR_EL1) only, and no __activate_traps_common (done at vcpu_load).
     with_regs(a, |r| -> Result<(), HypFault> {
         r.scope(Scope::SysregSwitch);
         host.host_ctxt.sys_regs.mdscr_el1 = r.read_sys(SysReg::MdscrEl1)?;
-        host.host_ctxt.sys_regs.contextidr_el1 = r.read_sys(SysReg::ContextidrEl1)?;
+        if !vhe {
+            host.host_ctxt.sys_regs.contextidr_el1 = r.read_sys(SysReg::ContextidrEl1)?;
+        }
         Ok(())
     })?;
-    flow.activate_traps(a, v, host);
+    if !vhe {
+        flow.activate_traps(a, v, host);
+    }
     // __adjust_pc: a pending exception, or skip an emulated instruction.
     if let Some(e) = v.arch.pending_exception.take() {
         let pc = v.arch.ctxt.regs.pc;
@@ -984,6 +1074,9 @@ fn hyp_enter(
     with_regs(a, |r| -> Result<(), HypFault> {
         r.scope(Scope::SysregSwitch);
         r.write_sys(SysReg::MdscrEl1, mdscr)?;
+        if vhe {
+            return Ok(());
+        }
         r.write_sys(SysReg::ContextidrEl1, ctxid)
     })?;
     flow.switch_to_guest(a, v, host)
@@ -995,18 +1088,24 @@ fn hyp_exit(
     a: &mut AnyAccess<'_>,
     v: &mut KvmVcpu,
     host: &mut crate::context::KvmHostData,
+    vhe: bool,
 ) -> Result<(), HypFault> {
-    // __sysreg_save_state_nvhe(guest_ctxt)
-    let (mdscr, ctxid) = with_regs(a, |r| -> Result<(u64, u64), HypFault> {
+    // __sysreg_save_state_nvhe(guest_ctxt); VHE: sysreg_save_guest_state_vhe (MDSCR_EL1).
+    let (mdscr, ctxid) = with_regs(a, |r| -> Result<(u64, Option<u64>), HypFault> {
         r.scope(Scope::SysregSwitch);
-        Ok((
-            r.read_sys(SysReg::MdscrEl1)?,
-            r.read_sys(SysReg::ContextidrEl1)?,
-        ))
+        let m = r.read_sys(SysReg::MdscrEl1)?;
+        let c = if vhe {
+            None
+        } else {
+            Some(r.read_sys(SysReg::ContextidrEl1)?)
+        };
+        Ok((m, c))
     })?;
     *flow.guest_mdscr(v) = mdscr;
-    v.arch.ctxt.sys_regs.contextidr_el1 = ctxid;
-    flow.deactivate_traps(a, v, host);
+    if let Some(c) = ctxid {
+        v.arch.ctxt.sys_regs.contextidr_el1 = c;
+        flow.deactivate_traps(a, v, host);
+    }
     // __sysreg_restore_state_nvhe(host_ctxt)
     let (hm, hc) = (
         host.host_ctxt.sys_regs.mdscr_el1,
@@ -1015,6 +1114,9 @@ fn hyp_exit(
     with_regs(a, |r| -> Result<(), HypFault> {
         r.scope(Scope::SysregSwitch);
         r.write_sys(SysReg::MdscrEl1, hm)?;
+        if vhe {
+            return Ok(());
+        }
         r.write_sys(SysReg::ContextidrEl1, hc)
     })?;
     flow.switch_to_host(a, v, host)

@@ -148,7 +148,8 @@ pub fn run(a: &CheckArgs) -> i32 {
     if a.json {
         print!("{}", json_lines(&reports));
     } else {
-        print!("{}", table(&reports, elapsed, total));
+        let runs = reports.iter().map(|r| r.scenarios).sum();
+        print!("{}", table(&reports, elapsed, runs));
     }
     if let Some(dir) = &a.write_counterexamples
         && let Err(e) = write_counterexamples(dir, &reports)

@@ -344,13 +344,17 @@ impl TraceContext<'_> {
                 "KVM_RUN",
                 format!("returns to userspace: {exit}"),
             )),
-            Event::Load { vcpu, pcpu, state } => out.push(ev(
+            Event::Load {
+                vcpu, pcpu, state, ..
+            } => out.push(ev(
                 Some(*pcpu),
                 *vcpu,
                 "kvm_arch_vcpu_load",
                 self.state_words(state),
             )),
-            Event::Put { vcpu, pcpu, state } => out.push(ev(
+            Event::Put {
+                vcpu, pcpu, state, ..
+            } => out.push(ev(
                 Some(*pcpu),
                 *vcpu,
                 "kvm_arch_vcpu_put",

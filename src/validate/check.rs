@@ -268,45 +268,54 @@ pub fn check(
         .collect()
 }
 
-/// One variant over every job, then the random search; the verdict and the smallest
-/// counterexample.
+/// One variant over every job, on an nVHE host and, for eras 2 and 3 outside protected
+/// mode, on a VHE host too (`NAME@vhe`), then the random search (nVHE); the verdict and the
+/// smallest counterexample.
 pub fn check_variant(
     variant: &Variant,
     jobs: &[Job],
     opts: &CheckOptions,
     tick: &(dyn Fn() + Sync),
 ) -> Result<VariantReport, CheckError> {
-    let results: Vec<Result<Vec<Found>, CheckError>> = jobs
+    let hosts: Vec<Variant> = std::iter::once(*variant).chain(variant.on_vhe()).collect();
+    let results: Vec<Vec<Result<Vec<Found>, CheckError>>> = jobs
         .par_iter()
         .map(|job| {
-            let r = run_job(variant, job);
+            let r = hosts.iter().map(|h| run_job(h, job)).collect();
             tick();
             r
         })
         .collect();
     let mut invariants = BTreeSet::new();
     let mut violations = 0u64;
-    let mut best: Option<Best> = None;
-    for (i, r) in results.into_iter().enumerate() {
-        for found in r? {
-            violations += 1;
-            invariants.insert(found.violation.invariant);
-            let rank = jobs[i].rank(i);
-            if best.as_ref().is_none_or(|b| b.rank > rank) {
-                best = Some(Best {
-                    rank,
-                    violation: found.violation,
-                    step: found.step,
-                });
+    let mut best: Option<(Best, usize)> = None;
+    for (i, per_host) in results.into_iter().enumerate() {
+        for (h, r) in per_host.into_iter().enumerate() {
+            for found in r? {
+                violations += 1;
+                invariants.insert(found.violation.invariant);
+                let rank = jobs[i].rank(i);
+                if best
+                    .as_ref()
+                    .is_none_or(|(b, bh)| (b.rank, *bh) > (rank, h))
+                {
+                    let b = Best {
+                        rank,
+                        violation: found.violation,
+                        step: found.step,
+                    };
+                    best = Some((b, h));
+                }
             }
         }
     }
-    let mut counterexample = best.map(|b| {
+    let mut counterexample = best.map(|(b, h)| {
         let job = &jobs[b.rank.2];
         let mut scenario = job.scenario.clone();
-        scenario.flow = Some(variant.name.to_string());
+        scenario.flow = Some(hosts[h].label());
+        let host = if h == 0 { "" } else { ", VHE host" };
         Counterexample {
-            cpu: job.cpu.label().to_string(),
+            cpu: format!("{}{host}", job.cpu.label()),
             scenario,
             violation: b.violation,
             step: b.step,
@@ -329,7 +338,7 @@ pub fn check_variant(
         verdict: Verdict::of(variant.kind, !invariants.is_empty()),
         invariants: invariants.into_iter().collect(),
         violations,
-        scenarios: jobs.len() as u64,
+        scenarios: (jobs.len() * hosts.len()) as u64,
         counterexample,
         random_cases: opts.random_cases,
         random_counterexample,

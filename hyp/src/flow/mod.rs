@@ -69,6 +69,31 @@ impl Era {
     }
 }
 
+/// How the host kernel runs KVM: the hyp's world switch at EL2 under an EL1 host (nVHE,
+/// `nvhe/switch.c`; also pKVM's protected hVHE and nVHE) or the host itself at EL2 (VHE,
+/// `vhe/switch.c`, eras 2 and 3, v4.17+).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostMode {
+    /// EL1 system registers and MDCR_EL2 switched on every entry and exit.
+    #[default]
+    Nvhe,
+    /// EL1 system registers (but MDSCR_EL1) loaded at `vcpu_load` and saved at `vcpu_put`;
+    /// MDCR_EL2 written at load, when `kvm_arm_setup_debug` changes it (era 2) or an access
+    /// promotes ownership (era 3), and given back at put.
+    Vhe,
+}
+
+impl HostMode {
+    /// `nvhe` or `vhe`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            HostMode::Nvhe => "nvhe",
+            HostMode::Vhe => "vhe",
+        }
+    }
+}
+
 impl std::fmt::Display for Era {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

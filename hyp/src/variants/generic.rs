@@ -10,6 +10,7 @@ use crate::access::{RegAccess, Scope};
 use crate::context::{DebugFlags, DebugOwner, DebugPtr, KvmCpuContext, KvmHostData, KvmVcpu};
 use crate::debug_sr;
 use crate::fault::HypFault;
+use crate::flow::HostMode;
 use crate::flow::era1::debug_ptr_and_ctxt;
 use crate::flow::era3::debug_block_and_ctxt;
 use crate::flow::mdcr_el2_base;
@@ -410,6 +411,7 @@ pub fn variants() -> Vec<Variant> {
         description,
         fix: None,
         make,
+        host: HostMode::Nvhe,
     };
     vec![
         g(

@@ -10,6 +10,7 @@ use super::{Variant, VariantKind};
 use crate::access::{RegAccess, Scope};
 use crate::context::{DebugFlags, DebugOwner, KvmCpuContext, KvmVcpu};
 use crate::fault::HypFault;
+use crate::flow::HostMode;
 use crate::flow::{
     Common, DebugDirty, Era1, Era1Engine, Era2, Era2Engine, Era3, Era3Engine, SysRegParams,
     TrapOutcome,
@@ -238,6 +239,7 @@ pub fn variants() -> Vec<Variant> {
         description,
         fix: Some(fix),
         make,
+        host: HostMode::Nvhe,
     };
     vec![
         h(

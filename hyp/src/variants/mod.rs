@@ -12,7 +12,7 @@ pub mod user;
 
 use crate::flow::{
     DynFlow, Era, Era1Engine, Era1Reference, Era2Engine, Era2Reference, Era3Engine, Era3Protected,
-    Era3Reference,
+    Era3Reference, HostMode,
 };
 
 /// What a variant is.
@@ -43,6 +43,8 @@ pub struct Variant {
     pub fix: Option<&'static str>,
     /// A fresh instance.
     pub make: fn() -> Box<dyn DynFlow>,
+    /// The host it runs on: nVHE (the catalog's), or VHE (`NAME@vhe`, eras 2 and 3).
+    pub host: HostMode,
 }
 
 impl VariantKind {
@@ -72,6 +74,24 @@ impl Variant {
     pub fn era(&self) -> Era {
         (self.make)().era()
     }
+
+    /// The same flow on a VHE host, where the kernels of its era have one (eras 2 and 3,
+    /// outside pKVM's protected mode).
+    pub fn on_vhe(&self) -> Option<Variant> {
+        let flow = (self.make)();
+        (flow.era() != Era::One && !flow.protected_mode()).then_some(Variant {
+            host: HostMode::Vhe,
+            ..*self
+        })
+    }
+
+    /// The name with its host: `era3`, or `era3@vhe`.
+    pub fn label(&self) -> String {
+        match self.host {
+            HostMode::Nvhe => self.name.to_string(),
+            HostMode::Vhe => format!("{}@vhe", self.name),
+        }
+    }
 }
 
 /// The references: one per era, and era 3 under pKVM.
@@ -83,6 +103,7 @@ pub fn references() -> Vec<Variant> {
             description: "v4.5 structure (KVM_ARM64_DEBUG_DIRTY decided in the world switch from KDE || MDE) with later stepping, OS lock and MDCR_EL2 fixes applied",
             fix: None,
             make: || Box::new(Era1Engine(Era1Reference)),
+            host: HostMode::Nvhe,
         },
         Variant {
             name: "era2",
@@ -90,6 +111,7 @@ pub fn references() -> Vec<Variant> {
             description: "v4.17..v6.13 (v6.13 names; the host save area per vcpu as in v4.17..v6.9): DIRTY decided in kvm_arm_setup_debug, __debug_switch_to_guest/host gated on it",
             fix: None,
             make: || Box::new(Era2Engine(Era2Reference)),
+            host: HostMode::Nvhe,
         },
         Variant {
             name: "era3",
@@ -97,6 +119,7 @@ pub fn references() -> Vec<Variant> {
             description: "v6.14+: debug owner decided at vcpu_load, per-CPU host_data, external_mdscr_el1",
             fix: None,
             make: || Box::new(Era3Engine(Era3Reference)),
+            host: HostMode::Nvhe,
         },
         Variant {
             name: "era3-pkvm",
@@ -104,6 +127,7 @@ pub fn references() -> Vec<Variant> {
             description: "v7.3 in protected mode (hVHE or nVHE): pKVM's hyp vcpu receives the owner, the owned block and external_mdscr_el1 (flush/sync_debug_state)",
             fix: None,
             make: || Box::new(Era3Engine(Era3Protected)),
+            host: HostMode::Nvhe,
         },
     ]
 }
@@ -117,11 +141,17 @@ pub fn all() -> Vec<Variant> {
     v
 }
 
-/// A variant by name.
+/// A variant by name; `NAME@vhe` is the variant on a VHE host.
 pub fn by_name(name: &str) -> Option<Variant> {
-    all()
+    let (base, vhe) = match name.rsplit_once('@') {
+        Some((b, h)) if h.eq_ignore_ascii_case("vhe") => (b, true),
+        Some((b, h)) if h.eq_ignore_ascii_case("nvhe") => (b, false),
+        _ => (name, false),
+    };
+    let v = all()
         .into_iter()
-        .find(|v| v.name.eq_ignore_ascii_case(name))
+        .find(|v| v.name.eq_ignore_ascii_case(base))?;
+    if vhe { v.on_vhe() } else { Some(v) }
 }
 
 /// The bug-catalog rows the modelled flows cannot express, and why.

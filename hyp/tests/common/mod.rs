@@ -26,6 +26,7 @@ pub fn vm_with(variant: &str, profile: &str, pcpus: usize, mode: AccessMode) -> 
         mode,
         trace_instructions: false,
         budget_per_run: 2_000_000,
+        host_mode: hypdbg_hyp::HostMode::Nvhe,
     };
     Vm::new((v.make)(), config).unwrap()
 }

@@ -28,5 +28,6 @@ pub fn variant() -> Variant {
         description: "worked example: era 3 reading ID_AA64DFR0_EL1 on every switch (mid-series 6.14 form)",
         fix: None,
         make: || Box::new(Era3Engine(Dfr0PerSwitch)),
+        host: crate::flow::HostMode::Nvhe,
     }
 }
