@@ -179,7 +179,15 @@ fn vhe_hosts_are_swept_and_judged_at_put() {
     {
         assert_eq!(r.verdict, Verdict::Ok, "{}", r.variant);
     }
-    let era3 = report("era3");
     let one_host = report("era1").scenarios;
-    assert_eq!(era3.scenarios, 2 * one_host, "era 3 runs on both hosts");
+    assert_eq!(
+        report("era3").scenarios,
+        2 * one_host,
+        "era 3 runs on both hosts"
+    );
+    assert_eq!(
+        report("era3-pkvm").scenarios,
+        one_host,
+        "pKVM has no VHE form"
+    );
 }

@@ -268,44 +268,44 @@ pub fn check(
         .collect()
 }
 
-/// One variant over every job, on an nVHE host and, for eras 2 and 3 outside protected
-/// mode, on a VHE host too (`NAME@vhe`), then the random search (nVHE); the verdict and the
-/// smallest counterexample.
+/// One variant over every job on an nVHE host and, for eras 2 and 3 outside protected mode,
+/// on a VHE host (`NAME@vhe`): always for a reference or a user variant, for a mutant only
+/// when nVHE did not catch it. Then the random search (nVHE). The verdict and the smallest
+/// counterexample.
 pub fn check_variant(
     variant: &Variant,
     jobs: &[Job],
     opts: &CheckOptions,
     tick: &(dyn Fn() + Sync),
 ) -> Result<VariantReport, CheckError> {
-    let hosts: Vec<Variant> = std::iter::once(*variant).chain(variant.on_vhe()).collect();
-    let results: Vec<Vec<Result<Vec<Found>, CheckError>>> = jobs
-        .par_iter()
-        .map(|job| {
-            let r = hosts.iter().map(|h| run_job(h, job)).collect();
-            tick();
-            r
-        })
-        .collect();
+    let mut hosts = vec![*variant];
+    let mut results: Vec<(usize, usize, Vec<Found>)> = Vec::new();
+    collect_host(&mut results, variant, 0, jobs, Some(tick))?;
+    if let Some(vhe) = variant.on_vhe()
+        && !(variant.is_mutant() && !results.is_empty())
+    {
+        hosts.push(vhe);
+        collect_host(&mut results, &vhe, 1, jobs, None)?;
+    }
+    let runs = jobs.len() * hosts.len();
     let mut invariants = BTreeSet::new();
     let mut violations = 0u64;
     let mut best: Option<(Best, usize)> = None;
-    for (i, per_host) in results.into_iter().enumerate() {
-        for (h, r) in per_host.into_iter().enumerate() {
-            for found in r? {
-                violations += 1;
-                invariants.insert(found.violation.invariant);
-                let rank = jobs[i].rank(i);
-                if best
-                    .as_ref()
-                    .is_none_or(|(b, bh)| (b.rank, *bh) > (rank, h))
-                {
-                    let b = Best {
-                        rank,
-                        violation: found.violation,
-                        step: found.step,
-                    };
-                    best = Some((b, h));
-                }
+    for (h, i, found) in results {
+        for found in found {
+            violations += 1;
+            invariants.insert(found.violation.invariant);
+            let rank = jobs[i].rank(i);
+            if best
+                .as_ref()
+                .is_none_or(|(b, bh)| (b.rank, *bh) > (rank, h))
+            {
+                let b = Best {
+                    rank,
+                    violation: found.violation,
+                    step: found.step,
+                };
+                best = Some((b, h));
             }
         }
     }
@@ -338,11 +338,38 @@ pub fn check_variant(
         verdict: Verdict::of(variant.kind, !invariants.is_empty()),
         invariants: invariants.into_iter().collect(),
         violations,
-        scenarios: (jobs.len() * hosts.len()) as u64,
+        scenarios: runs as u64,
         counterexample,
         random_cases: opts.random_cases,
         random_counterexample,
     })
+}
+
+/// Run `variant` (host number `h`) over every job; keep the jobs that found something.
+fn collect_host(
+    out: &mut Vec<(usize, usize, Vec<Found>)>,
+    variant: &Variant,
+    h: usize,
+    jobs: &[Job],
+    tick: Option<&(dyn Fn() + Sync)>,
+) -> Result<(), CheckError> {
+    let results: Vec<Result<Vec<Found>, CheckError>> = jobs
+        .par_iter()
+        .map(|job| {
+            let r = run_job(variant, job);
+            if let Some(t) = tick {
+                t();
+            }
+            r
+        })
+        .collect();
+    for (i, r) in results.into_iter().enumerate() {
+        let found = r?;
+        if !found.is_empty() {
+            out.push((h, i, found));
+        }
+    }
+    Ok(())
 }
 
 /// The random search for `variant` on the options' random CPU, seeded by its name.
