@@ -282,7 +282,7 @@ pub fn check_variant(
     let mut results: Vec<(usize, usize, Vec<Found>)> = Vec::new();
     collect_host(&mut results, variant, 0, jobs, Some(tick))?;
     if let Some(vhe) = variant.on_vhe()
-        && !(variant.is_mutant() && !results.is_empty())
+        && (!variant.is_mutant() || results.is_empty())
     {
         hosts.push(vhe);
         collect_host(&mut results, &vhe, 1, jobs, None)?;
