@@ -1058,7 +1058,9 @@ fn extra_id_and_dcc_registers() {
             let line = if exit.pc == g.at("bell") {
                 format!("{insn}: ok, x2 = {x2:#x}")
             } else {
-                let esr = g.vm.get_one_reg(g.vcpu, SysReg::EsrEl1.one_reg_id()).unwrap();
+                let esr =
+                    g.vm.get_one_reg(g.vcpu, SysReg::EsrEl1.one_reg_id())
+                        .unwrap();
                 let elr = g.vm.get_one_reg(g.vcpu, ELR_EL1).unwrap();
                 format!("{insn}: exception ESR_EL1 {esr:#x} ELR_EL1 {elr:#x}")
             };
@@ -1083,6 +1085,33 @@ fn extra_id_and_dcc_registers() {
         assert!(lines[2].ends_with("ok, x2 = 0x0"), "{spec}: {}", lines[2]);
         assert!(!raise, "{spec}: WRPs cannot go up");
         assert_eq!(seen, if lower { view - (1 << 20) } else { view }, "{spec}");
+        drop(g);
+        m.power_off().unwrap();
+    }
+}
+
+/// Issue 15 row 2: a step left pending by a stepped HVC survives userspace turning
+/// SINGLESTEP off and on again without a run: the next run reports it with nothing executed
+/// (ISV = 0, the PC still after the HVC), as the references now do.
+#[test]
+#[ignore = "needs qemu-system-aarch64 and a Debian arm64 kernel: boots two machines"]
+fn extra_singlestep_off_and_on_keeps_pending_step() {
+    let _l = qemu_lock();
+    for spec in ["debian:6.12", "debian:7.3"] {
+        let k = kernel(spec);
+        let mut m = boot(&k, Mode::Nvhe, 1);
+        let (mut g, forwarded) = hvc_guest(m.agent());
+        let first = step_over_hvc(&mut g, forwarded);
+        g.debug(GuestDebugControl::ENABLE, &[], &[]);
+        g.debug(
+            GuestDebugControl::ENABLE | GuestDebugControl::SINGLESTEP,
+            &[],
+            &[],
+        );
+        let e = g.run();
+        let got = g.show(&e);
+        println!("{spec}: {first}; then SINGLESTEP off and on: {got}");
+        assert_eq!(got, "debug 0xca000022 pc=hvc+4", "{spec}");
         drop(g);
         m.power_off().unwrap();
     }
