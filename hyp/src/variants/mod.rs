@@ -76,10 +76,11 @@ impl Variant {
     }
 
     /// The same flow on a VHE host, where the kernels of its era have one (eras 2 and 3,
-    /// outside pKVM's protected mode).
+    /// outside pKVM's protected mode); `None` for a variant already on VHE.
     pub fn on_vhe(&self) -> Option<Variant> {
         let flow = (self.make)();
-        (flow.era() != Era::One && !flow.protected_mode()).then_some(Variant {
+        let has_vhe = flow.era() != Era::One && !flow.protected_mode();
+        (has_vhe && self.host == HostMode::Nvhe).then_some(Variant {
             host: HostMode::Vhe,
             ..*self
         })
