@@ -724,6 +724,15 @@ fn each_era_answers_with_its_own_names_and_capabilities() {
     );
     assert_eq!(Era::One.dirty_flag_name(), "KVM_ARM64_DEBUG_DIRTY");
     assert_eq!(Era::Two.dirty_flag_name(), "DEBUG_DIRTY");
+    use hypdbg_hyp::access::Scope;
+    assert_eq!(
+        Scope::Traps.kernel_name_in(Era::One),
+        "__{activate,deactivate}_traps"
+    );
+    assert_eq!(
+        Scope::Traps.kernel_name_in(Era::Two),
+        "__{activate,deactivate}_traps_common"
+    );
 }
 
 /// Issue 15 row 1: what pKVM's `flush_debug_state` hands the hyp's vcpu, per kernel. v7.3

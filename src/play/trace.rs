@@ -434,7 +434,7 @@ impl TraceContext<'_> {
             } => {
                 let text = format!("switch to the guest: {}", moves_words(accesses));
                 out.push(ev(*pcpu, *vcpu, "__kvm_vcpu_run", text));
-                access_records(seq, *pcpu, *vcpu, accesses, out);
+                access_records(seq, *pcpu, *vcpu, accesses, self.era, out);
                 let live = self.live_words(&live.regs);
                 out.push(ev(*pcpu, *vcpu, "__kvm_vcpu_run", live));
             }
@@ -453,7 +453,7 @@ impl TraceContext<'_> {
                     moves_words(accesses)
                 );
                 out.push(ev(*pcpu, *vcpu, "__kvm_vcpu_run", text));
-                access_records(seq, *pcpu, *vcpu, accesses, out);
+                access_records(seq, *pcpu, *vcpu, accesses, self.era, out);
                 let back = format!("back in the host: {}", self.state_words(state));
                 out.push(ev(*pcpu, *vcpu, "__kvm_vcpu_run", back));
             }
@@ -465,7 +465,7 @@ impl TraceContext<'_> {
             } => {
                 let text = format!("the world switch faulted: {fault}");
                 out.push(ev(*pcpu, *vcpu, "hyp_panic", text));
-                access_records(seq, *pcpu, *vcpu, accesses, out);
+                access_records(seq, *pcpu, *vcpu, accesses, self.era, out);
             }
             _ => {}
         }
@@ -497,13 +497,20 @@ fn trap_words(e: &Event) -> String {
     }
 }
 
-fn access_records(seq: usize, cpu: usize, vcpu: usize, a: &[AccessRecord], out: &mut Vec<Record>) {
+fn access_records(
+    seq: usize,
+    cpu: usize,
+    vcpu: usize,
+    a: &[AccessRecord],
+    era: Era,
+    out: &mut Vec<Record>,
+) {
     for r in a {
         out.push(Record::Access {
             seq,
             cpu,
             vcpu,
-            func: r.scope.kernel_name().to_string(),
+            func: r.scope.kernel_name_in(era).to_string(),
             access: if r.write { "write" } else { "read" }.to_string(),
             reg: r.reg.to_string(),
             value: hex(r.value),
