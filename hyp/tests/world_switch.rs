@@ -955,3 +955,46 @@ fn vhe_loads_mdcr_and_el1_registers_at_load_and_promotes_at_once() {
         );
     }
 }
+
+/// Issue 15 row 4: from v6.10 era 2 keeps the host's debug registers and MDCR_EL2 per CPU in
+/// `kvm_host_data.host_debug_state` (`host_data_ptr(host_debug_state.regs)`), v4.17..v6.9 in
+/// the vcpu (`vcpu->arch.host_debug_state`, `mdcr_el2_host`): `era2-percpu` and `era2`.
+#[test]
+fn era2_keeps_the_host_save_area_per_vcpu_until_v6_9_and_per_cpu_from_v6_10() {
+    use hypdbg_hyp::access::CheckingAccess;
+    use hypdbg_hyp::context::{DebugFlags, KvmVcpu};
+    use hypdbg_hyp::flow::AnyAccess;
+    use hypdbg_hyp::pcpu::Pcpu;
+    for (v, per_cpu) in [("era2", false), ("era2-percpu", true)] {
+        let flow = (hypdbg_hyp::variants::by_name(v).unwrap().make)();
+        let mut pcpu = Pcpu::new(0, features("cortex-a57"));
+        let host_bcr0 = pcpu.host_snapshot().banks[DbgBank::Bcr as usize].as_slice()[0];
+        let mut vcpu = KvmVcpu::new(0);
+        vcpu.set_flag(DebugFlags::DEBUG_DIRTY, true);
+        vcpu.arch.mdcr_el2 = 0x666;
+        let mut log = Vec::new();
+        {
+            let Pcpu {
+                regs, host_data, ..
+            } = &mut pcpu;
+            let mut a = AnyAccess::Checking(CheckingAccess::new(regs, &mut log));
+            flow.activate_traps(&mut a, &mut vcpu, host_data);
+            flow.switch_to_guest(&mut a, &mut vcpu, host_data).unwrap();
+        }
+        let in_cpu = pcpu.host_data.host_debug_state.regs.dbg_bcr[0];
+        let in_vcpu = vcpu.arch.host_debug_state.dbg_bcr[0];
+        let (cpu_mdcr, vcpu_mdcr) = (
+            pcpu.host_data.host_debug_state.mdcr_el2,
+            vcpu.arch.mdcr_el2_host,
+        );
+        if per_cpu {
+            assert_eq!((in_cpu, in_vcpu), (host_bcr0, 0), "{v}");
+            assert_ne!(cpu_mdcr, 0, "{v}");
+            assert_eq!(vcpu_mdcr, 0, "{v}");
+        } else {
+            assert_eq!((in_cpu, in_vcpu), (0, host_bcr0), "{v}");
+            assert_eq!(cpu_mdcr, 0, "{v}");
+            assert_ne!(vcpu_mdcr, 0, "{v}");
+        }
+    }
+}

@@ -296,6 +296,74 @@ impl<T: Era2> EraEngine for Era2Engine<T> {
     }
 }
 
+/// Era 2 as v6.10..v6.13 lay it out: `__debug_switch_to_{guest,host}_common` save the host's
+/// registers in `host_data_ptr(host_debug_state.regs)` and `__activate_traps_common` its
+/// MDCR_EL2 in `host_data_ptr(host_debug_state.mdcr_el2)`, per CPU, not in the vcpu. The
+/// era-2 functions name the vcpu's slot; this engine hands them the CPU's for the call.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Era2PercpuEngine<T>(pub T);
+
+impl<T: Era2> EraEngine for Era2PercpuEngine<T> {
+    type Flow = T;
+    fn flow(&self) -> &T {
+        &self.0
+    }
+    fn era(&self) -> Era {
+        Era::Two
+    }
+    debug_dirty_hooks!();
+    fn switch_to_guest<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault> {
+        // host_dbg = host_data_ptr(host_debug_state.regs)
+        std::mem::swap(
+            &mut vcpu.arch.host_debug_state,
+            &mut host.host_debug_state.regs,
+        );
+        let r = self
+            .0
+            .__debug_switch_to_guest_common(a, vcpu, &mut host.host_ctxt);
+        std::mem::swap(
+            &mut vcpu.arch.host_debug_state,
+            &mut host.host_debug_state.regs,
+        );
+        r
+    }
+    fn switch_to_host<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault> {
+        std::mem::swap(
+            &mut vcpu.arch.host_debug_state,
+            &mut host.host_debug_state.regs,
+        );
+        let r = self
+            .0
+            .__debug_switch_to_host_common(a, vcpu, &host.host_ctxt);
+        std::mem::swap(
+            &mut vcpu.arch.host_debug_state,
+            &mut host.host_debug_state.regs,
+        );
+        r
+    }
+    fn host_mdcr_slot<'a>(&self, _vcpu: &'a mut KvmVcpu, host: &'a mut KvmHostData) -> &'a mut u64 {
+        &mut host.host_debug_state.mdcr_el2
+    }
+    fn handle_guest_debug(
+        &self,
+        vcpu: &mut KvmVcpu,
+        esr: Esr,
+        far: u64,
+    ) -> (KvmDebugExitArch, u32) {
+        self.0.kvm_handle_guest_debug(vcpu, esr, far)
+    }
+}
+
 impl<T: Era3> EraEngine for Era3Engine<T> {
     type Flow = T;
     fn flow(&self) -> &T {

@@ -17,7 +17,9 @@ pub mod era2;
 pub mod era3;
 
 pub use common::{Common, DebugCounts, SysRegParams, TrapOutcome, mdcr_el2_base, valid_control};
-pub use engine::{AnyAccess, DynFlow, Era1Engine, Era2Engine, Era3Engine, EraEngine};
+pub use engine::{
+    AnyAccess, DynFlow, Era1Engine, Era2Engine, Era2PercpuEngine, Era3Engine, EraEngine,
+};
 pub use era1::{DebugDirty, Era1, Era1Reference};
 pub use era2::{Era2, Era2Reference};
 pub use era3::{Era3, Era3Protected, Era3Reference};

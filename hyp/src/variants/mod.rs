@@ -11,8 +11,8 @@ pub mod historical;
 pub mod user;
 
 use crate::flow::{
-    DynFlow, Era, Era1Engine, Era1Reference, Era2Engine, Era2Reference, Era3Engine, Era3Protected,
-    Era3Reference, HostMode,
+    DynFlow, Era, Era1Engine, Era1Reference, Era2Engine, Era2PercpuEngine, Era2Reference,
+    Era3Engine, Era3Protected, Era3Reference, HostMode,
 };
 
 /// What a variant is.
@@ -109,9 +109,17 @@ pub fn references() -> Vec<Variant> {
         Variant {
             name: "era2",
             kind: VariantKind::Reference,
-            description: "v4.17..v6.13 (v6.13 names; the host save area per vcpu as in v4.17..v6.9): DIRTY decided in kvm_arm_setup_debug, __debug_switch_to_guest/host gated on it",
+            description: "v4.17..v6.9 (v6.9 names): DIRTY decided in kvm_arm_setup_debug, __debug_switch_to_guest/host gated on it, the host's debug registers and MDCR_EL2 kept in the vcpu",
             fix: None,
             make: || Box::new(Era2Engine(Era2Reference)),
+            host: HostMode::Nvhe,
+        },
+        Variant {
+            name: "era2-percpu",
+            kind: VariantKind::Reference,
+            description: "v6.10..v6.13: era 2 with the host's debug registers and MDCR_EL2 per CPU in kvm_host_data.host_debug_state",
+            fix: None,
+            make: || Box::new(Era2PercpuEngine(Era2Reference)),
             host: HostMode::Nvhe,
         },
         Variant {
