@@ -783,10 +783,9 @@ fn pkvm_flush_debug_state_is_each_kernels_own() {
 }
 
 /// Issue 15 row 6: the debug registers sys_regs.c handles without state. DBGCLAIMSET/CLR_EL1,
-/// MDCCSR_EL0, DBGDTR*_EL0, OSDTRRX/TX_EL1 and OSECCR_EL1 are `trap_raz_wi`,
-/// DBGAUTHSTATUS_EL1 reads the host's value; none is UNDEFINED, trapped (clean) or not
-/// (the guest owns its debug state). DBGVCR32_EL2 is an EL2 register: UNDEFINED at EL1,
-/// kept for ONE_REG.
+/// MDCCSR_EL0 and DBGDTR*_EL0 are `trap_raz_wi`, DBGAUTHSTATUS_EL1 reads the host's value;
+/// none is UNDEFINED, trapped (clean) or not (the guest owns its debug state). DBGVCR32_EL2
+/// is an EL2 register: UNDEFINED at EL1, kept for ONE_REG.
 #[test]
 fn dcc_claim_and_auth_registers_are_emulated_not_undefined() {
     use hypdbg_model::esr::ESR_ELX_EC_UNKNOWN;
@@ -796,13 +795,10 @@ fn dcc_claim_and_auth_registers_are_emulated_not_undefined() {
         msr dbgclaimclr_el1, x1
         msr dbgdtr_el0, x1
         msr dbgdtrtx_el0, x1
-        msr osdtrrx_el1, x1
-        msr osdtrtx_el1, x1
-        msr oseccr_el1, x1
         mrs x2, dbgclaimclr_el1
         mrs x3, mdccsr_el0
         mrs x4, dbgdtrrx_el0
-        mrs x5, oseccr_el1
+        mrs x5, dbgdtr_el0
         mrs x6, dbgauthstatus_el1
         hvc #0
     v: mrs x7, dbgvcr32_el2
@@ -996,5 +992,44 @@ fn era2_keeps_the_host_save_area_per_vcpu_until_v6_9_and_per_cpu_from_v6_10() {
             assert_eq!(cpu_mdcr, 0, "{v}");
             assert_ne!(vcpu_mdcr, 0, "{v}");
         }
+    }
+}
+
+/// Issue 15 row 6: OSDTRRX_EL1, OSDTRTX_EL1 and OSECCR_EL1 have no sys_regs.c descriptor in
+/// any kernel: a trapped access (MDCR_EL2.TDA, debug state not loaded) is an unsupported
+/// sys_reg access and KVM injects UNDEF.
+#[test]
+fn os_lock_data_transfer_registers_undef_when_trapped() {
+    use hypdbg_model::esr::ESR_ELX_EC_UNKNOWN;
+    for &v in REFERENCES {
+        let mut vm = vm(v, "min");
+        let prog = load(
+            &mut vm,
+            "a: mrs x0, oseccr_el1\nb: msr osdtrrx_el1, x0\nc: msr osdtrtx_el1, x0\nhvc #0\n",
+        );
+        assert_eq!(vm.run(0).unwrap(), VcpuExit::Hvc { imm: 0 }, "{v}");
+        let undefs: Vec<u64> = vm
+            .vcpu(0)
+            .unwrap()
+            .exceptions
+            .iter()
+            .filter_map(|e| match e {
+                GuestEvent::Exception { esr, elr, .. } if esr.ec() == ESR_ELX_EC_UNKNOWN => {
+                    Some(*elr)
+                }
+                _ => None,
+            })
+            .collect();
+        let want: Vec<u64> = ["a", "b", "c"]
+            .iter()
+            .map(|l| prog.label(l).unwrap())
+            .collect();
+        assert_eq!(undefs, want, "{v}");
+        let trapped = vm
+            .events()
+            .iter()
+            .filter(|e| matches!(e, Event::Trap { undef: true, .. }))
+            .count();
+        assert_eq!(trapped, 3, "{v}: each traps to EL2 first");
     }
 }

@@ -123,11 +123,11 @@ pub enum SysReg {
     DbgdtrEl0,
     /// DBGDTRTX_EL0 / DBGDTRRX_EL0 (2, 3, 0, 5, 0), one encoding: KVM's trap_raz_wi.
     DbgdtrtxEl0,
-    /// OSDTRRX_EL1 (2, 0, 0, 0, 2): KVM's trap_raz_wi.
+    /// OSDTRRX_EL1 (2, 0, 0, 0, 2): no sys_regs.c descriptor, so a trapped access UNDEFs.
     OsdtrrxEl1,
-    /// OSDTRTX_EL1 (2, 0, 0, 3, 2): KVM's trap_raz_wi.
+    /// OSDTRTX_EL1 (2, 0, 0, 3, 2): no sys_regs.c descriptor, so a trapped access UNDEFs.
     OsdtrtxEl1,
-    /// OSECCR_EL1 (2, 0, 0, 6, 2): KVM's trap_raz_wi.
+    /// OSECCR_EL1 (2, 0, 0, 6, 2): no sys_regs.c descriptor, so a trapped access UNDEFs.
     OseccrEl1,
     /// DBGVCR32_EL2 (2, 4, 0, 7, 0): an EL2 register (UNDEFINED at EL1), kept by KVM for
     /// AArch32 guests and reachable through ONE_REG only.
@@ -320,7 +320,8 @@ impl SysReg {
 
     /// The registers KVM's sys_regs.c handles with `trap_raz_wi` when their access traps:
     /// reads return 0, writes are ignored (no ROM table, no power-down request, no claim
-    /// tags, no Debug Communications Channel, no OS double-lock save/restore).
+    /// tags, no Debug Communications Channel). OSDTRRX/TX_EL1 and OSECCR_EL1 are not among
+    /// them: no descriptor exists, so KVM injects UNDEF for a trapped access.
     pub const fn is_raz_wi(self) -> bool {
         matches!(
             self,
@@ -332,9 +333,6 @@ impl SysReg {
                 | SysReg::MdccsrEl0
                 | SysReg::DbgdtrEl0
                 | SysReg::DbgdtrtxEl0
-                | SysReg::OsdtrrxEl1
-                | SysReg::OsdtrtxEl1
-                | SysReg::OseccrEl1
         )
     }
 
