@@ -81,6 +81,8 @@ fn each_historical_defect_breaks_its_invariant() {
         ("ownership-no-mdcr", Invariant::Lazy),
         ("ownership-on-write-only", Invariant::Lazy),
         ("ss-pending-survives", Invariant::UserspaceDebug),
+        ("ss-pending-survives-era2", Invariant::UserspaceDebug),
+        ("pkvm-external-mdscr-not-flushed", Invariant::UserspaceDebug),
     ];
     let historical: Vec<&str> = variants::all()
         .iter()
@@ -145,5 +147,49 @@ fn seed_v2_counterexample_reads_like_the_kernel() {
             .contains("held the host's 0x1e7 while the guest ran; expected the guest's 0x0"),
         "{}",
         c.text()
+    );
+}
+
+/// Issue 15 row 12: the sweep runs eras 2 and 3 on a VHE host too, where the host's
+/// MDCR_EL2 is judged at vcpu_put: the 32-bit MDCR_EL2 slip is caught there, every reference
+/// is clean on both hosts, and a VHE counterexample replays as `NAME@vhe`.
+#[test]
+fn vhe_hosts_are_swept_and_judged_at_put() {
+    use hypdbg::validate::run::run_checked;
+    let cpus = parse_cpu("cortex-a57").unwrap();
+    let v = variants::by_name("mdcr-el2-32bit@vhe").unwrap();
+    let opts = CheckOptions {
+        variants: vec![v.clone()],
+        random_cpu: CheckOptions::random_cpu_of(&cpus).unwrap(),
+        cpus,
+        count_sweep: false,
+        random_cases: 0,
+        deadline: None,
+    };
+    let jobs = hypdbg::validate::check::jobs(&opts).unwrap();
+    let found = jobs.iter().find_map(|j| {
+        let out = run_checked(&j.scenario, &j.program, &v).unwrap();
+        out.violations
+            .into_iter()
+            .find(|x| x.invariant == Invariant::MdccintMdcr)
+    });
+    let found = found.expect("mdcr-el2-32bit@vhe caught");
+    assert!(found.message.contains("vcpu_put"), "{}", found.message);
+    for r in reports()
+        .iter()
+        .filter(|r| r.kind == VariantKind::Reference)
+    {
+        assert_eq!(r.verdict, Verdict::Ok, "{}", r.variant);
+    }
+    let one_host = report("era1").scenarios;
+    assert_eq!(
+        report("era3").scenarios,
+        2 * one_host,
+        "era 3 runs on both hosts"
+    );
+    assert_eq!(
+        report("era3-pkvm").scenarios,
+        one_host,
+        "pKVM has no VHE form"
     );
 }

@@ -182,9 +182,10 @@ pub enum GuestDebugEvent {
 }
 
 impl GuestDebugEvent {
-    /// The guest's event a debug exit reports, as EL2 saw it (`far`: the exit's FAR), or
-    /// `None` for a class that is not a debug event of the guest's (AArch32 BKPT, say).
-    pub fn from_exit(esr: Esr, far: u64) -> Option<Self> {
+    /// The guest's event a debug exit reports, as EL2 saw it, or `None` for a class that is
+    /// not a debug event of the guest's (AArch32 BKPT, say). `run->debug.arch.far` is read for
+    /// a watchpoint only: for any other class the kernel leaves whatever the union held.
+    pub fn from_exit(esr: Esr, arch: &KvmDebugExitArch) -> Option<Self> {
         Some(match esr.ec() {
             ESR_ELX_EC_SOFTSTP_LOW => GuestDebugEvent::Step {
                 stepped: step_isv(esr),
@@ -194,7 +195,7 @@ impl GuestDebugEvent {
             },
             ESR_ELX_EC_BREAKPT_LOW => GuestDebugEvent::Breakpoint,
             ESR_ELX_EC_WATCHPT_LOW => GuestDebugEvent::Watchpoint {
-                far,
+                far: arch.far,
                 wnr: esr.wnr(),
             },
             _ => return None,
@@ -291,6 +292,27 @@ mod tests {
             mdscr,
             oslsr,
         }
+    }
+
+    /// Issue 15 row 10: `far` is the watchpoint's; for another class the union holds a
+    /// stale value that must not reach the event.
+    #[test]
+    fn far_is_read_for_watchpoints_only() {
+        let stale = KvmDebugExitArch {
+            far: 0xdead_beef,
+            ..Default::default()
+        };
+        assert_eq!(
+            GuestDebugEvent::from_exit(Esr::breakpoint(false), &stale),
+            Some(GuestDebugEvent::Breakpoint)
+        );
+        assert_eq!(
+            GuestDebugEvent::from_exit(Esr::watchpoint(false, true), &stale),
+            Some(GuestDebugEvent::Watchpoint {
+                far: 0xdead_beef,
+                wnr: true
+            })
+        );
     }
 
     #[test]

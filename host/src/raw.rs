@@ -97,7 +97,7 @@ impl RawSession {
             vcpu.set_guest_debug(&self.dbg)?;
             return Ok(RawStop::SteppedOver);
         }
-        if let Some(event) = GuestDebugEvent::from_exit(esr, arch.far)
+        if let Some(event) = GuestDebugEvent::from_exit(esr, arch)
             && deliver(vcpu, event)?
         {
             return Ok(RawStop::Reinjected);

@@ -316,7 +316,7 @@ impl Debugger {
         pc: u64,
     ) -> Result<DebugStop, GuestDebugEvent> {
         let esr = exit_syndrome(arch, flags);
-        let Some(event) = GuestDebugEvent::from_exit(esr, arch.far) else {
+        let Some(event) = GuestDebugEvent::from_exit(esr, arch) else {
             return Ok(DebugStop::Unknown {
                 pc,
                 esr: esr.bits(),

@@ -52,6 +52,15 @@ impl Scope {
             Scope::Other => "other",
         }
     }
+
+    /// The kernel's words in the kernels of `era`: v4.5..v4.16 had no
+    /// `__{activate,deactivate}_traps_common` (MDCR_EL2 was switched in `__activate_traps`).
+    pub const fn kernel_name_in(self, era: crate::flow::Era) -> &'static str {
+        match (self, era) {
+            (Scope::Traps, crate::flow::Era::One) => "__{activate,deactivate}_traps",
+            _ => self.kernel_name(),
+        }
+    }
 }
 
 /// A register as the switch code names it.

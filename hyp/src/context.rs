@@ -14,10 +14,12 @@ bitflags! {
     /// `vcpu->arch.debug_flags` / the vcpu's single flags, as far as debug is concerned.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
     pub struct DebugFlags: u32 {
-        /// KVM_ARM64_DEBUG_DIRTY / DEBUG_DIRTY (eras 1 and 2): switch the debug registers on
-        /// this run.
+        /// Eras 1 and 2: switch the debug registers on this run. `KVM_ARM64_DEBUG_DIRTY` in
+        /// `vcpu->arch.debug_flags` (v4.5..v4.17) and `vcpu->arch.flags` (v4.18..v5.19),
+        /// `DEBUG_DIRTY` in `iflags` (v6.0+).
         const DEBUG_DIRTY = 1 << 0;
-        /// DBG_SS_ACTIVE_PENDING (era 2, v6.1+): the step state was active-pending at exit.
+        /// DBG_SS_ACTIVE_PENDING in `sflags` (era 2, v6.1..v6.13): the step state was
+        /// active-pending at exit.
         const DBG_SS_ACTIVE_PENDING = 1 << 5;
         /// HOST_SS_ACTIVE_PENDING (era 3): userspace's step state, kept across put/load.
         const HOST_SS_ACTIVE_PENDING = 1 << 6;
@@ -28,16 +30,16 @@ bitflags! {
     }
 }
 
-/// `enum debug_owner` (era 3).
+/// `enum debug_owner` (era 3), in the kernel's order: FREE, HOST_OWNED, GUEST_OWNED.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub enum DebugOwner {
     /// VCPU_DEBUG_FREE: nobody uses the debug registers; accesses trap.
     #[default]
     VcpuDebugFree,
-    /// VCPU_DEBUG_GUEST_OWNED: the guest's registers are loaded; no traps.
-    VcpuDebugGuestOwned,
     /// VCPU_DEBUG_HOST_OWNED: userspace's registers (or the OS lock) own the hardware.
     VcpuDebugHostOwned,
+    /// VCPU_DEBUG_GUEST_OWNED: the guest's registers are loaded; no traps.
+    VcpuDebugGuestOwned,
 }
 
 impl DebugOwner {
@@ -84,6 +86,8 @@ pub struct SysRegs {
     pub esr_el1: u64,
     /// FAR_EL1.
     pub far_el1: u64,
+    /// DBGVCR32_EL2 (ONE_REG only: `reset_val`, no guest access from AArch64 EL1).
+    pub dbgvcr32_el2: u64,
 }
 
 impl SysRegs {
@@ -100,6 +104,7 @@ impl SysRegs {
             SysReg::ElrEl1 => self.elr_el1,
             SysReg::EsrEl1 => self.esr_el1,
             SysReg::FarEl1 => self.far_el1,
+            SysReg::Dbgvcr32El2 => self.dbgvcr32_el2,
             _ => return None,
         })
     }
@@ -116,6 +121,7 @@ impl SysRegs {
             SysReg::ElrEl1 => &mut self.elr_el1,
             SysReg::EsrEl1 => &mut self.esr_el1,
             SysReg::FarEl1 => &mut self.far_el1,
+            SysReg::Dbgvcr32El2 => &mut self.dbgvcr32_el2,
             _ => return false,
         };
         *slot = v;
@@ -214,6 +220,14 @@ pub struct KvmVcpu {
     pub guest_debug: GuestDebugControl,
     /// Architecture state.
     pub arch: KvmVcpuArch,
+    /// `vcpu->run->debug.arch`: the part of `struct kvm_run`'s exit union a debug exit
+    /// fills. It lives as long as the vcpu: a field an exit does not write keeps what the
+    /// union held (`far` is written for watchpoints only).
+    pub run_debug_arch: hypdbg_model::uapi::KvmDebugExitArch,
+    /// `kvm_read_vm_id_reg(vcpu->kvm, SYS_ID_AA64DFR0_EL1)`: the VM's ID_AA64DFR0_EL1, what the
+    /// guest reads (sanitised; WRPs possibly lowered by userspace, v6.7+). The world switch
+    /// never uses it: it moves the hardware's registers.
+    pub id_aa64dfr0_el1: u64,
 }
 
 impl KvmVcpu {

@@ -213,6 +213,8 @@ pub enum Event {
         pcpu: usize,
         /// The flow's state after load.
         state: FlowState,
+        /// VHE: the host's registers before the load wrote MDCR_EL2 and the EL1 registers.
+        host: Option<Box<crate::pcpu::HostSnapshot>>,
     },
     /// `kvm_arch_vcpu_put`.
     Put {
@@ -222,6 +224,8 @@ pub enum Event {
         pcpu: usize,
         /// The state userspace sees until the next run.
         state: FlowState,
+        /// VHE: the host's registers after the put gave MDCR_EL2 and the EL1 registers back.
+        host: Option<Box<crate::pcpu::HostSnapshot>>,
     },
     /// Userspace made the guest take an exception (a reinjected debug event).
     Inject {

@@ -54,6 +54,9 @@ pub enum KvmError {
     /// -ENOSYS (KVM_RUN: an MMIO access KVM cannot emulate).
     #[error("ENOSYS: {0}")]
     NoSys(String),
+    /// -E2BIG: an ID register value the host cannot give the guest.
+    #[error("E2BIG: {0}")]
+    TooBig(String),
     /// The hypervisor panicked while running the vcpu (the VM is dead).
     #[error("{0}")]
     Hyp(#[from] HypFault),

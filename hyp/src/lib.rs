@@ -33,7 +33,7 @@ pub mod workloads;
 
 pub use access::{CheckingAccess, PlainAccess, RegAccess};
 pub use fault::{HypFault, KvmError};
-pub use flow::Era;
+pub use flow::{Era, HostMode};
 /// The synchronisation types (`std`'s, or `loom`'s under `--cfg loom`), from the model crate.
 pub use hypdbg_model::sync;
 pub use vm::{VcpuExit, Vm, VmConfig};

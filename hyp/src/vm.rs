@@ -25,7 +25,7 @@ use crate::access::{AccessRecord, CheckingAccess, PlainAccess, RegAccess, Scope,
 use crate::context::{DebugFlags, KvmVcpu, PendingException};
 use crate::events::{Event, ExitReason, FlowState, GuestEvent, LiveState, Mmio};
 use crate::fault::{HypFault, KvmError};
-use crate::flow::{AnyAccess, DynFlow, Era, SysRegParams, TrapOutcome};
+use crate::flow::{AnyAccess, DynFlow, Era, HostMode, SysRegParams, TrapOutcome};
 use crate::guest::cpu::{exception_event, take_el1_exception};
 use crate::guest::{GUEST_VBAR, GuestMemory, GuestRun, Program, runtime};
 use crate::pcpu::{HostSnapshot, Pcpu};
@@ -53,6 +53,8 @@ pub struct VmConfig {
     pub trace_instructions: bool,
     /// Guest instructions one KVM_RUN may execute before returning (KVM_EXIT_INTR).
     pub budget_per_run: u64,
+    /// nVHE or VHE host (VHE: eras 2 and 3 outside protected mode).
+    pub host_mode: HostMode,
 }
 
 impl VmConfig {
@@ -64,6 +66,7 @@ impl VmConfig {
             mode: AccessMode::Checking,
             trace_instructions: false,
             budget_per_run: 1_000_000,
+            host_mode: HostMode::Nvhe,
         }
     }
 }
@@ -260,7 +263,7 @@ pub struct SimVcpu {
     pub preempt: Option<(u32, usize)>,
     /// Register moves of the last KVM_RUN, by class.
     pub last_run_stats: SwitchStats,
-    /// pKVM: the hyp's copy of the vcpu while it runs.
+    /// pKVM: the hyp's own copy of the vcpu (`pkvm_hyp_vcpu`), from the first entry on.
     hyp_vcpu: Option<KvmVcpu>,
     /// The MMIO access of the last exit, completed by the next KVM_RUN.
     pub mmio: Option<Mmio>,
@@ -298,8 +301,9 @@ pub struct Vm {
     dead: Option<HypFault>,
     /// KVM_ARM_VM_SMCCC_FILTER.
     smccc_filter: SmcccFilter,
-    /// A vcpu has run (`kvm_vm_has_ran_once`).
-    has_run: bool,
+    /// `kvm_vm_has_ran_once`: ID registers and the SMCCC filter are frozen from the first
+    /// KVM_RUN.
+    ran_once: bool,
 }
 
 impl Vm {
@@ -313,6 +317,11 @@ impl Vm {
         };
         if config.vcpus == 0 {
             return Err(KvmError::Inval("a VM needs at least one vcpu".into()));
+        }
+        if config.host_mode == HostMode::Vhe && (flow.era() == Era::One || flow.protected_mode()) {
+            return Err(KvmError::Inval(
+                "a VHE host runs eras 2 and 3 (v4.17+) outside protected mode".into(),
+            ));
         }
         for (i, f) in config.pcpus.iter().enumerate() {
             if !f.same_counts(&first) {
@@ -335,9 +344,13 @@ impl Vm {
             let raw = p.features().raw();
             flow.init_host_data(&mut p.host_data, raw);
         }
+        let id_aa64dfr0 = hypdbg_model::dfr0::sanitise_id_aa64dfr0_el1(first.raw());
         let vcpus = (0..config.vcpus)
             .map(|i| SimVcpu {
-                kvm: KvmVcpu::new(i),
+                kvm: KvmVcpu {
+                    id_aa64dfr0_el1: id_aa64dfr0,
+                    ..KvmVcpu::new(i)
+                },
                 cpu: i % pcpus.len(),
                 loaded: None,
                 exceptions: Vec::new(),
@@ -365,7 +378,7 @@ impl Vm {
             events,
             dead: None,
             smccc_filter: SmcccFilter::default(),
-            has_run: false,
+            ran_once: false,
         };
         vm.reset_guest()?;
         Ok(vm)
@@ -382,6 +395,8 @@ impl Vm {
             KVM_CAP_SET_GUEST_DEBUG => 1,
             KVM_CAP_GUEST_DEBUG_HW_BPS => self.guest_features.num_brps() as i64,
             KVM_CAP_GUEST_DEBUG_HW_WPS => self.guest_features.num_wrps() as i64,
+            // KVM_CAP_SET_GUEST_DEBUG2 came with v5.12: era 1 (v4.5..v4.16) does not know it.
+            KVM_CAP_SET_GUEST_DEBUG2 if self.era() == Era::One => 0,
             KVM_CAP_SET_GUEST_DEBUG2 => i64::from(KVM_GUESTDBG_VALID_MASK),
             _ => 0,
         }
@@ -537,7 +552,7 @@ impl Vm {
         r
     }
 
-    /// KVM_GET_ONE_REG: the debug registers (only the guest's implemented ones), MDSCR_EL1,
+    /// KVM_GET_ONE_REG: the debug registers (all 16 of each bank), MDSCR_EL1,
     /// MDCCINT_EL1, OSLSR_EL1, VBAR_EL1, and the core registers PC, PSTATE, SP, SP_EL1,
     /// ELR_EL1, SPSR_EL1, X0..X30.
     pub fn get_one_reg(&mut self, i: usize, id: u64) -> Result<u64, KvmError> {
@@ -551,6 +566,7 @@ impl Vm {
         let reg = self.debug_one_reg(id)?;
         let v = &mut self.vcpus[i].kvm;
         let value = match reg {
+            SysReg::IdAa64dfr0El1 => v.id_aa64dfr0_el1,
             SysReg::Dbg(..) => self
                 .flow
                 .get_dbg_reg(v, reg)
@@ -594,6 +610,9 @@ impl Vm {
                     return Err(KvmError::NoEnt(format!("{reg}")));
                 }
             }
+            SysReg::IdAa64dfr0El1 => {
+                self.set_id_aa64dfr0_el1(value)?;
+            }
             SysReg::OslsrEl1 => {
                 let cur = v.arch.ctxt.sys_regs.oslsr_el1;
                 if (cur ^ value) & !hypdbg_model::ctrl::OSLSR_EL1_OSLK != 0 {
@@ -615,20 +634,68 @@ impl Vm {
         Ok(())
     }
 
+    /// KVM_GET_REG_LIST, the part this model exposes: the core registers it knows, then
+    /// every DBG{B,W}{C,V}R0..15_EL1 (64, whatever the implemented count: `walk_sys_regs`
+    /// lists each descriptor without a visibility hook), MDSCR_EL1, MDCCINT_EL1, OSLSR_EL1,
+    /// DBGVCR32_EL2 (the trap_raz_wi registers keep no state and are not listed).
+    pub fn get_reg_list(&self, i: usize) -> Result<Vec<u64>, KvmError> {
+        self.vcpu(i)?;
+        let mut ids = vec![core_reg::PC, core_reg::PSTATE, core_reg::SP];
+        ids.extend((0..31u8).map(core_reg::x));
+        for n in 0..16u8 {
+            for bank in hypdbg_model::DbgBank::ALL {
+                ids.push(SysReg::Dbg(bank, n).one_reg_id());
+            }
+        }
+        ids.extend(
+            [
+                SysReg::MdscrEl1,
+                SysReg::MdccintEl1,
+                SysReg::OslsrEl1,
+                SysReg::Dbgvcr32El2,
+                SysReg::IdAa64dfr0El1,
+            ]
+            .map(SysReg::one_reg_id),
+        );
+        Ok(ids)
+    }
+
+    /// `set_id_aa64dfr0_el1` (v6.7+): userspace may lower WRPs (and DebugVer, PMUVer,
+    /// DoubleLock) of the VM's ID_AA64DFR0_EL1 before the first run; BRPs and CTX_CMPs are
+    /// locked. The guest's view changes; KVM_CAP_GUEST_DEBUG_HW_WPS and the world switch keep
+    /// the hardware's count.
+    fn set_id_aa64dfr0_el1(&mut self, value: u64) -> Result<(), KvmError> {
+        let cur = self.vcpus[0].kvm.id_aa64dfr0_el1;
+        if value == cur {
+            return Ok(());
+        }
+        if self.ran_once {
+            return Err(KvmError::Busy(
+                "ID_AA64DFR0_EL1 cannot change once the VM has run".into(),
+            ));
+        }
+        if !hypdbg_model::dfr0::id_aa64dfr0_write_is_safe(cur, value) {
+            return Err(KvmError::TooBig(format!(
+                "ID_AA64DFR0_EL1 = {value:#x}: only DoubleLock, WRPs, PMUVer and DebugVer of {cur:#x} may change, and only downwards"
+            )));
+        }
+        for v in &mut self.vcpus {
+            v.kvm.id_aa64dfr0_el1 = value;
+        }
+        Ok(())
+    }
+
     fn debug_one_reg(&self, id: u64) -> Result<SysReg, KvmError> {
         let reg = SysReg::from_one_reg_id(id).map_err(|e| KvmError::NoEnt(e.to_string()))?;
         match reg {
-            SysReg::Dbg(bank, n) => {
-                let implemented = self.guest_features.count(bank);
-                if usize::from(n) >= implemented {
-                    return Err(KvmError::NoEnt(format!(
-                        "{reg} is not implemented on this VM ({implemented} {})",
-                        bank.units()
-                    )));
-                }
-                Ok(reg)
-            }
-            SysReg::MdscrEl1 | SysReg::MdccintEl1 | SysReg::OslsrEl1 => Ok(reg),
+            // The DBG{B,W}{C,V}R<n>_EL1 descriptors of sys_regs.c have no visibility hook: all
+            // 16 slots of each bank are ONE_REG registers whatever the implemented count.
+            SysReg::Dbg(..) => Ok(reg),
+            SysReg::MdscrEl1
+            | SysReg::MdccintEl1
+            | SysReg::OslsrEl1
+            | SysReg::Dbgvcr32El2
+            | SysReg::IdAa64dfr0El1 => Ok(reg),
             other => Err(KvmError::NoEnt(format!(
                 "{other} is not accessible through ONE_REG here"
             ))),
@@ -681,28 +748,55 @@ impl Vm {
         Ok(())
     }
 
+    fn vhe(&self) -> bool {
+        self.config.host_mode == HostMode::Vhe
+    }
+
+    /// The host's registers of `cpu` for a Load/Put event (VHE, checking mode).
+    fn load_put_snapshot(&self, cpu: usize) -> Option<Box<HostSnapshot>> {
+        (self.vhe() && self.checking()).then(|| Box::new(self.pcpus[cpu].host_snapshot()))
+    }
+
     fn vcpu_load(&mut self, i: usize, cpu: usize) {
         let mdcr = self.pcpus[cpu].mdcr_el2_boot;
-        let v = &mut self.vcpus[i];
+        let host = self.load_put_snapshot(cpu);
+        let vhe = self.vhe();
+        let Vm {
+            flow, pcpus, vcpus, ..
+        } = self;
+        let v = &mut vcpus[i];
         v.loaded = Some(cpu);
-        self.flow.vcpu_load(&mut v.kvm, mdcr);
-        let state = Self::flow_state(self.flow.as_ref(), &v.kvm);
+        flow.vcpu_load(&mut v.kvm, mdcr);
+        if vhe {
+            vhe_load(flow.as_ref(), &mut v.kvm, &mut pcpus[cpu]);
+        }
+        let state = Self::flow_state(self.flow.as_ref(), &self.vcpus[i].kvm);
         self.record(Event::Load {
             vcpu: i,
             pcpu: cpu,
             state,
+            host,
         });
     }
 
     fn vcpu_put(&mut self, i: usize) {
-        let v = &mut self.vcpus[i];
+        let vhe = self.vhe();
+        let Vm {
+            flow, pcpus, vcpus, ..
+        } = self;
+        let v = &mut vcpus[i];
         let cpu = v.loaded.take().unwrap_or(v.cpu);
-        self.flow.vcpu_put(&mut v.kvm);
-        let state = Self::flow_state(self.flow.as_ref(), &v.kvm);
+        flow.vcpu_put(&mut v.kvm);
+        if vhe {
+            vhe_put(flow.as_ref(), &mut v.kvm, &mut pcpus[cpu]);
+        }
+        let state = Self::flow_state(self.flow.as_ref(), &self.vcpus[i].kvm);
+        let host = self.load_put_snapshot(cpu);
         self.record(Event::Put {
             vcpu: i,
             pcpu: cpu,
             state,
+            host,
         });
     }
 
@@ -771,7 +865,7 @@ impl Vm {
         if let Some(f) = &self.dead {
             return Err(KvmError::Hyp(f.clone()));
         }
-        self.has_run = true;
+        self.ran_once = true;
         let v = &mut self.vcpus[i];
         if let Some(m) = v.mmio.take() {
             // kvm_handle_mmio_return
@@ -967,6 +1061,10 @@ impl Vm {
         let cpu = self.vcpus[i].loaded.unwrap_or(self.vcpus[i].cpu);
         let mdcr_boot = self.pcpus[cpu].mdcr_el2_boot;
         self.flow.setup_debug(&mut self.vcpus[i].kvm, mdcr_boot);
+        if self.vhe() {
+            // kvm_arm_setup_debug (era 2): `if (has_vhe() && orig_mdcr_el2 != mdcr_el2)`.
+            write_mdcr_if_changed(&self.vcpus[i].kvm, &mut self.pcpus[cpu]);
+        }
         if self.checking() {
             let host = self.pcpus[cpu].host_snapshot();
             let state = Self::flow_state(self.flow.as_ref(), &self.vcpus[i].kvm);
@@ -983,17 +1081,23 @@ impl Vm {
         } else {
             0
         });
+        let vhe = self.vhe();
         let Vm {
             flow, pcpus, vcpus, ..
         } = self;
         let pcpu = &mut pcpus[cpu];
         let v = &mut vcpus[i];
         if flow.protected_mode() {
-            v.hyp_vcpu = Some(flush_hyp_vcpu(flow.as_ref(), &v.kvm));
+            // __pkvm_init_vcpu made the hyp's vcpu once; every entry flushes into it.
+            let hyp = v.hyp_vcpu.get_or_insert_with(|| KvmVcpu {
+                id_aa64dfr0_el1: v.kvm.id_aa64dfr0_el1,
+                ..KvmVcpu::new(v.kvm.vcpu_id)
+            });
+            flush_hyp_vcpu(flow.as_ref(), hyp, &v.kvm);
         }
         let r = {
             let mut a = Self::new_access(mode, &mut pcpu.regs, &mut log);
-            hyp_enter(flow.as_ref(), &mut a, v.running(), &mut pcpu.host_data)
+            hyp_enter(flow.as_ref(), &mut a, v.running(), &mut pcpu.host_data, vhe)
         };
         v.last_run_stats.add(&SwitchStats::of(&log));
         let taken = match r {
@@ -1020,6 +1124,7 @@ impl Vm {
         let cpu = self.vcpus[i].loaded.unwrap_or(self.vcpus[i].cpu);
         let mode = self.config.mode;
         let checking = self.checking();
+        let vhe = self.vhe();
         let trace = self.config.trace_instructions;
         let mut guest_log = Vec::new();
         let mut log = Vec::with_capacity(if self.config.mode == AccessMode::Checking {
@@ -1080,10 +1185,10 @@ impl Vm {
             }
             let r = {
                 let mut a = Self::new_access(mode, &mut pcpu.regs, &mut log);
-                hyp_exit(flow.as_ref(), &mut a, v.running(), &mut pcpu.host_data)
+                hyp_exit(flow.as_ref(), &mut a, v.running(), &mut pcpu.host_data, vhe)
             };
-            if let Some(hyp) = v.hyp_vcpu.take() {
-                sync_hyp_vcpu(flow.as_ref(), &mut v.kvm, &hyp);
+            if let Some(hyp) = &v.hyp_vcpu {
+                sync_hyp_vcpu(flow.as_ref(), &mut v.kvm, hyp);
             }
             v.last_run_stats.add(&SwitchStats::of(&log));
             r
@@ -1167,7 +1272,7 @@ impl Vm {
         nr: u32,
         action: SmcccAction,
     ) -> Result<(), KvmError> {
-        if self.has_run {
+        if self.ran_once {
             return Err(KvmError::Busy(
                 "the SMCCC filter is set before any vcpu runs (kvm_vm_has_ran_once)".into(),
             ));
@@ -1212,6 +1317,11 @@ impl Vm {
             }
             None => (TrapOutcome::Undef, 0),
         };
+        if self.config.host_mode == HostMode::Vhe {
+            // kvm_arm_setup_mdcr_el2 (era 3, ownership promotion): `if (has_vhe())
+            // write_sysreg(vcpu->arch.mdcr_el2, mdcr_el2)`.
+            write_mdcr_if_changed(v, &mut self.pcpus[cpu]);
+        }
         match outcome {
             TrapOutcome::Handled => {
                 if iss.is_read && rt < 31 {
@@ -1255,17 +1365,16 @@ impl Vm {
     }
 }
 
-/// pKVM `flush_hyp_vcpu`: the hyp runs a copy of the vcpu that receives the context,
-/// MDCR_EL2, the flags and, through `flush_debug_state`, the debug owner and block.
-fn flush_hyp_vcpu(flow: &dyn DynFlow, host: &KvmVcpu) -> KvmVcpu {
-    let mut hyp = KvmVcpu::new(host.vcpu_id);
-    hyp.guest_debug = host.guest_debug;
+/// pKVM `flush_hyp_vcpu` (nvhe/hyp-main.c, v6.14+): the hyp's own vcpu, which lives as long
+/// as the VM, receives the context, MDCR_EL2 and the flags on every entry, and through
+/// `flush_debug_state` the debug owner and the owned block. Nothing else: whatever else the
+/// hyp vcpu holds (its `external_mdscr_el1` before v7.3) is what its last exit left there.
+fn flush_hyp_vcpu(flow: &dyn DynFlow, hyp: &mut KvmVcpu, host: &KvmVcpu) {
+    flow.flush_debug_state(hyp, host);
     hyp.arch.ctxt = host.arch.ctxt;
     hyp.arch.mdcr_el2 = host.arch.mdcr_el2;
     hyp.arch.debug_flags = host.arch.debug_flags;
     hyp.arch.pending_exception = host.arch.pending_exception;
-    flow.flush_debug_state(&mut hyp, host);
-    hyp
 }
 
 /// pKVM `sync_hyp_vcpu`: bring the hyp copy's context, flags and (`sync_debug_state`) the
@@ -1287,6 +1396,44 @@ fn check_slots(addr: u64, len: usize) -> Result<(), KvmError> {
         RAM_BASE + RAM_SIZE,
         RUNTIME_BASE + RUNTIME_SIZE
     )))
+}
+
+/// The VHE half of `kvm_arch_vcpu_load` after `kvm_vcpu_load_debug`: `kvm_vcpu_load_vhe`
+/// loads the guest's EL1 registers (CONTEXTIDR_EL1; the host at EL2 uses CONTEXTIDR_EL2) and
+/// `__activate_traps_common` keeps the host's MDCR_EL2 and writes the vcpu's (era 3 keeps it
+/// in `kvm_vcpu_load_debug`, era 2 in `__activate_traps_common`: the same slot the flow names).
+fn vhe_load(flow: &dyn DynFlow, v: &mut KvmVcpu, pcpu: &mut Pcpu) {
+    let mut log = Vec::new();
+    let Pcpu {
+        regs, host_data, ..
+    } = pcpu;
+    host_data.host_ctxt.sys_regs.contextidr_el1 = regs.file.contextidr_el1;
+    regs.file.contextidr_el1 = v.arch.ctxt.sys_regs.contextidr_el1;
+    let mut a = AnyAccess::Checking(CheckingAccess::new(regs, &mut log));
+    flow.activate_traps(&mut a, v, host_data);
+}
+
+/// The VHE half of `kvm_arch_vcpu_put`: `__deactivate_traps_common` gives the host its
+/// MDCR_EL2 back and `kvm_vcpu_put_vhe` saves the guest's EL1 registers.
+fn vhe_put(flow: &dyn DynFlow, v: &mut KvmVcpu, pcpu: &mut Pcpu) {
+    let mut log = Vec::new();
+    let Pcpu {
+        regs, host_data, ..
+    } = pcpu;
+    {
+        let mut a = AnyAccess::Checking(CheckingAccess::new(regs, &mut log));
+        flow.deactivate_traps(&mut a, v, host_data);
+    }
+    v.arch.ctxt.sys_regs.contextidr_el1 = regs.file.contextidr_el1;
+    regs.file.contextidr_el1 = host_data.host_ctxt.sys_regs.contextidr_el1;
+}
+
+/// VHE: the host runs at EL2 with the vcpu's MDCR_EL2 loaded, so a function that recomputes
+/// it writes the register at once.
+fn write_mdcr_if_changed(v: &KvmVcpu, pcpu: &mut Pcpu) {
+    if pcpu.regs.mdcr_el2 != v.arch.mdcr_el2 {
+        pcpu.regs.mdcr_el2 = v.arch.mdcr_el2;
+    }
 }
 
 /// `__kvm_adjust_pc`: take a pending exception (its record), or skip an emulated
@@ -1313,15 +1460,21 @@ fn hyp_enter(
     a: &mut AnyAccess<'_>,
     v: &mut KvmVcpu,
     host: &mut crate::context::KvmHostData,
+    vhe: bool,
 ) -> Result<Option<GuestEvent>, HypFault> {
-    // __sysreg_save_state_nvhe(host_ctxt)
+    // __sysreg_save_state_nvhe(host_ctxt); VHE: sysreg_save_host_state_vhe, the common
+    // state (MDSCR_EL1) only, and no __activate_traps_common (done at vcpu_load).
     with_regs(a, |r| -> Result<(), HypFault> {
         r.scope(Scope::SysregSwitch);
         host.host_ctxt.sys_regs.mdscr_el1 = r.read_sys(SysReg::MdscrEl1)?;
-        host.host_ctxt.sys_regs.contextidr_el1 = r.read_sys(SysReg::ContextidrEl1)?;
+        if !vhe {
+            host.host_ctxt.sys_regs.contextidr_el1 = r.read_sys(SysReg::ContextidrEl1)?;
+        }
         Ok(())
     })?;
-    flow.activate_traps(a, v, host);
+    if !vhe {
+        flow.activate_traps(a, v, host);
+    }
     let taken = adjust_pc(flow, v);
     // __sysreg_restore_state_nvhe(guest_ctxt): MDSCR_EL1 from ctxt_mdscr_el1().
     let mdscr = *flow.guest_mdscr(v);
@@ -1329,6 +1482,9 @@ fn hyp_enter(
     with_regs(a, |r| -> Result<(), HypFault> {
         r.scope(Scope::SysregSwitch);
         r.write_sys(SysReg::MdscrEl1, mdscr)?;
+        if vhe {
+            return Ok(());
+        }
         r.write_sys(SysReg::ContextidrEl1, ctxid)
     })?;
     flow.switch_to_guest(a, v, host)?;
@@ -1341,18 +1497,24 @@ fn hyp_exit(
     a: &mut AnyAccess<'_>,
     v: &mut KvmVcpu,
     host: &mut crate::context::KvmHostData,
+    vhe: bool,
 ) -> Result<(), HypFault> {
-    // __sysreg_save_state_nvhe(guest_ctxt)
-    let (mdscr, ctxid) = with_regs(a, |r| -> Result<(u64, u64), HypFault> {
+    // __sysreg_save_state_nvhe(guest_ctxt); VHE: sysreg_save_guest_state_vhe (MDSCR_EL1).
+    let (mdscr, ctxid) = with_regs(a, |r| -> Result<(u64, Option<u64>), HypFault> {
         r.scope(Scope::SysregSwitch);
-        Ok((
-            r.read_sys(SysReg::MdscrEl1)?,
-            r.read_sys(SysReg::ContextidrEl1)?,
-        ))
+        let m = r.read_sys(SysReg::MdscrEl1)?;
+        let c = if vhe {
+            None
+        } else {
+            Some(r.read_sys(SysReg::ContextidrEl1)?)
+        };
+        Ok((m, c))
     })?;
     *flow.guest_mdscr(v) = mdscr;
-    v.arch.ctxt.sys_regs.contextidr_el1 = ctxid;
-    flow.deactivate_traps(a, v, host);
+    if let Some(c) = ctxid {
+        v.arch.ctxt.sys_regs.contextidr_el1 = c;
+        flow.deactivate_traps(a, v, host);
+    }
     // __sysreg_restore_state_nvhe(host_ctxt)
     let (hm, hc) = (
         host.host_ctxt.sys_regs.mdscr_el1,
@@ -1361,6 +1523,9 @@ fn hyp_exit(
     with_regs(a, |r| -> Result<(), HypFault> {
         r.scope(Scope::SysregSwitch);
         r.write_sys(SysReg::MdscrEl1, hm)?;
+        if vhe {
+            return Ok(());
+        }
         r.write_sys(SysReg::ContextidrEl1, hc)
     })?;
     flow.switch_to_host(a, v, host)

@@ -104,6 +104,7 @@ proptest! {
             mode: if mode { AccessMode::Checking } else { AccessMode::Plain },
             trace_instructions: mode,
             budget_per_run: 500,
+            host_mode: hypdbg_hyp::HostMode::Nvhe,
         };
         let mut vm = Vm::new((v.make)(), config).unwrap();
         vm.load_program(&Program { base: 0x1_0000, words: code, labels: Default::default() });

@@ -223,6 +223,7 @@ impl KernelSource {
             fix: None,
             make: Arc::new(self.make()),
             hidden_on: None,
+            host: hypdbg_hyp::flow::HostMode::Nvhe,
         }
     }
 

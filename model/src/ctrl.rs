@@ -12,6 +12,15 @@ pub const DBG_MDSCR_SS: u64 = MdscrEl1::SS.bits();
 pub const DBG_MDSCR_KDE: u64 = MdscrEl1::KDE.bits();
 /// MDSCR_EL1.MDE, breakpoint/watchpoint enable (kernel `DBG_MDSCR_MDE`).
 pub const DBG_MDSCR_MDE: u64 = MdscrEl1::MDE.bits();
+/// DBGAUTHSTATUS_EL1 of every modelled CPU: Secure and Non-secure invasive and non-invasive
+/// debug implemented and enabled (each 2-bit field 0b11). KVM hands the guest the host's.
+pub const DBGAUTHSTATUS_EL1_HW: u64 = 0xff;
+/// MDSCR_EL1.SS as v6.14+ code spells it (`MDSCR_EL1_SS`, generated from arch/arm64/tools/sysreg).
+pub const MDSCR_EL1_SS: u64 = DBG_MDSCR_SS;
+/// MDSCR_EL1.KDE as v6.14+ code spells it.
+pub const MDSCR_EL1_KDE: u64 = DBG_MDSCR_KDE;
+/// MDSCR_EL1.MDE as v6.14+ code spells it.
+pub const MDSCR_EL1_MDE: u64 = DBG_MDSCR_MDE;
 
 /// MDCR_EL2.HPMN mask (bits \[4:0\]).
 pub const MDCR_EL2_HPMN_MASK: u64 = MdcrEl2::HPMN_MASK << MdcrEl2::HPMN_SHIFT;

@@ -11,6 +11,38 @@ use crate::error::ModelError;
 
 /// DebugVer values that name an AArch64 debug architecture (Armv8.0 and later).
 const DEBUGVER_V8: u8 = 0b0110;
+/// DebugVer of Armv8.8 debug, the most KVM shows a guest (`ID_REG_LIMIT_FIELD_ENUM(..., V8P8)`).
+const DEBUGVER_V8P8: u64 = 0xa;
+/// The fields of ID_AA64DFR0_EL1 userspace may lower through KVM_SET_ONE_REG (v6.7+
+/// `ID_FILTERED(ID_AA64DFR0_EL1, ..., DoubleLock | WRPs | PMUVer | DebugVer)`): each a 4-bit
+/// field at this shift.
+const WRITABLE_SHIFTS: [u32; 4] = [0, 8, 20, 36];
+
+/// `sanitise_id_aa64dfr0_el1`: the ID_AA64DFR0_EL1 a guest sees for a host value: DebugVer
+/// capped at Armv8.8, SPE (PMSVer), TRBE (TraceBuffer) and BRBE hidden. BRPs, WRPs and
+/// CTX_CMPs are the host's.
+pub const fn sanitise_id_aa64dfr0_el1(host: u64) -> u64 {
+    let mut v = host;
+    if v & 0xf > DEBUGVER_V8P8 {
+        v = (v & !0xf) | DEBUGVER_V8P8;
+    }
+    v & !((0xf << 32) | (0xf << 44) | (0xf << 52))
+}
+
+/// `set_id_aa64dfr0_el1` / `arm64_check_features`: whether userspace may replace the VM's
+/// ID_AA64DFR0_EL1 `cur` by `new`: only DoubleLock, WRPs, PMUVer and DebugVer may differ, and
+/// only downwards (BRPs and CTX_CMPs are locked: the kernel answers -E2BIG).
+pub fn id_aa64dfr0_write_is_safe(cur: u64, new: u64) -> bool {
+    let mut mask = 0u64;
+    for sh in WRITABLE_SHIFTS {
+        let (c, n) = ((cur >> sh) & 0xf, (new >> sh) & 0xf);
+        if n > c {
+            return false;
+        }
+        mask |= 0xf << sh;
+    }
+    cur & !mask == new & !mask
+}
 
 /// The debug resources a physical CPU implements, decoded from ID_AA64DFR0_EL1 and validated.
 ///

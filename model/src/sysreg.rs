@@ -111,6 +111,29 @@ pub enum SysReg {
     EsrEl1,
     /// FAR_EL1 (3, 0, 6, 0, 0).
     FarEl1,
+    /// DBGCLAIMSET_EL1 (2, 0, 7, 8, 6): KVM's trap_raz_wi.
+    DbgclaimsetEl1,
+    /// DBGCLAIMCLR_EL1 (2, 0, 7, 9, 6): KVM's trap_raz_wi.
+    DbgclaimclrEl1,
+    /// DBGAUTHSTATUS_EL1 (2, 0, 7, 14, 6), read-only: KVM returns the host's value.
+    DbgauthstatusEl1,
+    /// MDCCSR_EL0 (2, 3, 0, 1, 0), read-only: KVM's trap_raz_wi.
+    MdccsrEl0,
+    /// DBGDTR_EL0 (2, 3, 0, 4, 0): KVM's trap_raz_wi.
+    DbgdtrEl0,
+    /// DBGDTRTX_EL0 / DBGDTRRX_EL0 (2, 3, 0, 5, 0), one encoding: KVM's trap_raz_wi.
+    DbgdtrtxEl0,
+    /// OSDTRRX_EL1 (2, 0, 0, 0, 2): no sys_regs.c descriptor, so a trapped access UNDEFs.
+    OsdtrrxEl1,
+    /// OSDTRTX_EL1 (2, 0, 0, 3, 2): no sys_regs.c descriptor, so a trapped access UNDEFs.
+    OsdtrtxEl1,
+    /// OSECCR_EL1 (2, 0, 0, 6, 2): no sys_regs.c descriptor, so a trapped access UNDEFs.
+    OseccrEl1,
+    /// DBGVCR32_EL2 (2, 4, 0, 7, 0): an EL2 register (UNDEFINED at EL1), kept by KVM for
+    /// AArch32 guests and reachable through ONE_REG only.
+    Dbgvcr32El2,
+    /// ID_AA64DFR0_EL1 (3, 0, 0, 5, 0): the VM's (sanitised, partly writable) view.
+    IdAa64dfr0El1,
 }
 
 /// An (op0, op1, CRn, CRm, op2) encoding.
@@ -135,7 +158,7 @@ const ONE_REG_PREFIX: u64 = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM64_SYS
 
 impl SysReg {
     /// Every named register except the banked ones.
-    const NAMED: [(SysReg, &'static str, Encoding); 12] = [
+    const NAMED: [(SysReg, &'static str, Encoding); 23] = [
         (SysReg::MdscrEl1, "MDSCR_EL1", enc(2, 0, 0, 2, 2)),
         (SysReg::MdccintEl1, "MDCCINT_EL1", enc(2, 0, 0, 2, 0)),
         (SysReg::MdrarEl1, "MDRAR_EL1", enc(2, 0, 1, 0, 0)),
@@ -148,6 +171,29 @@ impl SysReg {
         (SysReg::ElrEl1, "ELR_EL1", enc(3, 0, 4, 0, 1)),
         (SysReg::EsrEl1, "ESR_EL1", enc(3, 0, 5, 2, 0)),
         (SysReg::FarEl1, "FAR_EL1", enc(3, 0, 6, 0, 0)),
+        (
+            SysReg::DbgclaimsetEl1,
+            "DBGCLAIMSET_EL1",
+            enc(2, 0, 7, 8, 6),
+        ),
+        (
+            SysReg::DbgclaimclrEl1,
+            "DBGCLAIMCLR_EL1",
+            enc(2, 0, 7, 9, 6),
+        ),
+        (
+            SysReg::DbgauthstatusEl1,
+            "DBGAUTHSTATUS_EL1",
+            enc(2, 0, 7, 14, 6),
+        ),
+        (SysReg::MdccsrEl0, "MDCCSR_EL0", enc(2, 3, 0, 1, 0)),
+        (SysReg::DbgdtrEl0, "DBGDTR_EL0", enc(2, 3, 0, 4, 0)),
+        (SysReg::DbgdtrtxEl0, "DBGDTRTX_EL0", enc(2, 3, 0, 5, 0)),
+        (SysReg::OsdtrrxEl1, "OSDTRRX_EL1", enc(2, 0, 0, 0, 2)),
+        (SysReg::OsdtrtxEl1, "OSDTRTX_EL1", enc(2, 0, 0, 3, 2)),
+        (SysReg::OseccrEl1, "OSECCR_EL1", enc(2, 0, 0, 6, 2)),
+        (SysReg::Dbgvcr32El2, "DBGVCR32_EL2", enc(2, 4, 0, 7, 0)),
+        (SysReg::IdAa64dfr0El1, "ID_AA64DFR0_EL1", enc(3, 0, 0, 5, 0)),
     ];
 
     /// DBG{B,W}{C,V}R\<n>_EL1; `n` must be below 16.
@@ -218,7 +264,7 @@ impl SysReg {
             op2: (id & 7) as u8,
         };
         match Self::from_encoding(e) {
-            Some(r) if r.is_debug() => Ok(r),
+            Some(r) if r.is_debug() || r == SysReg::IdAa64dfr0El1 => Ok(r),
             _ => Err(ModelError::UnknownOneRegId { id }),
         }
     }
@@ -231,7 +277,18 @@ impl SysReg {
     /// The MDCR_EL2 bit that traps a guest access to this register, if any.
     pub const fn trapped_by(self) -> Option<TrapBit> {
         match self {
-            SysReg::Dbg(..) | SysReg::MdscrEl1 | SysReg::MdccintEl1 => Some(TrapBit::Tda),
+            SysReg::Dbg(..)
+            | SysReg::MdscrEl1
+            | SysReg::MdccintEl1
+            | SysReg::DbgclaimsetEl1
+            | SysReg::DbgclaimclrEl1
+            | SysReg::DbgauthstatusEl1
+            | SysReg::MdccsrEl0
+            | SysReg::DbgdtrEl0
+            | SysReg::DbgdtrtxEl0
+            | SysReg::OsdtrrxEl1
+            | SysReg::OsdtrtxEl1
+            | SysReg::OseccrEl1 => Some(TrapBit::Tda),
             SysReg::OslarEl1 | SysReg::OslsrEl1 | SysReg::OsdlrEl1 | SysReg::DbgprcrEl1 => {
                 Some(TrapBit::Tdosa)
             }
@@ -240,17 +297,43 @@ impl SysReg {
         }
     }
 
-    /// Whether MSR to it is architecturally defined (OSLSR_EL1 and MDRAR_EL1 are read-only).
+    /// Whether MSR to it at EL1 is architecturally defined (OSLSR_EL1, MDRAR_EL1,
+    /// DBGAUTHSTATUS_EL1, MDCCSR_EL0 and the ID register are read-only; DBGVCR32_EL2 is an EL2
+    /// register).
     pub const fn is_writable(self) -> bool {
         !matches!(
             self,
-            SysReg::OslsrEl1 | SysReg::MdrarEl1 | SysReg::EsrEl1 | SysReg::FarEl1
-        ) || matches!(self, SysReg::EsrEl1 | SysReg::FarEl1)
+            SysReg::OslsrEl1
+                | SysReg::MdrarEl1
+                | SysReg::DbgauthstatusEl1
+                | SysReg::MdccsrEl0
+                | SysReg::Dbgvcr32El2
+                | SysReg::IdAa64dfr0El1
+        )
     }
 
-    /// Whether MRS of it is architecturally defined (OSLAR_EL1 is write-only).
+    /// Whether MRS of it at EL1 is architecturally defined (OSLAR_EL1 is write-only;
+    /// DBGVCR32_EL2 is an EL2 register).
     pub const fn is_readable(self) -> bool {
-        !matches!(self, SysReg::OslarEl1)
+        !matches!(self, SysReg::OslarEl1 | SysReg::Dbgvcr32El2)
+    }
+
+    /// The registers KVM's sys_regs.c handles with `trap_raz_wi` when their access traps:
+    /// reads return 0, writes are ignored (no ROM table, no power-down request, no claim
+    /// tags, no Debug Communications Channel). OSDTRRX/TX_EL1 and OSECCR_EL1 are not among
+    /// them: no descriptor exists, so KVM injects UNDEF for a trapped access.
+    pub const fn is_raz_wi(self) -> bool {
+        matches!(
+            self,
+            SysReg::OsdlrEl1
+                | SysReg::DbgprcrEl1
+                | SysReg::MdrarEl1
+                | SysReg::DbgclaimsetEl1
+                | SysReg::DbgclaimclrEl1
+                | SysReg::MdccsrEl0
+                | SysReg::DbgdtrEl0
+                | SysReg::DbgdtrtxEl0
+        )
     }
 
     /// The bank and index of a breakpoint/watchpoint register.
@@ -298,7 +381,9 @@ impl FromStr for SysReg {
             name: s.to_string(),
             hint: "expected DBG{B,W}{C,V}R<0..15>_EL1, MDSCR_EL1, MDCCINT_EL1, OSLAR_EL1, \
                    OSLSR_EL1, OSDLR_EL1, DBGPRCR_EL1, MDRAR_EL1, CONTEXTIDR_EL1, SPSR_EL1, \
-                   ELR_EL1, ESR_EL1 or FAR_EL1",
+                   ELR_EL1, ESR_EL1, FAR_EL1, DBGCLAIMSET_EL1, DBGCLAIMCLR_EL1, \
+                   DBGAUTHSTATUS_EL1, MDCCSR_EL0, DBGDTR_EL0, DBGDTRRX_EL0, DBGDTRTX_EL0, \
+                   OSDTRRX_EL1, OSDTRTX_EL1, OSECCR_EL1, DBGVCR32_EL2 or ID_AA64DFR0_EL1",
         };
         for bank in DbgBank::ALL {
             if let Some(num) = stem.strip_prefix(&bank.stem().to_ascii_uppercase()) {
@@ -306,9 +391,13 @@ impl FromStr for SysReg {
                 return SysReg::dbg(bank, n);
             }
         }
+        if up == "DBGDTRRX_EL0" {
+            // DBGDTRRX_EL0 (MRS) and DBGDTRTX_EL0 (MSR) share one encoding.
+            return Ok(SysReg::DbgdtrtxEl0);
+        }
         Self::NAMED
             .iter()
-            .find(|(_, name, _)| name.strip_suffix("_EL1") == Some(stem))
+            .find(|(_, name, _)| *name == up || name.strip_suffix("_EL1") == Some(stem))
             .map(|(r, _, _)| *r)
             .ok_or_else(unknown)
     }

@@ -70,7 +70,12 @@ impl Checker {
         }
         self.check_live_mdscr(vcpu, pcpu, live.mdscr_el1, &s);
         self.check_tde(vcpu, pcpu, live.mdcr_el2, &s);
-        let host_mdcr = self.host_before.get(&pcpu).map(|h| h.mdcr_el2);
+        // VHE: the host's MDCR_EL2 is the one before vcpu_load.
+        let host_mdcr = self
+            .host_at_load
+            .get(&pcpu)
+            .or(self.host_before.get(&pcpu))
+            .map(|h| h.mdcr_el2);
         self.check_mdcr_contract(vcpu, pcpu, live.mdcr_el2, host_mdcr);
         let s = self.shadow(vcpu);
         s.entry_in_use = in_use;

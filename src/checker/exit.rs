@@ -168,9 +168,47 @@ impl Checker {
                 Invariant::MdccintMdcr,
             ),
         ];
+        // VHE: the vcpu's CONTEXTIDR_EL1 and MDCR_EL2 stay loaded from load to put.
+        let vhe = self.host_at_load.contains_key(&pcpu);
+        for (name, want, got, inv) in pairs {
+            let at_put = matches!(name, "CONTEXTIDR_EL1" | "MDCR_EL2");
+            if want != got && !(vhe && at_put) {
+                self.host_changed(vcpu, pcpu, inv, name, want, got);
+            }
+        }
+    }
+
+    /// VHE: after `vcpu_put` the host has its CONTEXTIDR_EL1 (invariant 2) and its whole
+    /// MDCR_EL2 (invariant 9) back, as they were before `vcpu_load`.
+    pub(super) fn on_vhe_put(&mut self, vcpu: usize, pcpu: usize, after: &HostSnapshot) {
+        let Some(before) = self.host_at_load.get(&pcpu).copied() else {
+            return;
+        };
+        let pairs = [
+            (
+                "CONTEXTIDR_EL1",
+                before.contextidr_el1,
+                after.contextidr_el1,
+                Invariant::HostRestored,
+            ),
+            (
+                "MDCR_EL2",
+                before.mdcr_el2,
+                after.mdcr_el2,
+                Invariant::MdccintMdcr,
+            ),
+        ];
         for (name, want, got, inv) in pairs {
             if want != got {
-                self.host_changed(vcpu, pcpu, inv, name, want, got);
+                let msg = format!(
+                    "after vcpu_put the host's {name} is {got:#x}; it was {want:#x} before vcpu_load (VHE)"
+                );
+                self.violation(inv, vcpu, msg)
+                    .cpu(pcpu)
+                    .register(name)
+                    .expected(want)
+                    .actual(got)
+                    .push();
             }
         }
     }

@@ -31,7 +31,11 @@ impl Checker {
                 "the OS lock state it set",
             ),
             // sys_regs.c: trap_raz_wi (KVM emulates no ROM table and no powerdown request).
-            SysReg::MdrarEl1 | SysReg::DbgprcrEl1 => (0, "KVM's trap_raz_wi: reads as zero"),
+            SysReg::DbgauthstatusEl1 => (
+                hypdbg_model::ctrl::DBGAUTHSTATUS_EL1_HW,
+                "the host's value (trap_dbgauthstatus_el1)",
+            ),
+            r if r.is_raz_wi() && r != SysReg::OsdlrEl1 => (0, "KVM's trap_raz_wi: reads as zero"),
             _ => return None,
         })
     }
@@ -68,6 +72,8 @@ impl Checker {
             Some(SysReg::Dbg(bank, n)) => usize::from(n) < self.features.count(bank),
             Some(SysReg::MdscrEl1 | SysReg::MdccintEl1) => true,
             Some(SysReg::OslarEl1) => is_write,
+            // trap_raz_wi and trap_dbgauthstatus_el1: emulated, never UNDEFINED.
+            Some(r) => r.is_raz_wi() || r == SysReg::DbgauthstatusEl1,
             _ => false,
         };
         if undef && defined {

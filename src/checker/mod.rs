@@ -183,6 +183,9 @@ pub struct Checker {
     shadows: BTreeMap<usize, Shadow>,
     blocks: BTreeMap<usize, Blocks>,
     host_before: BTreeMap<usize, HostSnapshot>,
+    /// VHE: the host's registers at the last `vcpu_load`, per physical CPU. MDCR_EL2 and the
+    /// EL1 registers are the vcpu's from load to put, so they are judged at put.
+    host_at_load: BTreeMap<usize, HostSnapshot>,
     /// The violations found (a caller may drain them as they come).
     pub violations: Vec<Violation>,
     action: u64,
@@ -198,6 +201,7 @@ impl Checker {
             shadows: BTreeMap::new(),
             blocks: BTreeMap::new(),
             host_before: BTreeMap::new(),
+            host_at_load: BTreeMap::new(),
             violations: Vec::new(),
             action: 0,
             event: 0,
@@ -241,8 +245,25 @@ impl Checker {
             Event::GetOneReg { vcpu, reg, value } => {
                 self.check_read(*vcpu, *reg, *value, "KVM_GET_ONE_REG")
             }
-            Event::Load { vcpu, .. } => self.shadow(*vcpu).on_load(),
-            Event::Put { vcpu, state, .. } => self.on_put(*vcpu, state.pstate),
+            Event::Load {
+                vcpu, pcpu, host, ..
+            } => {
+                if let Some(h) = host {
+                    self.host_at_load.insert(*pcpu, **h);
+                }
+                self.shadow(*vcpu).on_load()
+            }
+            Event::Put {
+                vcpu,
+                pcpu,
+                state,
+                host,
+            } => {
+                if let Some(after) = host {
+                    self.on_vhe_put(*vcpu, *pcpu, after);
+                }
+                self.on_put(*vcpu, state.pstate)
+            }
             Event::Inject { vcpu, .. } => self.shadow(*vcpu).on_inject(),
             Event::BeforeEntry { pcpu, host, .. } => {
                 self.host_before.insert(*pcpu, **host);

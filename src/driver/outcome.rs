@@ -202,9 +202,12 @@ impl ExitInfo {
         match *e {
             VcpuExit::Debug { arch, flags } => {
                 let esr = exit_syndrome(&arch, flags);
+                // run->debug.arch.far is meaningful for a watchpoint only (issue 15 row 10).
+                let far =
+                    (esr.ec() == hypdbg_model::esr::ESR_ELX_EC_WATCHPT_LOW).then_some(arch.far);
                 ExitInfo {
                     esr: Some(esr),
-                    far: Some(arch.far),
+                    far,
                     ..Self::of_kind(debug_kind(esr.ec()))
                 }
             }

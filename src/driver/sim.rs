@@ -54,6 +54,7 @@ impl SimBackend {
             mode: AccessMode::Checking,
             trace_instructions: spec.trace,
             budget_per_run: spec.budget,
+            host_mode: spec.variant.host,
         };
         let vm_err = |what: String| move |source| SetupError::Vm { what, source };
         let mut vm =

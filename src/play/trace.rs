@@ -167,7 +167,8 @@ impl TraceContext<'_> {
             Era::One | Era::Two => {
                 let _ = write!(
                     w,
-                    "DEBUG_DIRTY={} debug_ptr={}",
+                    "{}={} debug_ptr={}",
+                    self.era.dirty_flag_name(),
                     u8::from(s.debug_flags.contains(DebugFlags::DEBUG_DIRTY)),
                     match s.debug_ptr {
                         hypdbg_hyp::context::DebugPtr::VcpuDebugState => "&vcpu_debug_state",
@@ -357,13 +358,17 @@ impl TraceContext<'_> {
                 "KVM_RUN",
                 format!("returns to userspace: {exit}"),
             )),
-            Event::Load { vcpu, pcpu, state } => out.push(ev(
+            Event::Load {
+                vcpu, pcpu, state, ..
+            } => out.push(ev(
                 Some(*pcpu),
                 *vcpu,
                 "kvm_arch_vcpu_load",
                 self.state_words(state),
             )),
-            Event::Put { vcpu, pcpu, state } => out.push(ev(
+            Event::Put {
+                vcpu, pcpu, state, ..
+            } => out.push(ev(
                 Some(*pcpu),
                 *vcpu,
                 "kvm_arch_vcpu_put",
@@ -457,7 +462,7 @@ impl TraceContext<'_> {
             } => {
                 let text = format!("switch to the guest: {}", moves_words(accesses));
                 out.push(ev(*pcpu, *vcpu, "__kvm_vcpu_run", text));
-                access_records(seq, *pcpu, *vcpu, accesses, out);
+                access_records(seq, *pcpu, *vcpu, accesses, self.era, out);
                 let live = self.live_words(&live.regs);
                 out.push(ev(*pcpu, *vcpu, "__kvm_vcpu_run", live));
             }
@@ -476,7 +481,7 @@ impl TraceContext<'_> {
                     moves_words(accesses)
                 );
                 out.push(ev(*pcpu, *vcpu, "__kvm_vcpu_run", text));
-                access_records(seq, *pcpu, *vcpu, accesses, out);
+                access_records(seq, *pcpu, *vcpu, accesses, self.era, out);
                 let back = format!("back in the host: {}", self.state_words(state));
                 out.push(ev(*pcpu, *vcpu, "__kvm_vcpu_run", back));
             }
@@ -488,7 +493,7 @@ impl TraceContext<'_> {
             } => {
                 let text = format!("the world switch faulted: {fault}");
                 out.push(ev(*pcpu, *vcpu, "hyp_panic", text));
-                access_records(seq, *pcpu, *vcpu, accesses, out);
+                access_records(seq, *pcpu, *vcpu, accesses, self.era, out);
             }
             _ => {}
         }
@@ -520,13 +525,20 @@ fn trap_words(e: &Event) -> String {
     }
 }
 
-fn access_records(seq: usize, cpu: usize, vcpu: usize, a: &[AccessRecord], out: &mut Vec<Record>) {
+fn access_records(
+    seq: usize,
+    cpu: usize,
+    vcpu: usize,
+    a: &[AccessRecord],
+    era: Era,
+    out: &mut Vec<Record>,
+) {
     for r in a {
         out.push(Record::Access {
             seq,
             cpu,
             vcpu,
-            func: r.scope.kernel_name().to_string(),
+            func: r.scope.kernel_name_in(era).to_string(),
             access: if r.write { "write" } else { "read" }.to_string(),
             reg: r.reg.to_string(),
             value: hex(r.value),

@@ -156,10 +156,15 @@ impl RegName {
         if let Some(n) = CORE_NAMES.iter().position(|c| *c == low) {
             return Ok(RegName::Core(core_reg::x(n as u8), CORE_NAMES[n]));
         }
-        let hint = "ONE_REG reaches x0..x30, sp, pc, pstate, DBG{B,W}{C,V}R<n>_EL1, MDSCR_EL1, MDCCINT_EL1 and OSLSR_EL1";
+        let hint = "ONE_REG reaches x0..x30, sp, pc, pstate, DBG{B,W}{C,V}R<n>_EL1, MDSCR_EL1, MDCCINT_EL1, OSLSR_EL1, DBGVCR32_EL2 and ID_AA64DFR0_EL1";
         match s.parse::<SysReg>() {
             Ok(
-                r @ (SysReg::Dbg(..) | SysReg::MdscrEl1 | SysReg::MdccintEl1 | SysReg::OslsrEl1),
+                r @ (SysReg::Dbg(..)
+                | SysReg::MdscrEl1
+                | SysReg::MdccintEl1
+                | SysReg::OslsrEl1
+                | SysReg::Dbgvcr32El2
+                | SysReg::IdAa64dfr0El1),
             ) => Ok(RegName::Sys(r)),
             Ok(r) => Err(format!("{r} is not reachable through ONE_REG here: {hint}")),
             Err(_) => Err(format!("unknown register '{}': {hint}", s.trim())),

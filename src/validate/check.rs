@@ -281,7 +281,9 @@ pub fn check(
         .collect()
 }
 
-/// One variant over every job, then the random search; the verdict and the smallest
+/// One variant over every job on an nVHE host and, for eras 2 and 3 outside protected mode,
+/// on a VHE host (`NAME@vhe`): always for a reference or a user variant, for a mutant only
+/// when nVHE did not catch it. Then the random search (nVHE). The verdict and the smallest
 /// counterexample.
 pub fn check_variant(
     variant: &Variant,
@@ -289,40 +291,44 @@ pub fn check_variant(
     opts: &CheckOptions,
     tick: &(dyn Fn() + Sync),
 ) -> Result<VariantReport, CheckError> {
-    let results: Vec<Result<Vec<Found>, CheckError>> = jobs
-        .par_iter()
-        .map(|job| {
-            if opts.deadline.is_some_and(|d| Instant::now() > d) {
-                return Err(CheckError::Deadline);
-            }
-            let r = run_job(variant, job);
-            tick();
-            r
-        })
-        .collect();
+    let mut hosts = vec![variant.clone()];
+    let mut results: Vec<(usize, usize, Vec<Found>)> = Vec::new();
+    collect_host(&mut results, variant, 0, jobs, opts, Some(tick))?;
+    if let Some(vhe) = variant.on_vhe()
+        && (!variant.is_mutant() || results.is_empty())
+    {
+        collect_host(&mut results, &vhe, 1, jobs, opts, None)?;
+        hosts.push(vhe);
+    }
+    let runs = jobs.len() * hosts.len();
     let mut invariants = BTreeSet::new();
     let mut violations = 0u64;
-    let mut best: Option<Best> = None;
-    for (i, r) in results.into_iter().enumerate() {
-        for found in r? {
+    let mut best: Option<(Best, usize)> = None;
+    for (h, i, found) in results {
+        for found in found {
             violations += 1;
             invariants.insert(found.violation.invariant);
             let rank = jobs[i].rank(i);
-            if best.as_ref().is_none_or(|b| b.rank > rank) {
-                best = Some(Best {
+            if best
+                .as_ref()
+                .is_none_or(|(b, bh)| (b.rank, *bh) > (rank, h))
+            {
+                let b = Best {
                     rank,
                     violation: found.violation,
                     step: found.step,
-                });
+                };
+                best = Some((b, h));
             }
         }
     }
-    let mut counterexample = best.map(|b| {
+    let mut counterexample = best.map(|(b, h)| {
         let job = &jobs[b.rank.2];
         let mut scenario = job.scenario.clone();
-        scenario.flow = Some(variant.name.to_string());
+        scenario.flow = Some(hosts[h].label());
+        let host = if h == 0 { "" } else { ", VHE host" };
         Counterexample {
-            cpu: job.cpu.label().to_string(),
+            cpu: format!("{}{host}", job.cpu.label()),
             scenario,
             violation: b.violation,
             step: b.step,
@@ -352,7 +358,7 @@ pub fn check_variant(
         random_runs,
         invariants: invariants.into_iter().collect(),
         violations,
-        scenarios: jobs.len() as u64,
+        scenarios: runs as u64,
         counterexample,
         random_cases: opts.random_cases,
         random_counterexample,
@@ -366,6 +372,37 @@ fn hidden_on_every(variant: &Variant, opts: &CheckOptions) -> Option<&'static st
         why = Some(variant.hidden(cpu.features())?);
     }
     why
+}
+
+/// Run `variant` (host number `h`) over every job; keep the jobs that found something.
+fn collect_host(
+    out: &mut Vec<(usize, usize, Vec<Found>)>,
+    variant: &Variant,
+    h: usize,
+    jobs: &[Job],
+    opts: &CheckOptions,
+    tick: Option<&(dyn Fn() + Sync)>,
+) -> Result<(), CheckError> {
+    let results: Vec<Result<Vec<Found>, CheckError>> = jobs
+        .par_iter()
+        .map(|job| {
+            if opts.deadline.is_some_and(|d| Instant::now() > d) {
+                return Err(CheckError::Deadline);
+            }
+            let r = run_job(variant, job);
+            if let Some(t) = tick {
+                t();
+            }
+            r
+        })
+        .collect();
+    for (i, r) in results.into_iter().enumerate() {
+        let found = r?;
+        if !found.is_empty() {
+            out.push((h, i, found));
+        }
+    }
+    Ok(())
 }
 
 /// The random search for `variant` on the options' random CPU, seeded by its name: its

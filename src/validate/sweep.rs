@@ -2,8 +2,8 @@
 //! OS lock, guest accesses while clean, userspace control flags and when userspace debug
 //! starts, stops, pauses stepping or is re-issued unchanged, consecutive runs, host
 //! interrupts, migration between two physical CPUs (same profile, or another with equal
-//! counts), SMP entries; and every BRPs/WRPs field value 1..=15 with CTX_CMPs at its minimum
-//! and maximum.
+//! counts), SMP entries, a VM whose ID_AA64DFR0_EL1.WRPs userspace lowered; and every
+//! BRPs/WRPs field value 1..=15 with CTX_CMPs at its minimum and maximum.
 
 use std::fmt::Write as _;
 
@@ -76,6 +76,9 @@ pub struct Params {
     pub migration: Migration,
     /// Host interrupts every 3 guest instructions.
     pub irq: bool,
+    /// Userspace lowers the VM's ID_AA64DFR0_EL1.WRPs by one before the first run (v6.7+):
+    /// the guest is told of one watchpoint fewer than the hardware has (and uses them all).
+    pub lower_wrps: bool,
 }
 
 /// A physical CPU with the same counts but another ID_AA64DFR0_EL1 value (DebugVer bumped).
@@ -119,6 +122,7 @@ impl Params {
             session: Session::Whole,
             migration: Migration::None,
             irq: false,
+            lower_wrps: false,
         }
     }
 
@@ -151,6 +155,9 @@ impl Params {
         if self.irq {
             s += "; host interrupts every 3 instructions";
         }
+        if self.lower_wrps {
+            s += "; userspace lowers ID_AA64DFR0_EL1.WRPs by one before the first run";
+        }
         match self.migration {
             Migration::None => {}
             Migration::Same => s += "; migrated to another CPU before the last run",
@@ -170,7 +177,7 @@ impl Params {
             CleanAccess::Read => 1,
             CleanAccess::Write => 2,
         };
-        n += self.control.count_ones();
+        n += self.control.count_ones() + u32::from(self.lower_wrps);
         n += match (self.control, self.session) {
             (0, _) | (_, Session::Whole) => 0,
             _ => 1,
@@ -189,6 +196,18 @@ impl Params {
         let (bt, wt) = (f.num_brps() - 1, f.num_wrps() - 1);
         let c = self.program(bt, wt);
         let mut ops = self.ops(bt, wt);
+        if self.lower_wrps {
+            let view = hypdbg_model::dfr0::sanitise_id_aa64dfr0_el1(f.raw());
+            ops.insert(
+                0,
+                Op::SetOneReg {
+                    vcpu: 0,
+                    reg: "ID_AA64DFR0_EL1".into(),
+                    value: Value::Num(view - (1 << 20)),
+                    expect: None,
+                },
+            );
+        }
         let mut cpus = vec![cpu.clone()];
         match self.migration {
             Migration::None => {}
@@ -413,6 +432,7 @@ pub fn points() -> Vec<Params> {
                         migration: migrations[(k / 2 + variant) % 3],
                         irq: control & GuestDebugControl::SINGLESTEP.bits() != 0
                             && (k + variant) % 2 == 1,
+                        lower_wrps: false,
                     });
                 }
             }
@@ -426,6 +446,14 @@ pub fn points() -> Vec<Params> {
                 }
             }
         }
+    }
+    // A guest told of one watchpoint fewer than the hardware has, using every one of them,
+    // and userspace using the hardware: the switch must still move the hardware's count.
+    for p in count_points() {
+        v.push(Params {
+            lower_wrps: true,
+            ..p
+        });
     }
     v.sort_by_key(|p| p.size());
     v.dedup();
@@ -444,6 +472,7 @@ pub fn count_points() -> [Params; 2] {
         session: Session::Whole,
         migration: Migration::None,
         irq: false,
+        lower_wrps: false,
     };
     let user = Params {
         mdscr: 0,

@@ -98,21 +98,18 @@ pub trait EraEngine: Send + Sync + 'static {
     }
 
     /// `emulate_sys_reg` and the debug handlers of sys_regs.c: emulate a trapped MSR/MRS
-    /// against the vcpu's state. An index above the guest's implemented count is UNDEFINED.
+    /// against the vcpu's state. `trap_dbg_wb_reg` has no count check: an index the hardware
+    /// does not implement UNDEFs at EL1 before it could trap, so slot n is all it sees.
     fn emulate_sys_reg(
         &self,
         vcpu: &mut KvmVcpu,
-        guest: &DebugFeatures,
+        _guest: &DebugFeatures,
         host_mdcr_el2: u64,
         p: &mut SysRegParams,
     ) -> TrapOutcome {
         let flow = self.flow();
         let outcome = match p.reg {
-            SysReg::Dbg(bank, n) => {
-                let implemented = guest.count(bank);
-                if usize::from(n) >= implemented {
-                    return TrapOutcome::Undef;
-                }
+            SysReg::Dbg(..) => {
                 let Some(slot) = flow.demux_wb_reg(&mut vcpu.arch.vcpu_debug_state, p.reg) else {
                     return TrapOutcome::Undef;
                 };
@@ -141,7 +138,14 @@ pub trait EraEngine: Send + Sync + 'static {
                 return o;
             }
             SysReg::OslsrEl1 => return flow.trap_oslsr_el1(vcpu, p),
-            SysReg::OsdlrEl1 | SysReg::DbgprcrEl1 | SysReg::MdrarEl1 => {
+            SysReg::DbgauthstatusEl1 => {
+                // trap_dbgauthstatus_el1: the host's value; a write is ignored.
+                if !p.is_write {
+                    p.regval = hypdbg_model::ctrl::DBGAUTHSTATUS_EL1_HW;
+                }
+                return TrapOutcome::Handled;
+            }
+            r if r.is_raz_wi() => {
                 // trap_raz_wi
                 if !p.is_write {
                     p.regval = 0;
@@ -247,9 +251,10 @@ impl<T: Era1> EraEngine for Era1Engine<T> {
         esr: Esr,
         far: u64,
     ) -> (KvmDebugExitArch, u32) {
-        // v4.x reported hsr only: no hsr_high, no KVM_DEBUG_ARCH_HSR_HIGH_VALID.
+        // v4.x reported hsr only: no hsr_high (v5.19), no KVM_DEBUG_ARCH_HSR_HIGH_VALID.
         let (mut exit, _) = self.0.kvm_handle_guest_debug(vcpu, esr, far);
         exit.hsr_high = 0;
+        vcpu.run_debug_arch.hsr_high = 0;
         (exit, 0)
     }
 }
@@ -280,6 +285,74 @@ impl<T: Era2> EraEngine for Era2Engine<T> {
     ) -> Result<(), HypFault> {
         self.0
             .__debug_switch_to_host_common(a, vcpu, &host.host_ctxt)
+    }
+    fn handle_guest_debug(
+        &self,
+        vcpu: &mut KvmVcpu,
+        esr: Esr,
+        far: u64,
+    ) -> (KvmDebugExitArch, u32) {
+        self.0.kvm_handle_guest_debug(vcpu, esr, far)
+    }
+}
+
+/// Era 2 as v6.10..v6.13 lay it out: `__debug_switch_to_{guest,host}_common` save the host's
+/// registers in `host_data_ptr(host_debug_state.regs)` and `__activate_traps_common` its
+/// MDCR_EL2 in `host_data_ptr(host_debug_state.mdcr_el2)`, per CPU, not in the vcpu. The
+/// era-2 functions name the vcpu's slot; this engine hands them the CPU's for the call.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Era2PercpuEngine<T>(pub T);
+
+impl<T: Era2> EraEngine for Era2PercpuEngine<T> {
+    type Flow = T;
+    fn flow(&self) -> &T {
+        &self.0
+    }
+    fn era(&self) -> Era {
+        Era::Two
+    }
+    debug_dirty_hooks!();
+    fn switch_to_guest<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault> {
+        // host_dbg = host_data_ptr(host_debug_state.regs)
+        std::mem::swap(
+            &mut vcpu.arch.host_debug_state,
+            &mut host.host_debug_state.regs,
+        );
+        let r = self
+            .0
+            .__debug_switch_to_guest_common(a, vcpu, &mut host.host_ctxt);
+        std::mem::swap(
+            &mut vcpu.arch.host_debug_state,
+            &mut host.host_debug_state.regs,
+        );
+        r
+    }
+    fn switch_to_host<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault> {
+        std::mem::swap(
+            &mut vcpu.arch.host_debug_state,
+            &mut host.host_debug_state.regs,
+        );
+        let r = self
+            .0
+            .__debug_switch_to_host_common(a, vcpu, &host.host_ctxt);
+        std::mem::swap(
+            &mut vcpu.arch.host_debug_state,
+            &mut host.host_debug_state.regs,
+        );
+        r
+    }
+    fn host_mdcr_slot<'a>(&self, _vcpu: &'a mut KvmVcpu, host: &'a mut KvmHostData) -> &'a mut u64 {
+        &mut host.host_debug_state.mdcr_el2
     }
     fn handle_guest_debug(
         &self,

@@ -57,7 +57,8 @@ pub trait DebugDirty: Common {
     }
 
     /// The single-step part of `kvm_arm_setup_debug`: SPSR.SS = 1 unless the step state was
-    /// active-pending at the last exit (v6.1), and MDSCR.SS; without SINGLESTEP, MDSCR.SS off.
+    /// active-pending at the last exit (v6.1), and MDSCR.SS; without SINGLESTEP, MDSCR.SS off
+    /// and the pending step forgotten.
     fn kvm_arm_setup_singlestep(&self, vcpu: &mut KvmVcpu) {
         if vcpu.guest_debug.contains(GuestDebugControl::SINGLESTEP) {
             let pending = vcpu.flag(DebugFlags::DBG_SS_ACTIVE_PENDING);
@@ -65,6 +66,9 @@ pub trait DebugDirty: Common {
             vcpu.arch.ctxt.sys_regs.mdscr_el1 |= DBG_MDSCR_SS;
         } else {
             vcpu.arch.ctxt.sys_regs.mdscr_el1 &= !DBG_MDSCR_SS;
+            // Not upstream: v6.1+ clears the flag only when ENABLE goes (in the ioctl), so a
+            // run without SINGLESTEP keeps a stale pending step (`ss-pending-survives-era2`).
+            vcpu.set_flag(DebugFlags::DBG_SS_ACTIVE_PENDING, false);
         }
     }
 
@@ -125,18 +129,14 @@ pub trait DebugDirty: Common {
                 vcpu.arch.external_debug_state = dbg.arch;
             }
         } else {
+            // If not enabled clear all flags (v6.1+).
             vcpu.guest_debug = GuestDebugControl::empty();
-        }
-        // Upstream clears the flag only when ENABLE goes; a step left pending when stepping
-        // stops would otherwise fire, without an instruction, when stepping resumes (found by
-        // hypdbg; `ss-pending-survives` is the upstream form).
-        if !vcpu.guest_debug.contains(GuestDebugControl::SINGLESTEP) {
             vcpu.set_flag(DebugFlags::DBG_SS_ACTIVE_PENDING, false);
         }
         Ok(())
     }
 
-    /// `kvm_handle_guest_debug`: fill `run->debug.arch`; a completed step clears the
+    /// `kvm_handle_guest_debug`: fill `vcpu->run->debug.arch` (hsr, hsr_high, far for a watchpoint); a completed step clears the
     /// active-pending flag. Returns the exit and `run->flags`.
     fn kvm_handle_guest_debug(
         &self,
@@ -144,15 +144,16 @@ pub trait DebugDirty: Common {
         esr: Esr,
         far: u64,
     ) -> (KvmDebugExitArch, u32) {
-        let mut exit = KvmDebugExitArch {
-            hsr: esr.bits() as u32,
-            hsr_high: (esr.bits() >> 32) as u32,
-            far: 0,
-        };
-        match esr.ec() {
-            ESR_ELX_EC_WATCHPT_LOW => exit.far = far,
-            ESR_ELX_EC_SOFTSTP_LOW => vcpu.set_flag(DebugFlags::DBG_SS_ACTIVE_PENDING, false),
-            _ => {}
+        let exit = &mut vcpu.run_debug_arch;
+        exit.hsr = esr.bits() as u32;
+        exit.hsr_high = (esr.bits() >> 32) as u32;
+        // run->debug.arch.far only for a watchpoint: other classes leave the union alone.
+        if esr.ec() == ESR_ELX_EC_WATCHPT_LOW {
+            exit.far = far;
+        }
+        let exit = *exit;
+        if esr.ec() == ESR_ELX_EC_SOFTSTP_LOW {
+            vcpu.set_flag(DebugFlags::DBG_SS_ACTIVE_PENDING, false)
         }
         (exit, KVM_DEBUG_ARCH_HSR_HIGH_VALID)
     }

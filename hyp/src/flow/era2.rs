@@ -39,7 +39,8 @@ pub trait Era2: DebugDirty {
     }
 
     /// `__debug_switch_to_guest_common`: if DIRTY, save the host's registers (per-vcpu
-    /// `host_debug_state`) and load the block `debug_ptr` points at.
+    /// `host_debug_state`) and load the block `debug_ptr` points at. Each debug-sr.h body
+    /// reads ID_AA64DFR0_EL1 for its own counts (`brps = (aa64dfr0 >> 12) & 0xf`).
     fn __debug_switch_to_guest_common<A: RegAccess>(
         &self,
         a: &mut A,
@@ -49,10 +50,11 @@ pub trait Era2: DebugDirty {
         if !vcpu.flag(DebugFlags::DEBUG_DIRTY) {
             return Ok(());
         }
-        let c = self.read_debug_counts(a.read_id_aa64dfr0());
         a.scope(Scope::SaveHost);
+        let c = self.read_debug_counts(a.read_id_aa64dfr0());
         self.__debug_save_state(a, &mut vcpu.arch.host_debug_state, host_ctxt, c)?;
         a.scope(Scope::RestoreGuest);
+        let c = self.read_debug_counts(a.read_id_aa64dfr0());
         let (dbg, ctxt) = debug_ptr_and_ctxt(vcpu);
         self.__debug_restore_state(a, dbg, ctxt, c)
     }
@@ -68,18 +70,19 @@ pub trait Era2: DebugDirty {
         if !vcpu.flag(DebugFlags::DEBUG_DIRTY) {
             return Ok(());
         }
-        let c = self.read_debug_counts(a.read_id_aa64dfr0());
         a.scope(Scope::SaveGuest);
+        let c = self.read_debug_counts(a.read_id_aa64dfr0());
         let (dbg, ctxt) = debug_ptr_and_ctxt(vcpu);
         self.__debug_save_state(a, dbg, ctxt, c)?;
         a.scope(Scope::RestoreHost);
+        let c = self.read_debug_counts(a.read_id_aa64dfr0());
         self.__debug_restore_state(a, &vcpu.arch.host_debug_state, host_ctxt, c)?;
         vcpu.set_flag(DebugFlags::DEBUG_DIRTY, false);
         Ok(())
     }
 }
 
-/// The era-2 reference (v6.13).
+/// The era-2 reference (v4.17..v6.13; v6.13 names, the v4.17..v6.9 per-vcpu host save area).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Era2Reference;
 impl Common for Era2Reference {}

@@ -3,7 +3,7 @@
 //! hijacked (`external_mdscr_el1`), single-step state is swapped at load/put.
 
 use hypdbg_model::ctrl::{
-    DBG_MDSCR_KDE, DBG_MDSCR_MDE, DBG_MDSCR_SS, DBG_SPSR_SS, MDCR_EL2_TDA, MDCR_EL2_TDE,
+    DBG_SPSR_SS, MDCR_EL2_TDA, MDCR_EL2_TDE, MDSCR_EL1_KDE, MDSCR_EL1_MDE, MDSCR_EL1_SS,
     mdscr_uses_debug,
 };
 use hypdbg_model::esr::{ESR_ELX_EC_SOFTSTP_LOW, ESR_ELX_EC_WATCHPT_LOW, Esr};
@@ -69,12 +69,12 @@ pub trait Era3: Common {
     /// `setup_external_mdscr`: the guest's MDSCR_EL1 minus SS/MDE/KDE, plus SS for
     /// SINGLESTEP and MDE|KDE for USE_HW (the OS lock falls out: MDE stays clear).
     fn setup_external_mdscr(&self, vcpu: &mut KvmVcpu) {
-        let mut mdscr = vcpu.mdscr_el1() & !(DBG_MDSCR_SS | DBG_MDSCR_MDE | DBG_MDSCR_KDE);
+        let mut mdscr = vcpu.mdscr_el1() & !(MDSCR_EL1_SS | MDSCR_EL1_MDE | MDSCR_EL1_KDE);
         if vcpu.guest_debug.contains(GuestDebugControl::SINGLESTEP) {
-            mdscr |= DBG_MDSCR_SS;
+            mdscr |= MDSCR_EL1_SS;
         }
         if vcpu.guest_debug.contains(GuestDebugControl::USE_HW) {
-            mdscr |= DBG_MDSCR_MDE | DBG_MDSCR_KDE;
+            mdscr |= MDSCR_EL1_MDE | MDSCR_EL1_KDE;
         }
         vcpu.arch.external_mdscr_el1 = mdscr;
     }
@@ -82,6 +82,11 @@ pub trait Era3: Common {
     /// `kvm_vcpu_load_debug`: decide the owner; with SINGLESTEP, stash the guest's step state
     /// and install the host's.
     fn kvm_vcpu_load_debug(&self, vcpu: &mut KvmVcpu, host_mdcr_el2: u64) {
+        if !vcpu.guest_debug.contains(GuestDebugControl::SINGLESTEP) {
+            // Not upstream: v6.14+ clears it only when ENABLE goes (in the ioctl), so a run
+            // without SINGLESTEP keeps a stale pending step (`ss-pending-survives`).
+            vcpu.set_flag(DebugFlags::HOST_SS_ACTIVE_PENDING, false);
+        }
         if !vcpu.guest_debug.is_empty() || vcpu.os_lock_enabled() {
             vcpu.arch.debug_owner = DebugOwner::VcpuDebugHostOwned;
             self.setup_external_mdscr(vcpu);
@@ -134,13 +139,9 @@ pub trait Era3: Common {
         dbg: &KvmGuestDebug,
     ) -> Result<(), KvmError> {
         let control = valid_control(dbg.control)?;
-        if !control.contains(GuestDebugControl::SINGLESTEP) {
-            // Upstream clears it only when ENABLE goes (see `ss-pending-survives`): a step left
-            // pending when stepping stops must not fire when stepping resumes.
-            vcpu.set_flag(DebugFlags::HOST_SS_ACTIVE_PENDING, false);
-        }
         if !control.contains(GuestDebugControl::ENABLE) {
             vcpu.guest_debug = GuestDebugControl::empty();
+            vcpu.set_flag(DebugFlags::HOST_SS_ACTIVE_PENDING, false);
             return Ok(());
         }
         vcpu.guest_debug = control;
@@ -150,22 +151,23 @@ pub trait Era3: Common {
         Ok(())
     }
 
-    /// `kvm_handle_guest_debug`: fill `run->debug.arch`; a completed step re-arms SPSR.SS.
+    /// `kvm_handle_guest_debug`: fill `vcpu->run->debug.arch` (hsr, hsr_high, far for a watchpoint); a completed step re-arms SPSR.SS.
     fn kvm_handle_guest_debug(
         &self,
         vcpu: &mut KvmVcpu,
         esr: Esr,
         far: u64,
     ) -> (KvmDebugExitArch, u32) {
-        let mut exit = KvmDebugExitArch {
-            hsr: esr.bits() as u32,
-            hsr_high: (esr.bits() >> 32) as u32,
-            far: 0,
-        };
-        match esr.ec() {
-            ESR_ELX_EC_WATCHPT_LOW => exit.far = far,
-            ESR_ELX_EC_SOFTSTP_LOW => *vcpu.cpsr_mut() |= DBG_SPSR_SS,
-            _ => {}
+        let exit = &mut vcpu.run_debug_arch;
+        exit.hsr = esr.bits() as u32;
+        exit.hsr_high = (esr.bits() >> 32) as u32;
+        // run->debug.arch.far only for a watchpoint: other classes leave the union alone.
+        if esr.ec() == ESR_ELX_EC_WATCHPT_LOW {
+            exit.far = far;
+        }
+        let exit = *exit;
+        if esr.ec() == ESR_ELX_EC_SOFTSTP_LOW {
+            *vcpu.cpsr_mut() |= DBG_SPSR_SS
         }
         (exit, KVM_DEBUG_ARCH_HSR_HIGH_VALID)
     }
@@ -219,17 +221,19 @@ pub trait Era3: Common {
         self.__debug_restore_state(a, &host.host_debug_state.regs, &host.host_ctxt, c)
     }
 
-    /// `flush_debug_state` (pKVM, v6.14-rc2): give the hyp's vcpu the owner and the owned
-    /// block (and the external MDSCR the guest runs with).
+    /// `flush_debug_state` (pKVM, nvhe/hyp-main.c): give the hyp's vcpu the owner and the
+    /// owned block (0f1a6c5c9784, v6.14-rc2) and, while the host owns debug, the MDSCR_EL1
+    /// the guest runs with, which the world switch loads through `ctxt_mdscr_el1()`
+    /// (119a9a23fbae, v7.3; `pkvm-external-mdscr-not-flushed` is v6.14..v7.2).
     fn flush_debug_state(&self, hyp_vcpu: &mut KvmVcpu, host_vcpu: &KvmVcpu) {
         hyp_vcpu.arch.debug_owner = host_vcpu.arch.debug_owner;
-        hyp_vcpu.arch.external_mdscr_el1 = host_vcpu.arch.external_mdscr_el1;
         match hyp_vcpu.arch.debug_owner {
             DebugOwner::VcpuDebugGuestOwned => {
                 hyp_vcpu.arch.vcpu_debug_state = host_vcpu.arch.vcpu_debug_state
             }
             DebugOwner::VcpuDebugHostOwned => {
                 hyp_vcpu.arch.external_debug_state = host_vcpu.arch.external_debug_state;
+                hyp_vcpu.arch.external_mdscr_el1 = host_vcpu.arch.external_mdscr_el1;
             }
             DebugOwner::VcpuDebugFree => {}
         }
@@ -255,7 +259,7 @@ pub struct Era3Reference;
 impl Common for Era3Reference {}
 impl Era3 for Era3Reference {}
 
-/// The era-3 reference under pKVM (nVHE protected mode): the hyp runs a copy of the vcpu.
+/// The era-3 reference under pKVM (protected hVHE or nVHE, v7.3): the hyp runs its own vcpu.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Era3Protected;
 impl Common for Era3Protected {}

@@ -491,6 +491,12 @@ impl GuestRun<'_> {
         if self.el() == El::El0 {
             return self.take_el1_exception(Esr::unknown(), None, pc);
         }
+        // An unimplemented DBG{B,W}{C,V}R<n> is UNDEFINED at EL1 before any trap to EL2.
+        if let SysReg::Dbg(bank, n) = reg
+            && usize::from(n) >= self.regs.file.features().count(bank)
+        {
+            return self.take_el1_exception(Esr::unknown(), None, pc);
+        }
         if access_traps(reg, self.regs.mdcr_el2) {
             let iss = SysRegIss {
                 encoding: enc,
@@ -540,7 +546,13 @@ impl GuestRun<'_> {
                     Ok(v) => v,
                     Err(_) => return self.take_el1_exception(Esr::unknown(), None, pc),
                 }
-            } else if reg == SysReg::MdrarEl1 || reg == SysReg::DbgprcrEl1 {
+            } else if reg == SysReg::IdAa64dfr0El1 {
+                // HCR_EL2.TID3: KVM answers with the VM's view (access_id_reg).
+                self.vcpu.id_aa64dfr0_el1
+            } else if reg == SysReg::DbgauthstatusEl1 {
+                hypdbg_model::ctrl::DBGAUTHSTATUS_EL1_HW
+            } else if reg.is_raz_wi() {
+                // No ROM table, power-down request, claim tags, DCC or OS save/restore.
                 0
             } else {
                 self.vcpu.arch.ctxt.sys_regs.get(reg).unwrap_or(0)

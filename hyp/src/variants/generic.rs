@@ -12,6 +12,7 @@ use crate::access::{RegAccess, Scope};
 use crate::context::{DebugFlags, DebugOwner, DebugPtr, KvmCpuContext, KvmHostData, KvmVcpu};
 use crate::debug_sr;
 use crate::fault::HypFault;
+use crate::flow::HostMode;
 use crate::flow::era1::debug_ptr_and_ctxt;
 use crate::flow::era3::debug_block_and_ctxt;
 use crate::flow::mdcr_el2_base;
@@ -227,11 +228,12 @@ impl Era2 for NeverClearDirty {
         if !vcpu.flag(DebugFlags::DEBUG_DIRTY) {
             return Ok(());
         }
-        let c = self.read_debug_counts(a.read_id_aa64dfr0());
         a.scope(Scope::SaveGuest);
+        let c = self.read_debug_counts(a.read_id_aa64dfr0());
         let (dbg, ctxt) = debug_ptr_and_ctxt(vcpu);
         self.__debug_save_state(a, dbg, ctxt, c)?;
         a.scope(Scope::RestoreHost);
+        let c = self.read_debug_counts(a.read_id_aa64dfr0());
         self.__debug_restore_state(a, &vcpu.arch.host_debug_state, host_ctxt, c)
     }
 }
@@ -373,6 +375,50 @@ fn at_most_8(f: &DebugFeatures) -> Option<&'static str> {
     )
 }
 
+/// guest-visible-count: the switch counts with the VM's ID_AA64DFR0_EL1
+/// (`kvm_read_vm_id_reg`), which userspace may have lowered, instead of the hardware's
+/// `host_data->debug_brps/wrps`: the slots above the guest's WRPs keep the host's values while
+/// the guest runs, and the guest's own writes there are never loaded.
+#[derive(Default)]
+pub struct GuestVisibleCount;
+impl Common for GuestVisibleCount {}
+impl Era3 for GuestVisibleCount {
+    fn __debug_switch_to_guest_common<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault> {
+        if vcpu.arch.debug_owner == DebugOwner::VcpuDebugFree {
+            return Ok(());
+        }
+        let c = self.read_debug_counts(vcpu.id_aa64dfr0_el1);
+        a.scope(Scope::SaveHost);
+        self.__debug_save_state(a, &mut host.host_debug_state.regs, &mut host.host_ctxt, c)?;
+        a.scope(Scope::RestoreGuest);
+        let which = self.__vcpu_debug_regs(vcpu);
+        let (dbg, ctxt) = debug_block_and_ctxt(vcpu, which);
+        self.__debug_restore_state(a, dbg, ctxt, c)
+    }
+    fn __debug_switch_to_host_common<A: RegAccess>(
+        &self,
+        a: &mut A,
+        vcpu: &mut KvmVcpu,
+        host: &mut KvmHostData,
+    ) -> Result<(), HypFault> {
+        if vcpu.arch.debug_owner == DebugOwner::VcpuDebugFree {
+            return Ok(());
+        }
+        let c = self.read_debug_counts(vcpu.id_aa64dfr0_el1);
+        a.scope(Scope::SaveGuest);
+        let which = self.__vcpu_debug_regs(vcpu);
+        let (dbg, ctxt) = debug_block_and_ctxt(vcpu, which);
+        self.__debug_save_state(a, dbg, ctxt, c)?;
+        a.scope(Scope::RestoreHost);
+        self.__debug_restore_state(a, &host.host_debug_state.regs, &host.host_ctxt, c)
+    }
+}
+
 /// The generic variants.
 pub fn variants() -> Vec<Variant> {
     let g = |name, description, make| Variant {
@@ -381,6 +427,7 @@ pub fn variants() -> Vec<Variant> {
         description,
         fix: None,
         make: make_fn(make),
+        host: HostMode::Nvhe,
         hidden_on: None,
     };
     let hidden = |v: Variant, on: fn(&DebugFeatures) -> Option<&'static str>| Variant {
@@ -471,6 +518,11 @@ pub fn variants() -> Vec<Variant> {
             "tde-not-set",
             "kvm_arm_setup_mdcr_el2 forgets MDCR_EL2.TDE for guest_debug: debug events never reach userspace",
             || Box::new(Era3Engine(TdeNotSet)),
+        ),
+        g(
+            "guest-visible-count",
+            "the switch counts with the VM's ID_AA64DFR0_EL1 (userspace may lower WRPs) instead of the hardware's: slots above the guest's WRPs run with the host's values",
+            || Box::new(Era3Engine(GuestVisibleCount)),
         ),
         g(
             "host-state-shared-slot",

@@ -2,13 +2,15 @@
 //! it, written as it was.
 
 use hypdbg_model::SysReg;
-use hypdbg_model::ctrl::{DBG_MDSCR_KDE, DBG_MDSCR_SS};
+use hypdbg_model::ctrl::{DBG_MDSCR_KDE, DBG_MDSCR_SS, mdscr_uses_debug};
+use hypdbg_model::uapi::GuestDebugControl;
 use hypdbg_model::uapi::KvmGuestDebugArch;
 
 use super::{Variant, VariantKind, make_fn};
 use crate::access::{RegAccess, Scope};
 use crate::context::{DebugFlags, DebugOwner, KvmCpuContext, KvmVcpu};
 use crate::fault::HypFault;
+use crate::flow::HostMode;
 use crate::flow::{
     Common, DebugDirty, Era1, Era1Engine, Era2, Era2Engine, Era3, Era3Engine, SysRegParams,
     TrapOutcome,
@@ -66,10 +68,7 @@ pub struct SsActivePending;
 impl Common for SsActivePending {}
 impl DebugDirty for SsActivePending {
     fn kvm_arm_setup_singlestep(&self, vcpu: &mut KvmVcpu) {
-        if vcpu
-            .guest_debug
-            .contains(hypdbg_model::uapi::GuestDebugControl::SINGLESTEP)
-        {
+        if vcpu.guest_debug.contains(GuestDebugControl::SINGLESTEP) {
             vcpu.set_pstate_ss(true);
             vcpu.arch.ctxt.sys_regs.mdscr_el1 |= DBG_MDSCR_SS;
         } else {
@@ -125,7 +124,9 @@ impl Common for MdcrEl2U32 {
 impl DebugDirty for MdcrEl2U32 {}
 impl Era2 for MdcrEl2U32 {}
 
-/// pkvm-owner-not-flushed: the hyp's vcpu copy did not receive debug_owner or the block.
+/// pkvm-owner-not-flushed: v6.14-rc1's `flush_hyp_vcpu`/`sync_hyp_vcpu` after the
+/// debug-owner rework: no `flush_debug_state`/`sync_debug_state` at all, so the hyp's vcpu
+/// keeps the owner it was created with (FREE) and never sees the owned block.
 #[derive(Default)]
 pub struct PkvmOwnerNotFlushed;
 impl Common for PkvmOwnerNotFlushed {}
@@ -133,10 +134,32 @@ impl Era3 for PkvmOwnerNotFlushed {
     fn protected_mode(&self) -> bool {
         true
     }
-    fn flush_debug_state(&self, hyp_vcpu: &mut KvmVcpu, host_vcpu: &KvmVcpu) {
-        hyp_vcpu.arch.external_mdscr_el1 = host_vcpu.arch.external_mdscr_el1;
-    }
+    fn flush_debug_state(&self, _hyp_vcpu: &mut KvmVcpu, _host_vcpu: &KvmVcpu) {}
     fn sync_debug_state(&self, _host_vcpu: &mut KvmVcpu, _hyp_vcpu: &KvmVcpu) {}
+}
+
+/// pkvm-external-mdscr-not-flushed: v6.14..v7.2's `flush_debug_state` gives the hyp's vcpu
+/// the owner and the owned block but not `external_mdscr_el1`: while the host owns debug the
+/// guest runs with whatever MDSCR_EL1 the hyp vcpu's last exit saved there.
+#[derive(Default)]
+pub struct PkvmExternalMdscrNotFlushed;
+impl Common for PkvmExternalMdscrNotFlushed {}
+impl Era3 for PkvmExternalMdscrNotFlushed {
+    fn protected_mode(&self) -> bool {
+        true
+    }
+    fn flush_debug_state(&self, hyp_vcpu: &mut KvmVcpu, host_vcpu: &KvmVcpu) {
+        hyp_vcpu.arch.debug_owner = host_vcpu.arch.debug_owner;
+        match hyp_vcpu.arch.debug_owner {
+            DebugOwner::VcpuDebugGuestOwned => {
+                hyp_vcpu.arch.vcpu_debug_state = host_vcpu.arch.vcpu_debug_state
+            }
+            DebugOwner::VcpuDebugHostOwned => {
+                hyp_vcpu.arch.external_debug_state = host_vcpu.arch.external_debug_state
+            }
+            DebugOwner::VcpuDebugFree => {}
+        }
+    }
 }
 
 /// ownership-no-mdcr: promotion to GUEST_OWNED without recomputing MDCR_EL2.
@@ -164,31 +187,49 @@ impl Era3 for OwnershipOnWriteOnly {
     }
 }
 
-/// ss-pending-survives: upstream's KVM_SET_GUEST_DEBUG clears HOST_SS_ACTIVE_PENDING only
-/// when ENABLE goes, so dropping SINGLESTEP alone keeps a pending step for later.
+/// ss-pending-survives: upstream v6.14+ forgets HOST_SS_ACTIVE_PENDING only in
+/// KVM_SET_GUEST_DEBUG when ENABLE goes; `kvm_vcpu_load_debug` as upstream has it keeps a
+/// pending step through runs without SINGLESTEP.
 #[derive(Default)]
 pub struct SsPendingSurvives;
 impl Common for SsPendingSurvives {}
 impl Era3 for SsPendingSurvives {
-    fn kvm_arch_vcpu_ioctl_set_guest_debug(
-        &self,
-        vcpu: &mut KvmVcpu,
-        dbg: &hypdbg_model::uapi::KvmGuestDebug,
-    ) -> Result<(), crate::fault::KvmError> {
-        use hypdbg_model::uapi::GuestDebugControl;
-        let control = crate::flow::common::valid_control(dbg.control)?;
-        if !control.contains(GuestDebugControl::ENABLE) {
-            vcpu.guest_debug = GuestDebugControl::empty();
-            vcpu.set_flag(DebugFlags::HOST_SS_ACTIVE_PENDING, false);
-            return Ok(());
+    fn kvm_vcpu_load_debug(&self, vcpu: &mut KvmVcpu, host_mdcr_el2: u64) {
+        if !vcpu.guest_debug.is_empty() || vcpu.os_lock_enabled() {
+            vcpu.arch.debug_owner = DebugOwner::VcpuDebugHostOwned;
+            self.setup_external_mdscr(vcpu);
+            if vcpu.guest_debug.contains(GuestDebugControl::SINGLESTEP) {
+                let guest_pending = !vcpu.pstate_ss();
+                vcpu.set_flag(DebugFlags::GUEST_SS_ACTIVE_PENDING, guest_pending);
+                let host_pending = vcpu.flag(DebugFlags::HOST_SS_ACTIVE_PENDING);
+                vcpu.set_pstate_ss(!host_pending);
+            }
+        } else if mdscr_uses_debug(vcpu.mdscr_el1()) {
+            vcpu.arch.debug_owner = DebugOwner::VcpuDebugGuestOwned;
+        } else {
+            vcpu.arch.debug_owner = DebugOwner::VcpuDebugFree;
         }
-        vcpu.guest_debug = control;
-        if control.contains(GuestDebugControl::USE_HW) {
-            vcpu.arch.external_debug_state = dbg.arch;
-        }
-        Ok(())
+        self.kvm_arm_setup_mdcr_el2(vcpu, host_mdcr_el2);
     }
 }
+
+/// ss-pending-survives-era2: v6.1..v6.13's `kvm_arm_setup_debug` as upstream has it: without
+/// SINGLESTEP only MDSCR.SS goes; DBG_SS_ACTIVE_PENDING is forgotten only when ENABLE goes.
+#[derive(Default)]
+pub struct SsPendingSurvivesEra2;
+impl Common for SsPendingSurvivesEra2 {}
+impl DebugDirty for SsPendingSurvivesEra2 {
+    fn kvm_arm_setup_singlestep(&self, vcpu: &mut KvmVcpu) {
+        if vcpu.guest_debug.contains(GuestDebugControl::SINGLESTEP) {
+            let pending = vcpu.flag(DebugFlags::DBG_SS_ACTIVE_PENDING);
+            vcpu.set_pstate_ss(!pending);
+            vcpu.arch.ctxt.sys_regs.mdscr_el1 |= DBG_MDSCR_SS;
+        } else {
+            vcpu.arch.ctxt.sys_regs.mdscr_el1 &= !DBG_MDSCR_SS;
+        }
+    }
+}
+impl Era2 for SsPendingSurvivesEra2 {}
 
 /// The historical variants.
 pub fn variants() -> Vec<Variant> {
@@ -198,73 +239,86 @@ pub fn variants() -> Vec<Variant> {
         description,
         fix: Some(fix),
         make: make_fn(make),
+        host: HostMode::Nvhe,
         hidden_on: None,
     };
     vec![
         h(
             "seed-v2",
             "__debug_cond_save_host_state tests (mdscr & KDE) || (mdscr & KDE): an MDE-only guest runs on the host's registers",
-            "v3 of \"arm64: KVM: Implement debug save/restore\" (merged v4.5) tests KDE || MDE",
+            "posted, never merged: v2 of the 2015 posting of \"arm64: KVM: Implement debug save/restore\"; v3, merged in v4.5, tests KDE || MDE",
             || Box::new(Era1Engine(SeedV2KdeTwice)),
         ),
         h(
             "debug-reg-indexing",
             "trap and ONE_REG accessors index vcpu_debug_state by rd->reg, which is 0 for every DBG*_EL1: all alias slot 0",
-            "cb853ded1d25 \"KVM: arm64: Fix debug register indexing\" (v5.13)",
+            "shipped v5.3..v5.12; fixed by cb853ded1d25 \"KVM: arm64: Fix debug register indexing\" (v5.13)",
             || Box::new(Era2Engine(DebugRegIndexing)),
         ),
         h(
             "pstate-ss-not-preserved",
             "restore_guest_debug_regs restores MDSCR_EL1 only: KVM's PSTATE.SS leaks into the guest after stepping",
-            "34fbdee086cf \"KVM: arm64: Preserve PSTATE.SS for the guest while single-step is enabled\" (v6.1)",
+            "shipped until v6.0; fixed by 34fbdee086cf \"KVM: arm64: Preserve PSTATE.SS for the guest while single-step is enabled\" (v6.1)",
             || Box::new(Era2Engine(PstateSsNotPreserved)),
         ),
         h(
             "ss-active-pending",
             "kvm_arm_setup_debug sets SPSR.SS on every entry: an active-pending step state is lost and the guest runs an extra instruction",
-            "370531d1e95b \"KVM: arm64: Clear PSTATE.SS when the Software Step state was Active-pending\" (v6.1)",
+            "shipped until v6.0; fixed by 370531d1e95b \"KVM: arm64: Clear PSTATE.SS when the Software Step state was Active-pending\" (v6.1)",
             || Box::new(Era2Engine(SsActivePending)),
         ),
         h(
             "oslsr-write",
             "trap_oslsr_el1 ignores writes to the read-only OSLSR_EL1 instead of injecting UNDEF",
-            "e2ffceaae508 \"KVM: arm64: Correctly treat writes to OSLSR_EL1 as undefined\" (v5.18)",
+            "shipped until v5.17; fixed by e2ffceaae508 \"KVM: arm64: Correctly treat writes to OSLSR_EL1 as undefined\" (v5.18)",
             || Box::new(Era2Engine(OslsrWrite)),
         ),
         h(
             "os-lock-ignored",
             "OSLAR_EL1 is RAZ/WI: the guest's OS lock never masks MDE or arms the traps",
-            "7dabf02f43a1 \"KVM: arm64: Emulate the OS Lock\" (v5.18)",
+            "shipped until v5.17; fixed by 7dabf02f43a1 \"KVM: arm64: Emulate the OS Lock\" (v5.18)",
             || Box::new(Era2Engine(OsLockIgnored)),
         ),
         h(
             "mdcr-el2-32bit",
             "__activate_traps_common keeps the host's MDCR_EL2 in a u32: bits 32+ are lost across a run",
-            "d6c850dd6ce9 \"KVM: arm64: MDCR_EL2 is a 64-bit register\" (v5.15)",
+            "shipped until v5.14; fixed by d6c850dd6ce9 \"KVM: arm64: MDCR_EL2 is a 64-bit register\" (v5.15)",
             || Box::new(Era2Engine(MdcrEl2U32)),
         ),
         h(
             "pkvm-owner-not-flushed",
-            "flush_debug_state does not copy debug_owner or the owned block to pKVM's hyp vcpu",
-            "0f1a6c5c9784 \"KVM: arm64: Flush/sync debug state in protected mode\" (v6.14-rc2)",
+            "v6.14-rc1: flush_hyp_vcpu has no flush_debug_state: pKVM's hyp vcpu keeps debug_owner FREE and never sees the owned block",
+            "shipped in v6.14-rc1 only; fixed by 0f1a6c5c9784 \"KVM: arm64: Flush/sync debug state in protected mode\" (v6.14-rc2)",
             || Box::new(Era3Engine(PkvmOwnerNotFlushed)),
+        ),
+        h(
+            "pkvm-external-mdscr-not-flushed",
+            "flush_debug_state copies the owner and the block but not external_mdscr_el1: under pKVM the guest runs with the hyp vcpu's stale MDSCR_EL1, so userspace single-step and USE_HW never arm",
+            "shipped v6.14..v7.2; fixed by 119a9a23fbae \"KVM: arm64: Flush external_mdscr_el1 to the pKVM hyp vCPU\" (v7.3)",
+            || Box::new(Era3Engine(PkvmExternalMdscrNotFlushed)),
         ),
         h(
             "ownership-no-mdcr",
             "kvm_debug_set_guest_ownership does not recompute MDCR_EL2: TDA stays set and every guest access traps",
-            "the 6.14 debug-owner series (\"Compute MDCR_EL2 at vcpu_load\", kvm_debug_set_guest_ownership)",
+            "hypothetical: never shipped nor posted (in the mid-series 6.14 tree MDCR_EL2 was still recomputed at every entry); kvm_debug_set_guest_ownership recomputes it since it exists (v6.14)",
             || Box::new(Era3Engine(OwnershipNoMdcr)),
         ),
         h(
             "ss-pending-survives",
-            "KVM_SET_GUEST_DEBUG keeps HOST_SS_ACTIVE_PENDING when SINGLESTEP is dropped but ENABLE stays: the next step after resuming reports without executing an instruction",
-            "none upstream yet: v6.1+ (DBG_SS_ACTIVE_PENDING) and v6.14+ (HOST_SS_ACTIVE_PENDING) clear the flag only when ENABLE goes; found by hypdbg's random search",
+            "kvm_vcpu_load_debug keeps HOST_SS_ACTIVE_PENDING through runs without SINGLESTEP (only KVM_SET_GUEST_DEBUG without ENABLE clears it): the next step after a debugger's continue reports without executing an instruction",
+            "shipped v6.14 onward, still upstream: HOST_SS_ACTIVE_PENDING is cleared only when ENABLE goes; found by hypdbg's random search, no fix yet",
             || Box::new(Era3Engine(SsPendingSurvives)),
+        ),
+        h(
+            "ss-pending-survives-era2",
+            "kvm_arm_setup_debug keeps DBG_SS_ACTIVE_PENDING through runs without SINGLESTEP (only KVM_SET_GUEST_DEBUG without ENABLE clears it): the next step after a debugger's continue reports without executing an instruction",
+            "shipped v6.1..v6.13 (DBG_SS_ACTIVE_PENDING cleared only when ENABLE goes), never fixed there; the era-2 form of ss-pending-survives",
+            || Box::new(Era2Engine(SsPendingSurvivesEra2)),
         ),
         h(
             "ownership-on-write-only",
             "only trapped writes promote ownership: a guest that only reads its debug registers traps forever",
-            "c4a6ed85 \"KVM: arm64: Promote guest ownership for DBGxVR/DBGxCR reads\" (v6.14)",
+            "posted, never in a release: the 6.14 debug-owner series before its last patch, c4a6ed85 \"KVM: arm64: Promote guest ownership for DBGxVR/DBGxCR reads\" (merged with the series in v6.14)",
             || Box::new(Era3Engine(OwnershipOnWriteOnly)),
         ),
     ]

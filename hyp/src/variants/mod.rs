@@ -15,8 +15,8 @@ use std::sync::Arc;
 use hypdbg_model::DebugFeatures;
 
 use crate::flow::{
-    DynFlow, Era, Era1Engine, Era1Reference, Era2Engine, Era2Reference, Era3Engine, Era3Protected,
-    Era3Reference,
+    DynFlow, Era, Era1Engine, Era1Reference, Era2Engine, Era2PercpuEngine, Era2Reference,
+    Era3Engine, Era3Protected, Era3Reference, HostMode,
 };
 
 /// Builds a fresh instance of a variant's flow. A closure rather than a `fn` pointer, so that a
@@ -52,13 +52,16 @@ pub struct Variant {
     pub kind: VariantKind,
     /// What it changes, in one line.
     pub description: &'static str,
-    /// For historical defects: the kernel fix.
+    /// For historical defects: shipped / posted / hypothetical, with the source (kernel
+    /// versions and the fix).
     pub fix: Option<&'static str>,
     /// A fresh instance.
     pub make: MakeFlow,
     /// When the change cannot be seen on CPUs of these features, why (a slip in how the
     /// counts are read makes no difference where the slip reads the same counts).
     pub hidden_on: Option<fn(&DebugFeatures) -> Option<&'static str>>,
+    /// The host it runs on: nVHE (the catalog's), or VHE (`NAME@vhe`, eras 2 and 3).
+    pub host: HostMode,
 }
 
 impl std::fmt::Debug for Variant {
@@ -68,6 +71,7 @@ impl std::fmt::Debug for Variant {
             .field("kind", &self.kind)
             .field("description", &self.description)
             .field("fix", &self.fix)
+            .field("host", &self.host)
             .finish_non_exhaustive()
     }
 }
@@ -105,6 +109,25 @@ impl Variant {
     pub fn hidden(&self, f: &DebugFeatures) -> Option<&'static str> {
         self.hidden_on.and_then(|h| h(f))
     }
+
+    /// The same flow on a VHE host, where the kernels of its era have one (eras 2 and 3,
+    /// outside pKVM's protected mode); `None` for a variant already on VHE.
+    pub fn on_vhe(&self) -> Option<Variant> {
+        let flow = (self.make)();
+        let has_vhe = flow.era() != Era::One && !flow.protected_mode();
+        (has_vhe && self.host == HostMode::Nvhe).then(|| Variant {
+            host: HostMode::Vhe,
+            ..self.clone()
+        })
+    }
+
+    /// The name with its host: `era3`, or `era3@vhe`.
+    pub fn label(&self) -> String {
+        match self.host {
+            HostMode::Nvhe => self.name.to_string(),
+            HostMode::Vhe => format!("{}@vhe", self.name),
+        }
+    }
 }
 
 /// The references: one per era, and era 3 under pKVM.
@@ -113,17 +136,28 @@ pub fn references() -> Vec<Variant> {
         Variant {
             name: "era1",
             kind: VariantKind::Reference,
-            description: "v4.5 structure (DIRTY decided in the world switch from KDE || MDE) with later fixes applied",
+            description: "v4.5 structure (KVM_ARM64_DEBUG_DIRTY decided in the world switch from KDE || MDE) with later stepping, OS lock and MDCR_EL2 fixes applied",
             fix: None,
             make: make_fn(|| Box::new(Era1Engine(Era1Reference))),
+            host: HostMode::Nvhe,
             hidden_on: None,
         },
         Variant {
             name: "era2",
             kind: VariantKind::Reference,
-            description: "v6.13: DIRTY decided in kvm_arm_setup_debug, __debug_switch_to_guest/host gated on it",
+            description: "v4.17..v6.9 (v6.9 names): DIRTY decided in kvm_arm_setup_debug, __debug_switch_to_guest/host gated on it, the host's debug registers and MDCR_EL2 kept in the vcpu",
             fix: None,
             make: make_fn(|| Box::new(Era2Engine(Era2Reference))),
+            host: HostMode::Nvhe,
+            hidden_on: None,
+        },
+        Variant {
+            name: "era2-percpu",
+            kind: VariantKind::Reference,
+            description: "v6.10..v6.13: era 2 with the host's debug registers and MDCR_EL2 per CPU in kvm_host_data.host_debug_state",
+            fix: None,
+            make: make_fn(|| Box::new(Era2PercpuEngine(Era2Reference))),
+            host: HostMode::Nvhe,
             hidden_on: None,
         },
         Variant {
@@ -132,14 +166,16 @@ pub fn references() -> Vec<Variant> {
             description: "v6.14+: debug owner decided at vcpu_load, per-CPU host_data, external_mdscr_el1",
             fix: None,
             make: make_fn(|| Box::new(Era3Engine(Era3Reference))),
+            host: HostMode::Nvhe,
             hidden_on: None,
         },
         Variant {
             name: "era3-pkvm",
             kind: VariantKind::Reference,
-            description: "v6.14+ in nVHE protected mode: the hyp runs a copy of the vcpu (flush/sync_debug_state)",
+            description: "v7.3 in protected mode (hVHE or nVHE): pKVM's hyp vcpu receives the owner, the owned block and external_mdscr_el1 (flush/sync_debug_state)",
             fix: None,
             make: make_fn(|| Box::new(Era3Engine(Era3Protected))),
+            host: HostMode::Nvhe,
             hidden_on: None,
         },
     ]
@@ -154,11 +190,17 @@ pub fn all() -> Vec<Variant> {
     v
 }
 
-/// A variant by name.
+/// A variant by name; `NAME@vhe` is the variant on a VHE host.
 pub fn by_name(name: &str) -> Option<Variant> {
-    all()
+    let (base, vhe) = match name.rsplit_once('@') {
+        Some((b, h)) if h.eq_ignore_ascii_case("vhe") => (b, true),
+        Some((b, h)) if h.eq_ignore_ascii_case("nvhe") => (b, false),
+        _ => (name, false),
+    };
+    let v = all()
         .into_iter()
-        .find(|v| v.name.eq_ignore_ascii_case(name))
+        .find(|v| v.name.eq_ignore_ascii_case(base))?;
+    if vhe { v.on_vhe() } else { Some(v) }
 }
 
 /// The bug-catalog rows the modelled flows cannot express, and why.
@@ -189,6 +231,18 @@ mod tests {
                 v.fix.is_some(),
                 v.kind == VariantKind::Historical,
                 "{}",
+                v.name
+            );
+        }
+        // Issue 15 row 14: every historical variant says whether its form shipped, was only
+        // posted, or is hypothetical, and where it comes from.
+        for v in all.iter().filter(|v| v.kind == VariantKind::Historical) {
+            let fix = v.fix.unwrap_or("");
+            assert!(
+                ["shipped", "posted", "hypothetical"]
+                    .iter()
+                    .any(|l| fix.starts_with(l)),
+                "{}: {fix}",
                 v.name
             );
         }

@@ -8,7 +8,7 @@ use hypdbg_model::DebugFeatures;
 use hypdbg_model::profiles::by_name;
 
 /// The references the scenarios run against.
-pub const REFERENCES: &[&str] = &["era1", "era2", "era3", "era3-pkvm"];
+pub const REFERENCES: &[&str] = &["era1", "era2", "era2-percpu", "era3", "era3-pkvm"];
 /// The profiles: 2/2, 6/4, 16/16.
 pub const PROFILES: &[&str] = &["min", "cortex-a57", "max"];
 
@@ -26,6 +26,7 @@ pub fn vm_with(variant: &str, profile: &str, pcpus: usize, mode: AccessMode) -> 
         mode,
         trace_instructions: false,
         budget_per_run: 2_000_000,
+        host_mode: hypdbg_hyp::HostMode::Nvhe,
     };
     Vm::new((v.make)(), config).unwrap()
 }

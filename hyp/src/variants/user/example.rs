@@ -29,5 +29,6 @@ pub fn variant() -> Variant {
         fix: None,
         make: make_fn(|| Box::new(Era3Engine(Dfr0PerSwitch))),
         hidden_on: None,
+        host: crate::flow::HostMode::Nvhe,
     }
 }
