@@ -83,6 +83,7 @@ fn each_historical_defect_breaks_its_invariant() {
         ("ss-pending-survives", Invariant::UserspaceDebug),
         ("ss-pending-survives-era2", Invariant::UserspaceDebug),
         ("pkvm-external-mdscr-not-flushed", Invariant::UserspaceDebug),
+        ("immediate-exit-loses-step", Invariant::UserspaceDebug),
     ];
     let historical: Vec<&str> = variants::all()
         .iter()

@@ -918,7 +918,10 @@ impl Vm {
             self.flush(sink);
             return result;
         }
-        let taken = adjust_pc(self.flow.as_ref(), &mut self.vcpus[i].kvm);
+        let kvm = &mut self.vcpus[i].kvm;
+        let adjusted = kvm.arch.pending_exception.is_some() || kvm.flag(DebugFlags::INCREMENT_PC);
+        let taken = adjust_pc(self.flow.as_ref(), kvm);
+        self.flow.ioctl_run_out(kvm, adjusted);
         self.record_exception(i, taken);
         self.vcpu_put(i);
         match &result {

@@ -148,6 +148,9 @@ impl<E: EraEngine> EraEngine for KernelEngine<E> {
     fn clear_debug(&self, vcpu: &mut KvmVcpu) {
         self.inner.clear_debug(vcpu);
     }
+    fn ioctl_run_out(&self, vcpu: &mut KvmVcpu, adjusted: bool) {
+        self.inner.ioctl_run_out(vcpu, adjusted);
+    }
     /// The C `__debug_switch_to_guest` (era 1: `__debug_cond_save_host_state` and
     /// `__debug_restore_state`).
     fn switch_to_guest<A: RegAccess>(

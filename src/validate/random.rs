@@ -27,6 +27,8 @@ pub enum Step {
     Migrate(usize),
     /// Host interrupts every 1..=4 instructions, or none.
     Irq(Option<u64>),
+    /// KVM_RUN with `immediate_exit` (completes a pending MMIO access, runs nothing).
+    ImmediateExit,
 }
 
 /// A random case: the guest's set-up and the steps.
@@ -44,6 +46,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => proptest::sample::select(controls().to_vec()).prop_map(Step::Debug),
         1 => (0usize..2).prop_map(Step::Migrate),
         1 => proptest::option::of(1u64..=4).prop_map(Step::Irq),
+        1 => Just(Step::ImmediateExit),
     ]
 }
 
@@ -119,6 +122,12 @@ impl Case {
                     every: *every,
                     expect: None,
                 },
+                Step::ImmediateExit => Op::KvmRun {
+                    vcpu: 0,
+                    immediate_exit: true,
+                    mmio_data: None,
+                    expect: None,
+                },
             });
         }
         let mut words = vec![format!("guest set-up: {}", self.guest.describe())];
@@ -127,6 +136,7 @@ impl Case {
             Step::Debug(c) => format!("set {}", super::sweep::control_words(*c)),
             Step::Migrate(c) => format!("migrate to CPU {c}"),
             Step::Irq(e) => format!("interrupts every {e:?}"),
+            Step::ImmediateExit => "KVM_RUN with immediate_exit".to_string(),
         }));
         sc.description = format!("random sequence: {}", words.join(", "));
         sc.cpus = vec![cpu.clone(), CpuSpec::from_features(sibling(cpu.features()))];

@@ -44,6 +44,9 @@ pub enum Session {
     /// From the start, re-issued unchanged at every stop, as QEMU's gdbstub does on every
     /// resume (a KVM_SET_GUEST_DEBUG that changes nothing must not change the step state).
     StepResent,
+    /// From the start; the second stop (an MMIO exit) completed by a KVM_RUN with
+    /// `immediate_exit` before the last run, as a VMM does before it saves a vcpu's state.
+    ImmediateExit,
 }
 
 /// Where the vcpu runs for its last run.
@@ -149,6 +152,9 @@ impl Params {
                 Session::StopMidway => "for the first two runs only",
                 Session::StepPauses => "from the start, without SINGLESTEP for the second run",
                 Session::StepResent => "from the start, re-issued unchanged before each run",
+                Session::ImmediateExit => {
+                    "from the start, the second stop completed with KVM_RUN immediate_exit"
+                }
             };
             let _ = write!(s, "; userspace {} {when}", control_words(self.control));
         }
@@ -350,6 +356,14 @@ impl Params {
         if debug && matches!(self.session, Session::StepPauses | Session::StepResent) {
             ops.push(set(self.control));
         }
+        if debug && self.session == Session::ImmediateExit {
+            ops.push(Op::KvmRun {
+                vcpu: 0,
+                immediate_exit: true,
+                mmio_data: None,
+                expect: None,
+            });
+        }
         ops
     }
 }
@@ -415,6 +429,7 @@ pub fn points() -> Vec<Params> {
                     Session::StopMidway,
                     Session::StepPauses,
                     Session::StepResent,
+                    Session::ImmediateExit,
                 ]
             } else {
                 &[Session::Whole, Session::StartMidway, Session::StopMidway]

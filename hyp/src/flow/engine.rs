@@ -40,6 +40,10 @@ pub trait EraEngine: Send + Sync + 'static {
     fn setup_debug(&self, _vcpu: &mut KvmVcpu, _host_mdcr_el2: u64) {}
     /// `kvm_arm_clear_debug`, after every exit (eras 1 and 2).
     fn clear_debug(&self, _vcpu: &mut KvmVcpu) {}
+    /// The end of `kvm_arch_vcpu_ioctl_run`, after the `__kvm_adjust_pc` that commits a
+    /// pending PC adjustment before returning to userspace (`adjusted`: it completed an
+    /// emulated instruction, e.g. an MMIO access with `immediate_exit`).
+    fn ioctl_run_out(&self, _vcpu: &mut KvmVcpu, _adjusted: bool) {}
     /// The hyp's debug switch on entry.
     fn switch_to_guest<A: RegAccess>(
         &self,
@@ -207,6 +211,9 @@ macro_rules! debug_dirty_hooks {
         }
         fn clear_debug(&self, vcpu: &mut KvmVcpu) {
             self.0.kvm_arm_clear_debug(vcpu);
+        }
+        fn ioctl_run_out(&self, vcpu: &mut KvmVcpu, adjusted: bool) {
+            self.0.kvm_arch_vcpu_ioctl_run_out(vcpu, adjusted);
         }
         fn after_debug_trap(&self, vcpu: &mut KvmVcpu, is_write: bool, _host_mdcr_el2: u64) {
             self.0.trap_debug_access(vcpu, is_write);
@@ -471,6 +478,8 @@ pub trait DynFlow: Send + Sync {
     fn setup_debug(&self, vcpu: &mut KvmVcpu, host_mdcr_el2: u64);
     /// kvm_arm_clear_debug.
     fn clear_debug(&self, vcpu: &mut KvmVcpu);
+    /// The end of kvm_arch_vcpu_ioctl_run.
+    fn ioctl_run_out(&self, vcpu: &mut KvmVcpu, adjusted: bool);
     /// Debug switch on entry.
     fn switch_to_guest(
         &self,
@@ -538,6 +547,9 @@ impl<E: EraEngine> DynFlow for E {
     }
     fn clear_debug(&self, vcpu: &mut KvmVcpu) {
         EraEngine::clear_debug(self, vcpu);
+    }
+    fn ioctl_run_out(&self, vcpu: &mut KvmVcpu, adjusted: bool) {
+        EraEngine::ioctl_run_out(self, vcpu, adjusted);
     }
     fn switch_to_guest(
         &self,

@@ -107,6 +107,17 @@ pub trait DebugDirty: Common {
         }
     }
 
+    /// Not upstream: the end of `kvm_arch_vcpu_ioctl_run` when `__kvm_adjust_pc` completed
+    /// an emulated instruction on the way out (an MMIO access, with `immediate_exit`): under
+    /// SINGLESTEP the step is now active-pending, as `kvm_arm_clear_debug` records after an
+    /// exit. v6.1..v6.13 record nothing there (`immediate-exit-loses-step`): the next run
+    /// arms a fresh step and executes one instruction before its step exit.
+    fn kvm_arch_vcpu_ioctl_run_out(&self, vcpu: &mut KvmVcpu, adjusted: bool) {
+        if adjusted && vcpu.guest_debug.contains(GuestDebugControl::SINGLESTEP) {
+            vcpu.set_flag(DebugFlags::DBG_SS_ACTIVE_PENDING, true);
+        }
+    }
+
     /// `trap_debug_regs` / `reg_to_dbg` epilogue: a guest *write* to a debug register marks
     /// the state dirty so the next entry loads it; reads do not.
     fn trap_debug_access(&self, vcpu: &mut KvmVcpu, is_write: bool) {

@@ -231,6 +231,17 @@ impl DebugDirty for SsPendingSurvivesEra2 {
 }
 impl Era2 for SsPendingSurvivesEra2 {}
 
+/// immediate-exit-loses-step: v6.1..v6.13's `kvm_arch_vcpu_ioctl_run` as upstream has it:
+/// the `__kvm_adjust_pc` on the way out completes an MMIO access under SINGLESTEP and nothing
+/// records that the step is now pending, so the next run arms a fresh step.
+#[derive(Default)]
+pub struct ImmediateExitLosesStep;
+impl Common for ImmediateExitLosesStep {}
+impl DebugDirty for ImmediateExitLosesStep {
+    fn kvm_arch_vcpu_ioctl_run_out(&self, _vcpu: &mut KvmVcpu, _adjusted: bool) {}
+}
+impl Era2 for ImmediateExitLosesStep {}
+
 /// The historical variants.
 pub fn variants() -> Vec<Variant> {
     let h = |name, description, fix, make| Variant {
@@ -306,7 +317,7 @@ pub fn variants() -> Vec<Variant> {
         h(
             "ss-pending-survives",
             "kvm_vcpu_load_debug keeps HOST_SS_ACTIVE_PENDING through runs without SINGLESTEP (only KVM_SET_GUEST_DEBUG without ENABLE clears it): the next step after a debugger's continue reports without executing an instruction",
-            "shipped v6.14 onward, still upstream: HOST_SS_ACTIVE_PENDING is cleared only when ENABLE goes; found by hypdbg's random search, no fix yet",
+            "shipped v6.14 onward, still upstream: HOST_SS_ACTIVE_PENDING is cleared only when ENABLE goes; found by hypdbg's random search, no fix yet. It is also why 6.18 and 7.3, after an MMIO exit completed with immediate_exit under SINGLESTEP, report the next step after a continue without executing anything (measured on real KVM)",
             || Box::new(Era3Engine(SsPendingSurvives)),
         ),
         h(
@@ -314,6 +325,12 @@ pub fn variants() -> Vec<Variant> {
             "kvm_arm_setup_debug keeps DBG_SS_ACTIVE_PENDING through runs without SINGLESTEP (only KVM_SET_GUEST_DEBUG without ENABLE clears it): the next step after a debugger's continue reports without executing an instruction",
             "shipped v6.1..v6.13 (DBG_SS_ACTIVE_PENDING cleared only when ENABLE goes), never fixed there; the era-2 form of ss-pending-survives",
             || Box::new(Era2Engine(SsPendingSurvivesEra2)),
+        ),
+        h(
+            "immediate-exit-loses-step",
+            "KVM_RUN with immediate_exit completes a stepped MMIO access on its way out without recording the pending step: the next run executes one more instruction before its step exit",
+            "shipped v6.1..v6.13 (measured on real KVM 6.1 and 6.12: the step exit after an MMIO access completed with immediate_exit comes one instruction late); v6.14 moved the step bookkeeping to vcpu_load/put, which run around every KVM_RUN",
+            || Box::new(Era2Engine(ImmediateExitLosesStep)),
         ),
         h(
             "ownership-on-write-only",
