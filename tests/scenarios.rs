@@ -102,12 +102,13 @@ fn the_shipped_set_covers_the_public_tests() {
     ] {
         assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
     }
-    // The userspace single-step test makes at least 1000 iterations of its loop.
+    // The userspace single-step test makes 200 iterations of its loop, each with five step
+    // exits (the stop's completion, then four instructions).
     let f = load("userspace-single-step.toml");
     let report = play(&f, &PlayOptions::default(), &mut |_| {}).unwrap();
     assert!(report.passed, "{}", report.text());
-    assert!(report.exits.debug >= 4000, "{}", report.text());
-    assert!(report.exits.stop >= 1001, "{}", report.text());
+    assert_eq!(report.exits.debug, 200 * 5, "{}", report.text());
+    assert_eq!(report.exits.stop, 201, "{}", report.text());
 }
 
 fn is_debug_state_reg(reg: &str) -> bool {

@@ -871,8 +871,13 @@ impl Vm {
             // kvm_handle_mmio_return
             let mut value = m.data.unwrap_or(0);
             if !m.is_write() {
-                let mut b = [0u8; 8];
+                // Userspace wrote the load's `len` bytes into run->mmio.data (the union's
+                // far).
                 let n = usize::from(m.len).min(8);
+                let mut far = v.kvm.run_debug_arch.far.to_le_bytes();
+                far[..n].copy_from_slice(&opts.mmio_data[..n]);
+                v.kvm.run_debug_arch.far = u64::from_le_bytes(far);
+                let mut b = [0u8; 8];
                 b[..n].copy_from_slice(&opts.mmio_data[..n]);
                 value = u64::from_le_bytes(b);
                 if m.rt < 31 {
@@ -1239,12 +1244,15 @@ impl Vm {
             ExitReason::Mmio(m) => {
                 // io_mem_abort: userspace emulates the access; the next KVM_RUN completes it.
                 self.vcpus[i].mmio = Some(m);
-                Handled::User(VcpuExit::Mmio {
+                let exit = VcpuExit::Mmio {
                     phys_addr: m.addr,
                     data: m.data.unwrap_or(0).to_le_bytes(),
                     len: u32::from(m.len),
                     is_write: m.is_write(),
-                })
+                };
+                let held = self.vcpus[i].kvm.run_debug_arch;
+                self.vcpus[i].kvm.run_debug_arch = run_union(&exit, held);
+                Handled::User(exit)
             }
             ExitReason::MmioNoSyndrome { addr } => Handled::Fail(KvmError::NoSys(format!(
                 "data abort at {addr:#x}, outside every memory slot, without a valid syndrome (ESR_EL2.ISV=0): KVM cannot emulate a load/store pair or DC ZVA to MMIO"
@@ -1255,16 +1263,19 @@ impl Vm {
     /// `handle_hvc`: `kvm_smccc_call_handler`. A system event stops every vcpu
     /// (`kvm_prepare_system_event`).
     fn handle_hvc(&mut self, i: usize) -> Handled {
-        match kvm_smccc_call_handler(&mut self.vcpus[i].kvm, &self.smccc_filter) {
-            HvcOutcome::Resume => Handled::Resume,
-            HvcOutcome::Forward(nr) => Handled::User(VcpuExit::Hypercall { nr, flags: 0 }),
+        let exit = match kvm_smccc_call_handler(&mut self.vcpus[i].kvm, &self.smccc_filter) {
+            HvcOutcome::Resume => return Handled::Resume,
+            HvcOutcome::Forward(nr) => VcpuExit::Hypercall { nr, flags: 0 },
             HvcOutcome::SystemEvent(event_type) => {
                 for v in &mut self.vcpus {
                     v.mp_state = MpState::Stopped;
                 }
-                Handled::User(VcpuExit::SystemEvent { event_type })
+                VcpuExit::SystemEvent { event_type }
             }
-        }
+        };
+        let held = self.vcpus[i].kvm.run_debug_arch;
+        self.vcpus[i].kvm.run_debug_arch = run_union(&exit, held);
+        Handled::User(exit)
     }
 
     /// KVM_ARM_VM_SMCCC_FILTER (KVM_SET_DEVICE_ATTR on the VM): what KVM does with the HVCs
@@ -1387,6 +1398,42 @@ fn sync_hyp_vcpu(flow: &dyn DynFlow, host: &mut KvmVcpu, hyp: &KvmVcpu) {
     host.arch.debug_flags = hyp.arch.debug_flags;
     host.arch.pending_exception = hyp.arch.pending_exception;
     flow.sync_debug_state(host, hyp);
+}
+
+/// What `run->debug.arch` reads after a non-debug exit: `struct kvm_run` keeps the exits in
+/// one union, so hsr/hsr_high alias the first 8 bytes of the MMIO, hypercall or system-event
+/// fields and far the next 8 (KVM writes `far` only for watchpoints; the other debug exits
+/// leave what the union held, `held`).
+fn run_union(
+    exit: &VcpuExit,
+    held: hypdbg_model::uapi::KvmDebugExitArch,
+) -> hypdbg_model::uapi::KvmDebugExitArch {
+    let (first, second) = match *exit {
+        // mmio: phys_addr, then data[8] (a load's data is what userspace writes later).
+        VcpuExit::Mmio {
+            phys_addr,
+            data,
+            is_write,
+            ..
+        } => (
+            phys_addr,
+            if is_write {
+                u64::from_le_bytes(data)
+            } else {
+                held.far
+            },
+        ),
+        // hypercall (kvm_prepare_hypercall_exit clears it): nr, then args[0] = 0.
+        VcpuExit::Hypercall { nr, .. } => (nr, 0),
+        // system_event: type and ndata (1), then data[0] (the flags, 0).
+        VcpuExit::SystemEvent { event_type } => (u64::from(event_type) | 1 << 32, 0),
+        _ => return hypdbg_model::uapi::KvmDebugExitArch::default(),
+    };
+    hypdbg_model::uapi::KvmDebugExitArch {
+        hsr: first as u32,
+        hsr_high: (first >> 32) as u32,
+        far: second,
+    }
 }
 
 /// Whether `[addr, addr + len)` is guest memory a VMM can reach (a memory slot backs it).

@@ -113,6 +113,18 @@ impl Invariant {
     }
 }
 
+/// A broken invariant a backend saw itself, without the simulator's events (a real
+/// kernel's userspace observer: [`crate::real::watch`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Which.
+    pub invariant: Invariant,
+    /// The vcpu.
+    pub vcpu: usize,
+    /// What happened, in the kernel's words.
+    pub message: String,
+}
+
 /// One broken invariant, located.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Violation {

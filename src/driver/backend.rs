@@ -11,6 +11,7 @@ use hypdbg_model::DebugFeatures;
 use hypdbg_model::profiles::CpuSpec;
 
 use super::outcome::ActionError;
+use crate::checker::Finding;
 
 /// One vcpu of a backend: the host crate's seam, plus the exit as the backend reports it
 /// (for expectations and counts; the debugger sees its [`hypdbg_host::RunExit`] view).
@@ -87,13 +88,30 @@ pub trait Backend {
     /// Read guest memory.
     fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ActionError>;
 
-    /// Every exception vcpu `v`'s guest handler took since the start.
-    fn exceptions(&self, v: usize) -> Vec<GuestEvent>;
+    /// Every exception vcpu `v`'s guest took since the start (the simulator records them;
+    /// a real guest's runtime logs them in guest memory).
+    fn exceptions(&mut self, v: usize) -> Result<Vec<GuestEvent>, ActionError>;
 
-    /// How many exceptions vcpu `v`'s guest handler took since the start.
-    fn exception_count(&self, v: usize) -> usize;
+    /// How many exceptions vcpu `v`'s guest took since the start.
+    fn exception_count(&mut self, v: usize) -> Result<usize, ActionError>;
 
     /// Hand `f` every event recorded since the last call, in order (the events of a KVM_RUN
     /// went to its sink already).
     fn drain_events(&mut self, f: &mut dyn FnMut(&Event));
+
+    /// KVM_GET_ONE_REG of several registers of vcpu `v`.
+    fn get_one_regs(&mut self, v: usize, ids: &[u64]) -> Result<Vec<u64>, ActionError> {
+        let mut vcpu = self.vcpu(v)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            out.push(vcpu.get_one_reg(id)?);
+        }
+        Ok(out)
+    }
+
+    /// The broken invariants the backend saw itself since the last call (a real kernel's
+    /// userspace observer; the simulator's are found in its events).
+    fn take_findings(&mut self) -> Vec<Finding> {
+        Vec::new()
+    }
 }

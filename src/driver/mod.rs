@@ -49,12 +49,16 @@ pub trait Probe {
     fn resolver(&self) -> &Resolver;
     /// KVM_GET_ONE_REG of vcpu `v`.
     fn get_one_reg(&mut self, v: usize, id: u64) -> Result<u64, ActionError>;
+    /// KVM_GET_ONE_REG of several registers of vcpu `v` (one request on a real kernel).
+    fn get_one_regs(&mut self, v: usize, ids: &[u64]) -> Result<Vec<u64>, ActionError>;
     /// Read guest memory.
     fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ActionError>;
-    /// Every exception vcpu `v`'s guest handler took since the start.
-    fn exceptions(&self, v: usize) -> Vec<GuestEvent>;
-    /// How many exceptions vcpu `v`'s guest handler took since the start.
-    fn exception_count(&self, v: usize) -> usize;
+    /// Every exception vcpu `v`'s guest took since the start.
+    fn exceptions(&mut self, v: usize) -> Result<Vec<GuestEvent>, ActionError>;
+    /// How many exceptions vcpu `v`'s guest took since the start.
+    fn exception_count(&mut self, v: usize) -> Result<usize, ActionError>;
+    /// The broken invariants the backend saw itself since the last call.
+    fn findings(&mut self) -> Vec<crate::checker::Finding>;
 }
 
 /// Receives the driver's stream. For each action, in this order: [`Observer::action`]; the
@@ -73,6 +77,32 @@ pub trait Observer {
     /// The action is over.
     fn done(&mut self, _a: &ActionInfo<'_>, _r: &ActionResult) {}
 }
+
+/// Two observers as one: each hook goes to the first, then the second.
+pub struct Tee<'a>(pub &'a mut dyn Observer, pub &'a mut dyn Observer);
+
+impl Observer for Tee<'_> {
+    fn action(&mut self, a: &ActionInfo<'_>, probe: &mut dyn Probe) {
+        self.0.action(a, probe);
+        self.1.action(a, probe);
+    }
+    fn outcome(&mut self, a: &ActionInfo<'_>, r: &ActionResult, probe: &mut dyn Probe) {
+        self.0.outcome(a, r, probe);
+        self.1.outcome(a, r, probe);
+    }
+    fn event(&mut self, seq: u64, e: &Event, a: &ActionInfo<'_>) {
+        self.0.event(seq, e, a);
+        self.1.event(seq, e, a);
+    }
+    fn done(&mut self, a: &ActionInfo<'_>, r: &ActionResult) {
+        self.0.done(a, r);
+        self.1.done(a, r);
+    }
+}
+
+/// An observer that does nothing.
+pub struct Nobody;
+impl Observer for Nobody {}
 
 /// The number of event `e`: the next one, except for an instruction of the guest's trace
 /// (recorded only with `--trace`), which carries the number of the event before it, so that
@@ -122,6 +152,11 @@ pub struct Engine<B: Backend> {
 }
 
 impl<B: Backend> Engine<B> {
+    /// The backend (mutable: what a caller does after the scenario, e.g. a final check).
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
     /// Drive `backend`, naming addresses with `resolver`.
     pub fn new(backend: B, resolver: Resolver) -> Self {
         let n = backend.nr_vcpus();
@@ -242,11 +277,19 @@ impl<B: Backend> Probe for Engine<B> {
         self.backend.read_memory(addr, buf)
     }
 
-    fn exceptions(&self, v: usize) -> Vec<GuestEvent> {
+    fn get_one_regs(&mut self, v: usize, ids: &[u64]) -> Result<Vec<u64>, ActionError> {
+        self.backend.get_one_regs(v, ids)
+    }
+
+    fn exceptions(&mut self, v: usize) -> Result<Vec<GuestEvent>, ActionError> {
         self.backend.exceptions(v)
     }
 
-    fn exception_count(&self, v: usize) -> usize {
+    fn exception_count(&mut self, v: usize) -> Result<usize, ActionError> {
         self.backend.exception_count(v)
+    }
+
+    fn findings(&mut self) -> Vec<crate::checker::Finding> {
+        self.backend.take_findings()
     }
 }

@@ -209,17 +209,17 @@ impl Backend for SimBackend {
         Ok(self.vm.read_guest(addr, buf)?)
     }
 
-    fn exceptions(&self, v: usize) -> Vec<GuestEvent> {
+    fn exceptions(&mut self, v: usize) -> Result<Vec<GuestEvent>, ActionError> {
         let mut all = self.earlier_exceptions.get(v).cloned().unwrap_or_default();
         if let Ok(c) = self.vm.vcpu(v) {
             all.extend(c.exceptions.iter().cloned());
         }
-        all
+        Ok(all)
     }
 
-    fn exception_count(&self, v: usize) -> usize {
-        self.earlier_exceptions.get(v).map_or(0, Vec::len)
-            + self.vm.vcpu(v).map_or(0, |c| c.exceptions.len())
+    fn exception_count(&mut self, v: usize) -> Result<usize, ActionError> {
+        Ok(self.earlier_exceptions.get(v).map_or(0, Vec::len)
+            + self.vm.vcpu(v).map_or(0, |c| c.exceptions.len()))
     }
 
     fn drain_events(&mut self, f: &mut dyn FnMut(&Event)) {
