@@ -438,17 +438,34 @@ impl<'a> RealVm<'a> {
         Ok(self.agent.decode::<Ns>(&b)?.ns)
     }
 
+    /// Destroy this VM and create a fresh one in its place (the agent runs one VM at a time):
+    /// the destination of a live migration on the same machine. Its vcpus and memory slots
+    /// are to be created again; how long the teardown took.
+    pub fn recreate(&mut self) -> Result<Teardown> {
+        let b = self.agent.request(&Request::DestroyVm)?;
+        let teardown = teardown_of(&b);
+        self.vcpus = [false; MAX_VCPUS as usize];
+        let c = self.agent.request(&Request::CreateVm { vm_type: 0 })?;
+        self.id = self.agent.field_u64(&c, "vm")?;
+        Ok(teardown)
+    }
+
     /// Destroy the VM: vcpu threads joined, fds closed, memory unmapped; how long each part
     /// took in the agent.
     pub fn destroy(mut self) -> Result<Teardown> {
         self.destroyed = true;
         let b = self.agent.request(&Request::DestroyVm)?;
-        let ns = |k: &str| Duration::from_nanos(b.get(k).and_then(|v| v.as_u64()).unwrap_or(0));
-        Ok(Teardown {
-            vcpus: ns("vcpus_ns"),
-            vm_fd: ns("vm_fd_ns"),
-            unmap: ns("unmap_ns"),
-        })
+        Ok(teardown_of(&b))
+    }
+}
+
+/// The agent's timings of a VM's destruction.
+fn teardown_of(b: &serde_json::Map<String, serde_json::Value>) -> Teardown {
+    let ns = |k: &str| Duration::from_nanos(b.get(k).and_then(|v| v.as_u64()).unwrap_or(0));
+    Teardown {
+        vcpus: ns("vcpus_ns"),
+        vm_fd: ns("vm_fd_ns"),
+        unmap: ns("unmap_ns"),
     }
 }
 

@@ -3,7 +3,9 @@
 pub mod bench;
 pub mod check;
 pub mod decode;
+pub mod diff;
 pub mod encode;
+mod kernel;
 pub mod output;
 pub mod run;
 
@@ -35,6 +37,9 @@ pub enum Command {
     Run(run::RunArgs),
     /// What the debug world switch costs: a quick report of each flow and profile.
     Bench(bench::BenchArgs),
+    /// Run scenarios on the simulator and on a real kernel (nested in QEMU) and show where
+    /// they part.
+    Diff(diff::DiffArgs),
 }
 
 /// Run the CLI; returns the exit status.
@@ -70,6 +75,7 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
         Some(Command::Encode(e)) => encode::run(&e),
         Some(Command::Run(a)) => run::run(&a),
         Some(Command::Bench(a)) => bench::run(&a),
+        Some(Command::Diff(a)) => diff::run(&a),
     }
 }
 

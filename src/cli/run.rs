@@ -1,7 +1,10 @@
-//! `hypdbg run FILE [--trace] [--json] [--flow NAME]`: play a scenario file, check its
-//! expectations and the nine invariants, print a summary (and with `--trace` every world
-//! switch). Exit status 0 when everything holds, 1 when not, 2 for a bad file or argument,
-//! 3 when stopped by `--timeout`.
+//! `hypdbg run FILE [--trace] [--json] [--flow NAME | --kernel KERNEL [--mode MODE]]`: play a
+//! scenario file, check its expectations and the nine invariants, print a summary (and with
+//! `--trace` every world switch). With `--kernel` the file plays on a real kernel instead of
+//! the simulator (its expectations, and the invariants a userspace observer can check).
+//! Exit status 0 when everything holds, 1 when not, 2 for a bad file or argument, a kernel
+//! that cannot be fetched or booted, or a scenario a real kernel cannot run, 3 when stopped
+//! by `--timeout`.
 
 use std::io::{IsTerminal, LineWriter, Write as _};
 use std::time::{Duration, Instant};
@@ -14,6 +17,7 @@ use hypdbg::scenario::source::ScenarioFile;
 use hypdbg_hyp::variants;
 
 use super::check::EXIT_TIMEOUT;
+use super::kernel::KernelArgs;
 use super::{num_arg, usage_error};
 
 /// `hypdbg run` options.
@@ -30,8 +34,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
     /// Run this flow (variant) instead of the file's (see `hypdbg check --list`).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "kernel")]
     pub flow: Option<String>,
+    /// A real kernel to play the file on instead of the simulator.
+    #[command(flatten)]
+    pub real: KernelArgs,
     /// Stop after this many seconds (exit status 3); no limit by default.
     #[arg(long, value_name = "SECONDS", value_parser = num_arg::<u64>)]
     pub timeout: Option<u64>,
@@ -74,6 +81,10 @@ pub fn run(a: &RunArgs) -> i32 {
             }
         },
     };
+    let real = match a.real.validate() {
+        Ok(r) => r,
+        Err(e) => return usage_error(e),
+    };
     let file = match ScenarioFile::load_with(&a.file, &a.limits()) {
         Ok(f) => f,
         Err(errs) => {
@@ -81,6 +92,22 @@ pub fn run(a: &RunArgs) -> i32 {
             return 2;
         }
     };
+    let mut suite = match &real {
+        None => None,
+        Some((spec, mode)) => match KernelArgs::boot(spec, *mode) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("{e}");
+                return 2;
+            }
+        },
+    };
+    if let Some(s) = &suite
+        && let Err(e) = s.runnable(&file)
+    {
+        eprintln!("{}: {e}", file.file);
+        return 2;
+    }
     // Records go out as they happen, a line at a time, so a stuck run shows how far it got.
     let stdout = std::io::stdout();
     let terminal = stdout.is_terminal();
@@ -105,7 +132,13 @@ pub fn run(a: &RunArgs) -> i32 {
         deadline: a.timeout.map(|s| Instant::now() + Duration::from_secs(s)),
         progress: std::io::stderr().is_terminal(),
     };
-    let report = match play(&file, &opts, &mut sink) {
+    let played = match suite.as_mut() {
+        None => play(&file, &opts, &mut sink).map_err(|e| e.to_string()),
+        Some(s) => s
+            .play(&file, &opts, &mut sink)
+            .map_err(|e| format!("{}: {e}", file.file)),
+    };
+    let report = match played {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{e}");

@@ -404,7 +404,7 @@ fn check_memory(probe: &mut dyn Probe, e: &Expect) -> Result<(), Difference> {
 
 /// `exceptions` (during this action) and `all_exceptions` (since the start).
 fn check_all_exceptions(
-    probe: &dyn Probe,
+    probe: &mut dyn Probe,
     v: usize,
     e: &Expect,
     exceptions_before: usize,
@@ -412,7 +412,17 @@ fn check_all_exceptions(
     if e.exceptions.is_none() && e.all_exceptions.is_none() {
         return Ok(());
     }
-    let all = exception_tuples(&probe.exceptions(v));
+    let list = probe.exceptions(v).map_err(|err| {
+        diff(
+            key(if e.exceptions.is_some() {
+                "exceptions"
+            } else {
+                "all_exceptions"
+            }),
+            format!("the guest's exception log cannot be read: {err}"),
+        )
+    })?;
+    let all = exception_tuples(&list);
     if let Some(want) = &e.exceptions {
         let new = all.get(exceptions_before..).unwrap_or(&[]);
         compare_exceptions(probe, "exceptions", want, new, "during this action")?;

@@ -16,10 +16,11 @@ use hypdbg_hyp::flow::Era;
 use hypdbg_hyp::variants::Variant;
 use serde::Serialize;
 
-use crate::checker::{Checker, Invariant, Violation};
+use crate::checker::{Checker, Finding, Invariant, Violation};
 use crate::driver::sim::{DEFAULT_BUDGET, SimBackend, SimSpec};
 use crate::driver::{
-    ActionError, ActionInfo, ActionResult, Backend, Engine, ExitCounts, Observer, Probe,
+    ActionError, ActionInfo, ActionResult, Backend, Engine, ExitCounts, Nobody, Observer, Probe,
+    Tee,
 };
 use crate::scenario::ops::{Op, Value};
 use crate::scenario::resolve::Resolver;
@@ -111,6 +112,9 @@ pub struct Report {
     pub passed: bool,
     /// The wall-clock limit stopped the run.
     pub timed_out: bool,
+    /// How long the play took, on a real kernel (milliseconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elapsed_ms: Option<u64>,
 }
 
 impl Report {
@@ -128,7 +132,7 @@ pub struct PlayError {
     pub error: crate::driver::SetupError,
 }
 
-/// Play `file`; `sink` receives the trace records as they happen.
+/// Play `file` on the simulator; `sink` receives the trace records as they happen.
 pub fn play(
     file: &ScenarioFile,
     opts: &PlayOptions,
@@ -152,13 +156,38 @@ pub fn play(
         file: file.file.clone(),
         error,
     })?;
-    let era = backend.era();
-    let features = backend.guest_features();
     let expected = if own_flow {
         file.expect_violations.clone()
     } else {
         BTreeSet::new()
     };
+    let mut engine = Engine::new(backend, Resolver::new(&file.program, &sc.symbols));
+    Ok(play_engine(
+        file,
+        &mut engine,
+        &variant.label(),
+        expected,
+        opts,
+        sink,
+        &mut Nobody,
+    ))
+}
+
+/// Play `file` through `engine` (any backend) under the name `flow`, holding it to the
+/// invariants in `expected` being broken (none, unless the file's own flow says so); `extra`
+/// observes the same stream (a transcript).
+pub fn play_engine<B: Backend>(
+    file: &ScenarioFile,
+    engine: &mut Engine<B>,
+    flow: &str,
+    expected: BTreeSet<Invariant>,
+    opts: &PlayOptions,
+    sink: &mut dyn FnMut(Record),
+    extra: &mut dyn Observer,
+) -> Report {
+    let sc = &file.scenario;
+    let era = engine.backend().era();
+    let features = engine.backend().guest_features();
     let cpus = sc
         .cpus
         .iter()
@@ -175,13 +204,12 @@ pub fn play(
     sink(Record::Start {
         file: file.file.clone(),
         scenario: sc.name.clone(),
-        flow: variant.name.to_string(),
+        flow: flow.to_string(),
         era: format!("{era}, {}", era.kernels()),
         cpus,
         vcpus: sc.vcpus,
     });
     let resolver = Resolver::new(&file.program, &sc.symbols);
-    let mut engine = Engine::new(backend, resolver.clone());
     engine.set_deadline(opts.deadline);
     let mut p = Player {
         file,
@@ -193,19 +221,19 @@ pub fn play(
         exceptions_before: 0,
         expected,
         broken: BTreeSet::new(),
-        report: Report::new(file, &variant, era),
+        report: Report::new(file, flow, era),
         loaded: BTreeMap::new(),
         resolver,
         progress: opts.progress.then(|| Progress::new(file.actions)),
     };
-    let _ = engine.play(&sc.ops, &mut p);
+    let _ = engine.play(&sc.ops, &mut Tee(&mut p, extra));
     let mut r = p.report;
     r.expected_invariants = p.expected.iter().map(|i| i.label()).collect();
     r.actions = engine.actions();
     r.exits = engine.exits();
     r.invariants = p.broken.iter().map(|i| i.label()).collect();
     r.passed = r.met == r.expectations && r.error.is_none() && p.broken == p.expected;
-    Ok(r)
+    r
 }
 
 /// The observers of `hypdbg run`: expectations, the checker, the trace, the report.
@@ -264,6 +292,21 @@ impl Progress {
 impl Drop for Progress {
     fn drop(&mut self) {
         self.bar.finish_and_clear();
+    }
+}
+
+/// A backend's own finding as a violation of the action it happened in.
+pub fn finding_violation(f: Finding, action: u64) -> Violation {
+    Violation {
+        invariant: f.invariant,
+        register: None,
+        expected: None,
+        actual: None,
+        action,
+        event: 0,
+        vcpu: f.vcpu,
+        pcpu: None,
+        message: f.message,
     }
 }
 
@@ -357,7 +400,7 @@ impl Observer for Player<'_> {
         if let Some(p) = self.progress.as_mut() {
             p.tick(a.number);
         }
-        self.exceptions_before = probe.exception_count(a.op.vcpu());
+        self.exceptions_before = probe.exception_count(a.op.vcpu()).unwrap_or(0);
         if self.trace {
             let location = self.action_location(a);
             (self.sink)(Record::Action {
@@ -395,6 +438,9 @@ impl Observer for Player<'_> {
                 self.report.met += 1;
             }
             self.verdicts.push(v);
+        }
+        for f in probe.findings() {
+            self.violation(a, &finding_violation(f, a.number));
         }
     }
 
@@ -488,11 +534,11 @@ impl Observer for Player<'_> {
 }
 
 impl Report {
-    fn new(file: &ScenarioFile, variant: &Variant, era: Era) -> Self {
+    fn new(file: &ScenarioFile, flow: &str, era: Era) -> Self {
         Report {
             file: file.file.clone(),
             scenario: file.scenario.name.clone(),
-            flow: variant.name.to_string(),
+            flow: flow.to_string(),
             era: format!("{era} ({})", era.kernels()),
             actions: 0,
             exits: ExitCounts::default(),
@@ -507,6 +553,7 @@ impl Report {
             error: None,
             passed: false,
             timed_out: false,
+            elapsed_ms: None,
         }
     }
 }

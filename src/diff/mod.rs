@@ -1,0 +1,333 @@
+//! `hypdbg diff`: every scenario on the simulator (the flow of the kernel's version and mode)
+//! and on a real kernel, transcripts compared action by action ([`transcript`]); each
+//! scenario agrees, parts at a first divergence that the known differences explain
+//! ([`expectations`]), parts unexplained, or is not runnable on a real kernel (with the
+//! reason).
+
+pub mod expectations;
+pub mod transcript;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use hypdbg_hyp::variants::Variant;
+use serde::Serialize;
+
+use crate::driver::Engine;
+use crate::driver::sim::{DEFAULT_BUDGET, SimBackend, SimSpec};
+use crate::play::{PlayOptions, play_engine};
+use crate::real::session::{RealPlayError, RealSuite};
+use crate::scenario::resolve::Resolver;
+use crate::scenario::source::ScenarioFile;
+use expectations::{Category, Expectations};
+use transcript::{Divergence, Recorder, Transcript, first_divergence};
+
+/// How one scenario came out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Every action the same on both.
+    Agree,
+    /// A known difference.
+    Listed {
+        /// Its category.
+        category: Category,
+        /// For a kernel defect: whether the simulator with the named variant agrees with
+        /// the kernel.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        variant_agrees: Option<bool>,
+    },
+    /// A difference no entry explains.
+    Differs,
+    /// Not runnable on a real kernel.
+    NotRunnable {
+        /// Why.
+        why: String,
+    },
+    /// The machine failed while playing it.
+    Failed {
+        /// What failed.
+        error: String,
+    },
+}
+
+impl Outcome {
+    /// One word: `agree`, `qemu`, `kernel-defect`, `simulator`, `DIFFERS`, `not-runnable`,
+    /// `FAILED`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Outcome::Agree => "agree",
+            Outcome::Listed { category, .. } => category.name(),
+            Outcome::Differs => "DIFFERS",
+            Outcome::NotRunnable { .. } => "not-runnable",
+            Outcome::Failed { .. } => "FAILED",
+        }
+    }
+}
+
+/// One scenario's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioDiff {
+    /// The file.
+    pub file: String,
+    /// The scenario's name.
+    pub scenario: String,
+    /// The verdict.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// The first divergence, if they part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub divergence: Option<Divergence>,
+    /// The known difference's explanation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// The file's expectations held on the simulator.
+    pub simulator_passed: Option<bool>,
+    /// The file's expectations and the observable invariants held on the kernel.
+    pub kernel_passed: Option<bool>,
+    /// Actions played on the kernel.
+    pub actions: u64,
+    /// Time on the kernel, milliseconds.
+    pub kernel_ms: u64,
+}
+
+/// A whole diff on one kernel and mode.
+#[derive(Clone, Debug, Serialize)]
+pub struct DiffReport {
+    /// The kernel and mode.
+    pub kernel: String,
+    /// The simulator's flow.
+    pub flow: String,
+    /// Boot time, milliseconds.
+    pub boot_ms: u64,
+    /// The scenarios.
+    pub scenarios: Vec<ScenarioDiff>,
+    /// Scenarios played on the kernel per second (runnable ones, after boot).
+    pub scenarios_per_s: f64,
+}
+
+impl DiffReport {
+    /// Whether every runnable scenario agrees or is explained (exit status 0).
+    pub fn clean(&self) -> bool {
+        self.scenarios
+            .iter()
+            .all(|s| !matches!(s.outcome, Outcome::Differs | Outcome::Failed { .. }))
+    }
+
+    /// The count per outcome word.
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut m = BTreeMap::new();
+        for s in &self.scenarios {
+            *m.entry(s.outcome.word()).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+/// What `diff` is told.
+pub struct DiffOptions<'a> {
+    /// The simulator's flow instead of the kernel's own.
+    pub flow: Option<Variant>,
+    /// The known differences.
+    pub expectations: &'a Expectations,
+    /// Stop once this instant has passed.
+    pub deadline: Option<Instant>,
+}
+
+/// The simulator's transcript of `file` under `flow` (whether its expectations held).
+fn simulate(file: &ScenarioFile, flow: &Variant, opts: &PlayOptions) -> (Transcript, bool) {
+    let sc = &file.scenario;
+    let spec = SimSpec {
+        variant: flow,
+        cpus: &sc.cpus,
+        vcpus: sc.vcpus,
+        vcpu_cpus: &sc.vcpu_cpus,
+        budget: sc.budget.unwrap_or(DEFAULT_BUDGET),
+        trace: false,
+    };
+    let mut rec = Recorder::new();
+    let Ok(backend) = SimBackend::new(&spec, &file.program) else {
+        return (Transcript::default(), false);
+    };
+    let mut engine = Engine::new(backend, Resolver::new(&file.program, &sc.symbols));
+    let r = play_engine(
+        file,
+        &mut engine,
+        &flow.label(),
+        BTreeSet::new(),
+        opts,
+        &mut |_| {},
+        &mut rec,
+    );
+    (rec.transcript, r.met == r.expectations && r.error.is_none())
+}
+
+/// Diff every file on `suite`.
+pub fn diff(suite: &mut RealSuite, files: &[ScenarioFile], opts: &DiffOptions<'_>) -> DiffReport {
+    let flow = opts.flow.clone().unwrap_or_else(|| suite.flow().clone());
+    let popts = PlayOptions {
+        deadline: opts.deadline,
+        ..PlayOptions::default()
+    };
+    let (series, mode) = suite.series_and_mode();
+    let mut out = Vec::with_capacity(files.len());
+    let mut played = 0usize;
+    let mut real_ms = 0u64;
+    for file in files {
+        let mut d = ScenarioDiff {
+            file: file.file.clone(),
+            scenario: file.scenario.name.clone(),
+            outcome: Outcome::Agree,
+            divergence: None,
+            why: None,
+            simulator_passed: None,
+            kernel_passed: None,
+            actions: 0,
+            kernel_ms: 0,
+        };
+        if let Err(e) = suite.runnable(file) {
+            d.outcome = Outcome::NotRunnable {
+                why: match e {
+                    RealPlayError::NotRunnable { why, .. } => why,
+                    other => other.to_string(),
+                },
+            };
+            out.push(d);
+            continue;
+        }
+        let (sim, sim_ok) = simulate(file, &flow, &popts);
+        d.simulator_passed = Some(sim_ok);
+        let mut rec = Recorder::new();
+        let started = Instant::now();
+        let real = suite.play_observed(file, &popts, &mut |_| {}, &mut rec);
+        d.kernel_ms = started.elapsed().as_millis() as u64;
+        match real {
+            Err(RealPlayError::NotRunnable { why, .. }) => {
+                d.outcome = Outcome::NotRunnable { why };
+                out.push(d);
+                continue;
+            }
+            Err(e) => {
+                d.outcome = Outcome::Failed {
+                    error: e.to_string(),
+                };
+                out.push(d);
+                continue;
+            }
+            Ok(r) => {
+                played += 1;
+                real_ms += d.kernel_ms;
+                d.kernel_passed = Some(r.passed);
+                d.actions = r.actions;
+            }
+        }
+        if let Some(div) = first_divergence(&sim, &rec.transcript) {
+            match opts
+                .expectations
+                .find(&file.scenario.name, &series, &mode, &div)
+            {
+                Some(k) => {
+                    let variant_agrees = k
+                        .variant
+                        .as_deref()
+                        .and_then(hypdbg_hyp::variants::by_name)
+                        .map(|v| {
+                            let (t, _) = simulate(file, &v.clone(), &popts);
+                            first_divergence(&t, &rec.transcript)
+                                .is_none_or(|x| x.action > div.action)
+                        });
+                    d.outcome = Outcome::Listed {
+                        category: k.category,
+                        variant_agrees,
+                    };
+                    d.why = Some(k.why.clone());
+                }
+                None => d.outcome = Outcome::Differs,
+            }
+            d.divergence = Some(div);
+        }
+        out.push(d);
+    }
+    DiffReport {
+        kernel: suite.name().to_string(),
+        flow: flow.label(),
+        boot_ms: suite.boot_time().as_millis() as u64,
+        scenarios: out,
+        scenarios_per_s: if real_ms == 0 {
+            0.0
+        } else {
+            played as f64 * 1000.0 / real_ms as f64
+        },
+    }
+}
+
+impl DiffReport {
+    /// The report in words: one line per scenario (and its divergence), then the counts.
+    pub fn text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = format!(
+            "kernel {} (booted in {:.1} s), simulator flow {}\n",
+            self.kernel,
+            self.boot_ms as f64 / 1000.0,
+            self.flow
+        );
+        let w = self
+            .scenarios
+            .iter()
+            .map(|d| d.scenario.len())
+            .max()
+            .unwrap_or(8)
+            .max(8);
+        for d in &self.scenarios {
+            let _ = writeln!(s, "  {:w$}  {}", d.scenario, d.outcome.word());
+            if let Some(x) = &d.divergence {
+                let _ = writeln!(
+                    s,
+                    "  {:w$}    action {} (`{}`), {}: simulator {}, kernel {}",
+                    "", x.action, x.op, x.field, x.simulator, x.kernel
+                );
+            }
+            match &d.outcome {
+                Outcome::NotRunnable { why } => {
+                    let _ = writeln!(s, "  {:w$}    {why}", "");
+                }
+                Outcome::Failed { error } => {
+                    let _ = writeln!(s, "  {:w$}    {error}", "");
+                }
+                Outcome::Listed {
+                    category: Category::KernelDefect,
+                    variant_agrees: Some(agrees),
+                } => {
+                    let _ = writeln!(
+                        s,
+                        "  {:w$}    {} (the named variant {} the kernel)",
+                        "",
+                        d.why.as_deref().unwrap_or(""),
+                        if *agrees {
+                            "agrees with"
+                        } else {
+                            "does NOT agree with"
+                        }
+                    );
+                }
+                Outcome::Listed { .. } => {
+                    let _ = writeln!(s, "  {:w$}    {}", "", d.why.as_deref().unwrap_or(""));
+                }
+                _ => {}
+            }
+        }
+        let counts: Vec<String> = self
+            .counts()
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "{} scenario(s): {}; {:.1} scenarios/s on the kernel after boot",
+            self.scenarios.len(),
+            counts.join(", "),
+            self.scenarios_per_s
+        );
+        s
+    }
+}
