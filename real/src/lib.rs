@@ -46,4 +46,4 @@ pub use exit::{ExitKind, VcpuExit};
 pub use kernel::{KernelImage, KernelSpec, fetch};
 pub use machine::{BootOptions, Machine, Mode};
 pub use proto::{PerfKind, RunOptions, SmcccAction};
-pub use vm::{PerfCheck, RealVm, SmcccFilter, Teardown, VcpuId};
+pub use vm::{Batch, BenchBatches, BenchExit, PerfCheck, RealVm, SmcccFilter, Teardown, VcpuId};
