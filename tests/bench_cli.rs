@@ -266,6 +266,44 @@ fn real_kernel_section_shape_and_repeatability() {
 }
 
 #[test]
+#[ignore = "boots debian:7.3 under QEMU (about 20 s); run by .ci/run"]
+fn real_kernel_era3_moves_registers_in_every_debug_state() {
+    let dir = std::env::temp_dir().join(format!("hypdbg-bench-real-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg_path = dir.join("bench.svg");
+    let (code, out, err) = hypdbg(&[
+        "bench",
+        "--quick",
+        "--json",
+        "--kernel",
+        "debian:7.3",
+        "--mode",
+        "vhe",
+        "--plot",
+        svg_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let run = &v["real"]["runs"][0];
+    assert!(run["error"].is_null(), "broken: {run}");
+    assert_eq!(run["flow"], "era3");
+    for s in run["states"].as_array().unwrap() {
+        let moves = num(&s["simulator"]["sim"], "moves");
+        assert_eq!(moves, if s["state"] == "clean" { 0.0 } else { 84.0 }, "{s}");
+        assert_ne!(
+            s["simulator"]["verdict"], "fit",
+            "7.3 is judged, not fitted"
+        );
+    }
+    // The plot gains a second chart: the measured series and the simulator's, dashed.
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 7 + 2);
+    assert!(svg.contains(">7.3 vhe<") && svg.contains(">7.3 vhe (simulator)<"));
+    assert!(svg.contains(">guest_owned<") && svg.contains(">os_lock<"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 #[ignore = "boots debian:6.1 under QEMU; run by .ci/run"]
 fn a_kernel_that_does_not_boot_in_a_mode_is_exit_2_with_its_stage() {
     // 6.1 has no protected hVHE: it comes up in protected nVHE, the wrong mode.

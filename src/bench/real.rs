@@ -139,8 +139,9 @@ pub struct StateRow {
     pub extra: Option<Estimate>,
     /// Whether the extra cost's interval contains 0: reported as within noise.
     pub within_noise: bool,
-    /// Measured extra instructions per extra register moved (states that move registers and
-    /// are not within noise): the average instructions per debug register moved.
+    /// Measured extra instructions per extra register moved (states that exit at the doorbell,
+    /// move registers and are not within noise): the average instructions per debug register
+    /// moved.
     pub instructions_per_move: Option<f64>,
     /// The simulator's side.
     pub simulator: Prediction,
@@ -514,8 +515,10 @@ fn rows(
             flow,
             fit_kernel,
         );
-        let instructions_per_move = match (&extra, prediction.delta_moves) {
-            (Some(e), d) if d > 0 && !within_noise => Some(e.median / d as f64),
+        // Per move only where the exit is the clean state's (a step exit is another path).
+        let instructions_per_move = match (&extra, prediction.delta_moves, s.state) {
+            (_, _, DebugState::SingleStep) => None,
+            (Some(e), d, _) if d > 0 && !within_noise => Some(e.median / d as f64),
             _ => None,
         };
         out.push(StateRow {

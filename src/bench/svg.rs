@@ -169,6 +169,18 @@ impl Frame {
         })
     }
 
+    /// Widen the x range to the named ticks, with half a category of room at each end.
+    fn with_ticks(mut self, named: &[(f64, String)]) -> Frame {
+        if let (Some(lo), Some(hi)) = (
+            named.iter().map(|t| t.0).reduce(f64::min),
+            named.iter().map(|t| t.0).reduce(f64::max),
+        ) {
+            self.x0 = self.x0.min(lo) - 0.5;
+            self.x1 = self.x1.max(hi) + 0.5;
+        }
+        self
+    }
+
     fn px(&self, x: f64) -> f64 {
         LEFT + (x - self.x0) / (self.x1 - self.x0) * self.pw
     }
@@ -259,8 +271,8 @@ impl Frame {
         );
     }
 
-    /// Series `i`: its line, its points and its legend entry.
-    fn series(&self, o: &mut String, i: usize, s: &Series) {
+    /// Series `i` of `n`: its line, its points and its legend entry.
+    fn series(&self, o: &mut String, i: usize, n: usize, s: &Series) {
         let colour = COLOURS[s.colour.unwrap_or(i) % COLOURS.len()];
         let dash = if s.dashed {
             r#" stroke-dasharray="6 4""#
@@ -286,7 +298,9 @@ impl Frame {
                 self.py(y)
             );
         }
-        let ly = TOP + 10.0 + LEGEND_STEP * i as f64;
+        // Many series: the legend entries close up so they stay beside the plot.
+        let step = LEGEND_STEP.min((self.ph - 10.0) / n.max(1) as f64);
+        let ly = TOP + 10.0 + step * i as f64;
         let lx = LEFT + self.pw + 20.0;
         let _ = writeln!(
             o,
@@ -312,7 +326,7 @@ impl Chart {
 
     /// The chart's elements, drawn `dy` pixels down the document.
     fn render(&self, o: &mut String, dy: f64) -> Result<(), SvgError> {
-        let f = Frame::of(&self.series, self.y_from_zero)?;
+        let f = Frame::of(&self.series, self.y_from_zero)?.with_ticks(&self.x_ticks);
         let _ = writeln!(o, r#"<g transform="translate(0 {dy:.0})">"#);
         let _ = writeln!(
             o,
@@ -324,7 +338,7 @@ impl Chart {
         f.x_axis(o, &self.x_ticks);
         f.axes(o, &self.x_label, &self.y_label);
         for (i, s) in self.series.iter().enumerate() {
-            f.series(o, i, s);
+            f.series(o, i, self.series.len(), s);
         }
         let _ = writeln!(o, "</g>");
         Ok(())
@@ -553,6 +567,31 @@ mod tests {
         assert!(svg.contains(r#"height="1040""#));
         assert!(svg.contains(r#"translate(0 520)"#));
         assert!(svg.contains(">clean<") && svg.contains(">use_hw &lt;hw&gt;<"));
+        // Named ticks beyond the data widen the x axis: every tick inside the plot.
+        let mut few = chart();
+        few.x_ticks = (0..5).map(|i| (f64::from(i), format!("s{i}"))).collect();
+        for s in &mut few.series {
+            s.points.truncate(2);
+            for (i, p) in s.points.iter_mut().enumerate() {
+                p.0 = i as f64;
+            }
+        }
+        let f = few.to_svg().unwrap();
+        for line in f
+            .lines()
+            .filter(|l| l.starts_with("<text") && l.contains(">s"))
+        {
+            let x: f64 = line
+                .split("x=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((LEFT..=WIDTH - RIGHT).contains(&x), "{line}");
+        }
         // Without y_from_zero the axis starts at a tick below the smallest value.
         let mut high = chart();
         high.y_from_zero = false;
