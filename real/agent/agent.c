@@ -3,11 +3,12 @@
  * hypdbg agent: the /init of the initramfs hypdbg boots under qemu-system-aarch64. It drives
  * /dev/kvm at the ioctl level on behalf of the host, over the serial console.
  *
- * Wire protocol (version 1), one request per line in, one reply line out:
+ * Wire protocol (version 2; version 1 lacked bench's step= and irqs= options), one request per
+ * line in, one reply line out:
  *
  *   host -> agent   "<seq> <command> <arg> ... [key=value ...]\n"   numbers: decimal or 0x hex
- *   agent -> host   "##hypdbg/1 {\"seq\":<seq>,\"ok\":true,...}\n"
- *                   "##hypdbg/1 {\"seq\":<seq>,\"ok\":false,\"op\":...,\"errno\":N,\"error\":...}\n"
+ *   agent -> host   "##hypdbg/2 {\"seq\":<seq>,\"ok\":true,...}\n"
+ *                   "##hypdbg/2 {\"seq\":<seq>,\"ok\":false,\"op\":...,\"errno\":N,\"error\":...}\n"
  *
  * The agent greets with seq 0 ("hello") once /dev/kvm is open (or failed to open). Replies are
  * written with one write(2) each; the console log level is lowered to KERN_EMERG so kernel
@@ -61,8 +62,8 @@
 
 #include "kvm_compat.h"
 
-#define PROTO 1
-#define PREFIX "##hypdbg/1 "
+#define PROTO 2
+#define PREFIX "##hypdbg/2 "
 #ifndef AGENT_HASH
 #define AGENT_HASH "unknown"
 #endif
@@ -541,42 +542,85 @@ static void vcmd_run(struct vcpu *v, const struct args *a)
 	describe_exit(v, &v->body, ret, err, (int)opt_u64(a, 3, "regs", 0), kick_seen[v->index]);
 }
 
+/* Interrupts taken since boot: the first number of /proc/stat's "intr" line (0 if unreadable). */
+static uint64_t interrupts_total(void)
+{
+	static char buf[1 << 16];
+	int fd = open("/proc/stat", O_RDONLY);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	char *p = strstr(buf, "\nintr ");
+	return p ? strtoull(p + 6, NULL, 10) : 0;
+}
+
+/* Whether a KVM_RUN's exit is the one a bench batch expects: an MMIO write to the doorbell, or
+ * (step=1) a software-step debug exit (ESR EC 0x32, SOFTSTP_LOW). */
+static int bench_exit_ok(const struct kvm_run *r, int step, uint64_t doorbell)
+{
+	if (step)
+		return r->exit_reason == KVM_EXIT_DEBUG && (r->debug.arch.hsr >> 26) == 0x32;
+	return r->exit_reason == KVM_EXIT_MMIO && r->mmio.is_write && r->mmio.phys_addr == doorbell;
+}
+
+/* bench <vcpu> <runs> <batches> <doorbell> [step=1] [irqs=1]: <batches> times <runs> KVM_RUNs,
+ * CLOCK_MONOTONIC ns per batch (guest instructions under -icount shift=0). Any other exit fails
+ * the whole request. irqs=1 also reports the interrupts taken during each batch (read from
+ * /proc/stat between batches, outside the timed window). */
 static void vcmd_bench(struct vcpu *v, const struct args *a)
 {
 	uint64_t n, k, doorbell;
 	if (a->n < 6 || parse_u64(a->t[3], &n) || parse_u64(a->t[4], &k) || parse_u64(a->t[5], &doorbell) ||
 	    k == 0 || k > 1000) {
-		vfail(v, NULL, 0, "usage: bench <vcpu> <runs per batch> <batches 1..1000> <doorbell gpa>");
+		vfail(v, NULL, 0, "usage: bench <vcpu> <runs per batch> <batches 1..1000> <doorbell gpa> [step=1] [irqs=1]");
 		return;
 	}
+	int step = (int)opt_u64(a, 6, "step", 0);
+	int irqs = (int)opt_u64(a, 6, "irqs", 0);
 	uint64_t *ns = calloc(k, sizeof *ns);
-	if (!ns)
+	uint64_t *irq = calloc(k, sizeof *irq);
+	if (!ns || !irq)
 		abort();
 	kick_seen[v->index] = 0;
 	for (uint64_t b = 0; b < k; b++) {
+		uint64_t i0 = irqs ? interrupts_total() : 0;
 		uint64_t t0 = now_ns();
 		for (uint64_t i = 0; i < n; i++) {
 			int ret = ioctl(v->fd, KVM_RUN, 0);
 			struct kvm_run *r = v->run;
-			if (ret < 0 || r->exit_reason != KVM_EXIT_MMIO || !r->mmio.is_write ||
-			    r->mmio.phys_addr != doorbell) {
+			if (ret < 0 || !bench_exit_ok(r, step, doorbell)) {
 				int err = ret < 0 ? errno : 0;
-				char msg[160];
+				char msg[200];
 				snprintf(msg, sizeof msg,
-					 "unexpected exit in batch %llu run %llu: ret %d errno %d reason %u",
-					 (unsigned long long)b, (unsigned long long)i, ret, err, r->exit_reason);
+					 "unexpected exit in batch %llu run %llu: ret %d errno %d reason %u hsr %#x",
+					 (unsigned long long)b, (unsigned long long)i, ret, err, r->exit_reason,
+					 r->exit_reason == KVM_EXIT_DEBUG ? r->debug.arch.hsr : 0);
 				vfail(v, "KVM_RUN", err, msg);
 				free(ns);
+				free(irq);
 				return;
 			}
 		}
 		ns[b] = now_ns() - t0;
+		if (irqs)
+			irq[b] = interrupts_total() - i0;
 	}
 	sb_printf(&v->body, ",\"ns\":[");
 	for (uint64_t b = 0; b < k; b++)
 		sb_printf(&v->body, "%s%llu", b ? "," : "", (unsigned long long)ns[b]);
 	sb_printf(&v->body, "]");
+	if (irqs) {
+		sb_printf(&v->body, ",\"irqs\":[");
+		for (uint64_t b = 0; b < k; b++)
+			sb_printf(&v->body, "%s%llu", b ? "," : "", (unsigned long long)irq[b]);
+		sb_printf(&v->body, "]");
+	}
 	free(ns);
+	free(irq);
 }
 
 static void vcmd_guest_debug(struct vcpu *v, const struct args *a)

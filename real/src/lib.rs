@@ -8,7 +8,9 @@
 //! - [`initramfs`]: the newc cpio that makes the agent `/init`;
 //! - [`machine`]: QEMU with hard timeouts, killed on drop, the KVM mode verified;
 //! - [`vm`]: a VM at the ioctl level ([`RealVm`]): memory, vcpus, ONE_REG, guest debug,
-//!   KVM_RUN and its exits ([`VcpuExit`]).
+//!   KVM_RUN and its exits ([`VcpuExit`]);
+//! - [`roundtrip`]: instructions per KVM_RUN round trip in each debug state (clean,
+//!   guest-owned, USE_HW, SINGLESTEP, the OS lock), interleaved batches timed in the agent.
 //!
 //! Nothing here models the hypervisor: it reports what the real kernel did.
 //!
@@ -36,6 +38,7 @@ pub mod kernel;
 pub mod machine;
 pub mod proto;
 mod qemu;
+pub mod roundtrip;
 mod shm;
 pub mod vm;
 
@@ -46,4 +49,5 @@ pub use exit::{ExitKind, VcpuExit};
 pub use kernel::{KernelImage, KernelSpec, fetch};
 pub use machine::{BootOptions, Machine, Mode};
 pub use proto::{PerfKind, RunOptions, SmcccAction};
-pub use vm::{PerfCheck, RealVm, SmcccFilter, Teardown, VcpuId};
+pub use roundtrip::{DebugState, Plan, StateBatches, StatesMeasurement, measure_states};
+pub use vm::{Batch, BenchBatches, BenchExit, PerfCheck, RealVm, SmcccFilter, Teardown, VcpuId};

@@ -1,9 +1,10 @@
-//! The wire protocol between the host and the agent, version 1.
+//! The wire protocol between the host and the agent, version 2 (version 1 lacked `bench`'s
+//! `step=` and `irqs=` options).
 //!
 //! One request per line to the agent: `<seq> <command> <args...> [key=value...]`, numbers in
 //! decimal or `0x` hex, bytes as hex strings. One reply per request, a single line:
-//! `##hypdbg/1 {"seq":<seq>,"ok":true,...}` or
-//! `##hypdbg/1 {"seq":<seq>,"ok":false,"op":"KVM_...","errno":22,"error":"..."}`.
+//! `##hypdbg/2 {"seq":<seq>,"ok":true,...}` or
+//! `##hypdbg/2 {"seq":<seq>,"ok":false,"op":"KVM_...","errno":22,"error":"..."}`.
 //! The prefix carries the protocol version and cannot be mistaken for a kernel message; the
 //! serial console adds `\r`, which [`parse_line`] strips. The agent greets with seq 0 (the
 //! `hello` reply) as soon as it is up.
@@ -16,9 +17,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// The protocol version this host speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The prefix of every reply line.
-pub const REPLY_PREFIX: &str = "##hypdbg/1 ";
+pub const REPLY_PREFIX: &str = "##hypdbg/2 ";
 /// The largest request line the agent accepts (bytes, newline excluded).
 pub const MAX_REQUEST_LINE: usize = (1 << 17) - 2;
 /// The most guest memory one `mem_write`/`mem_read` moves.
@@ -268,8 +269,8 @@ pub enum Request {
     /// Touch the variable and call the function on the vcpu thread; the counter before and
     /// after.
     PerfCheck(u8),
-    /// `batches` times: `runs` KVM_RUNs that must each exit with an MMIO write to `doorbell`;
-    /// CLOCK_MONOTONIC ns per batch.
+    /// `batches` times: `runs` KVM_RUNs that must each exit with an MMIO write to `doorbell`
+    /// (or, with `step`, with a software-step debug exit); CLOCK_MONOTONIC ns per batch.
     Bench {
         /// The vcpu.
         vcpu: u8,
@@ -279,6 +280,12 @@ pub enum Request {
         batches: u32,
         /// The doorbell's guest-physical address.
         doorbell: u64,
+        /// Expect a software-step exit (ESR EC 0x32) from every run instead of the doorbell
+        /// (`step=1`, protocol 2).
+        step: bool,
+        /// Also report the interrupts the guest-host took during each batch (`irqs=1`,
+        /// protocol 2).
+        irqs: bool,
         /// The agent's kick timeout for the whole command.
         timeout: Duration,
     },
@@ -455,13 +462,18 @@ impl Request {
                 runs,
                 batches,
                 doorbell,
+                step,
+                irqs,
                 timeout,
             } => {
-                let _ = write!(
-                    w,
-                    " {vcpu} {runs} {batches} {doorbell:#x} timeout_ms={}",
-                    timeout.as_millis().max(1)
-                );
+                let _ = write!(w, " {vcpu} {runs} {batches} {doorbell:#x}");
+                if *step {
+                    w.push_str(" step=1");
+                }
+                if *irqs {
+                    w.push_str(" irqs=1");
+                }
+                let _ = write!(w, " timeout_ms={}", timeout.as_millis().max(1));
             }
         }
         s
@@ -835,10 +847,25 @@ mod tests {
                 runs: 100,
                 batches: 5,
                 doorbell: 0x1000_0000,
+                step: false,
+                irqs: false,
                 timeout: Duration::from_secs(30)
             }
             .encode(12),
             "12 bench 0 100 5 0x10000000 timeout_ms=30000"
+        );
+        assert_eq!(
+            Request::Bench {
+                vcpu: 0,
+                runs: 10,
+                batches: 2,
+                doorbell: 0,
+                step: true,
+                irqs: true,
+                timeout: Duration::from_secs(1)
+            }
+            .encode(12),
+            "12 bench 0 10 2 0x0 step=1 irqs=1 timeout_ms=1000"
         );
         assert_eq!(
             Request::PerfArm {
@@ -895,14 +922,14 @@ mod tests {
 
     #[test]
     fn reply_lines() {
-        let p = parse_line("##hypdbg/1 {\"seq\":3,\"ok\":true,\"value\":6}\r");
+        let p = parse_line("##hypdbg/2 {\"seq\":3,\"ok\":true,\"value\":6}\r");
         assert_eq!(p.console, None);
         let r = p.reply.unwrap().unwrap();
         assert_eq!(r.seq, 3);
         assert_eq!(r.body.unwrap()["value"], 6);
 
         let p = parse_line(
-            "##hypdbg/1 {\"seq\":4,\"ok\":false,\"op\":\"KVM_SET_ONE_REG\",\"errno\":22,\"error\":\"Invalid argument\"}",
+            "##hypdbg/2 {\"seq\":4,\"ok\":false,\"op\":\"KVM_SET_ONE_REG\",\"errno\":22,\"error\":\"Invalid argument\"}",
         );
         let r = p.reply.unwrap().unwrap();
         assert_eq!(
@@ -915,7 +942,7 @@ mod tests {
         );
 
         // A kernel message that got in front of a reply on the same line.
-        let p = parse_line("[   12.3] kvm: something##hypdbg/1 {\"seq\":5,\"ok\":true}");
+        let p = parse_line("[   12.3] kvm: something##hypdbg/2 {\"seq\":5,\"ok\":true}");
         assert_eq!(p.console.as_deref(), Some("[   12.3] kvm: something"));
         assert_eq!(p.reply.unwrap().unwrap().seq, 5);
 
@@ -929,15 +956,15 @@ mod tests {
         );
 
         // The reply is in the mailbox.
-        let p = parse_line("##hypdbg/1 @\r");
+        let p = parse_line("##hypdbg/2 @\r");
         assert!(p.mailbox && p.reply.is_none() && p.console.is_none());
-        assert!(!parse_line("##hypdbg/1 {\"seq\":1,\"ok\":true}").mailbox);
+        assert!(!parse_line("##hypdbg/2 {\"seq\":1,\"ok\":true}").mailbox);
 
         // A reply cut short is an error, not console text.
-        let p = parse_line("##hypdbg/1 {\"seq\":6,\"ok\":tr");
+        let p = parse_line("##hypdbg/2 {\"seq\":6,\"ok\":tr");
         assert!(p.reply.unwrap().is_err());
         assert!(
-            parse_line("##hypdbg/1 [1]")
+            parse_line("##hypdbg/2 [1]")
                 .reply
                 .unwrap()
                 .unwrap_err()
@@ -947,7 +974,7 @@ mod tests {
 
     #[test]
     fn exit_bodies_decode() {
-        let line = "##hypdbg/1 {\"seq\":9,\"ok\":true,\"ret\":0,\"errno\":0,\"reason\":4,\"run_flags\":0,\
+        let line = "##hypdbg/2 {\"seq\":9,\"ok\":true,\"ret\":0,\"errno\":0,\"reason\":4,\"run_flags\":0,\
                     \"timed_out\":false,\"debug\":{\"hsr\":3254779938,\"hsr_high\":0,\"far\":0},\
                     \"pc\":1073741832,\"pstate\":965,\"cpu\":0}";
         let body = parse_line(line).reply.unwrap().unwrap().body.unwrap();
@@ -955,7 +982,7 @@ mod tests {
         assert_eq!(e.debug.unwrap().hsr, 0xc200_0022);
         assert_eq!(e.pc, Some(0x4000_0008));
         assert!(e.mmio.is_none());
-        let hello = "##hypdbg/1 {\"seq\":0,\"ok\":true,\"proto\":1,\"agent\":\"abc\",\"release\":\"6.1.0-57-arm64\",\
+        let hello = "##hypdbg/2 {\"seq\":0,\"ok\":true,\"proto\":2,\"agent\":\"abc\",\"release\":\"6.1.0-57-arm64\",\
                      \"version\":\"#1 SMP\",\"machine\":\"aarch64\",\"cpus\":1,\"uptime_ms\":1500,\"kvm\":null,\"kvm_errno\":2,\
                      \"kvm_log\":[\"kvm [1]: VHE mode initialized successfully\"]}";
         let body = parse_line(hello).reply.unwrap().unwrap().body.unwrap();

@@ -66,6 +66,44 @@ pub struct Teardown {
     pub unmap: Duration,
 }
 
+/// The exit every KVM_RUN of a timed batch must end in ([`RealVm::bench_round_trips`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchExit {
+    /// KVM_EXIT_MMIO: a store to `doorbell` (outside every memslot).
+    Mmio {
+        /// The doorbell's guest-physical address.
+        doorbell: u64,
+    },
+    /// KVM_EXIT_DEBUG with a software-step syndrome (ESR EC 0x32): userspace single-steps the
+    /// guest, one instruction per run.
+    Step,
+}
+
+/// A request for timed batches of round trips.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchBatches {
+    /// KVM_RUN round trips per batch.
+    pub runs: u64,
+    /// Batches (1..=1000).
+    pub batches: u32,
+    /// The exit every run must end in.
+    pub exit: BenchExit,
+    /// Count the guest-host's interrupts during each batch (read outside the timed window).
+    pub count_interrupts: bool,
+    /// The agent's kick timeout for the whole request.
+    pub timeout: Duration,
+}
+
+/// One timed batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// CLOCK_MONOTONIC ns of the batch in the guest-host (instructions under `-icount
+    /// shift=0`).
+    pub ns: u64,
+    /// Interrupts the guest-host took during the batch, when counted.
+    pub interrupts: Option<u64>,
+}
+
 /// A VM created by [`Agent::create_vm`]. Dropping it destroys the VM (best effort; use
 /// [`RealVm::destroy`] to see errors).
 #[derive(Debug)]
@@ -423,19 +461,60 @@ impl<'a> RealVm<'a> {
         doorbell: u64,
         timeout: Duration,
     ) -> Result<Vec<u64>> {
-        let vcpu = self.vcpu(vcpu)?;
-        let b = self.agent.request(&Request::Bench {
-            vcpu,
+        let b = BenchBatches {
             runs,
             batches,
-            doorbell,
+            exit: BenchExit::Mmio { doorbell },
+            count_interrupts: false,
             timeout,
+        };
+        Ok(self
+            .bench_round_trips(vcpu, &b)?
+            .into_iter()
+            .map(|s| s.ns)
+            .collect())
+    }
+
+    /// Timed batches of KVM_RUN round trips, each run ending in the exit `b.exit` asks for (any
+    /// other exit fails the request: [`ErrorKind::Kvm`] naming the batch and the run).
+    pub fn bench_round_trips(&mut self, vcpu: VcpuId, b: &BenchBatches) -> Result<Vec<Batch>> {
+        let vcpu = self.vcpu(vcpu)?;
+        let (doorbell, step) = match b.exit {
+            BenchExit::Mmio { doorbell } => (doorbell, false),
+            BenchExit::Step => (0, true),
+        };
+        let body = self.agent.request(&Request::Bench {
+            vcpu,
+            runs: b.runs,
+            batches: b.batches,
+            doorbell,
+            step,
+            irqs: b.count_interrupts,
+            timeout: b.timeout,
         })?;
         #[derive(Deserialize)]
-        struct Ns {
+        struct Reply {
             ns: Vec<u64>,
+            #[serde(default)]
+            irqs: Option<Vec<u64>>,
         }
-        Ok(self.agent.decode::<Ns>(&b)?.ns)
+        let r: Reply = self.agent.decode(&body)?;
+        let n = r.ns.len();
+        if n != b.batches as usize || r.irqs.as_ref().is_some_and(|i| i.len() != n) {
+            return Err(self.agent.err(ErrorKind::Protocol(format!(
+                "bench: {n} batch times for {} batches",
+                b.batches
+            ))));
+        }
+        let irqs = r.irqs.unwrap_or_default();
+        Ok(r.ns
+            .iter()
+            .enumerate()
+            .map(|(i, &ns)| Batch {
+                ns,
+                interrupts: irqs.get(i).copied(),
+            })
+            .collect())
     }
 
     /// Destroy this VM and create a fresh one in its place (the agent runs one VM at a time):

@@ -1,6 +1,8 @@
 //! THE cost table: what one register access of the debug world switch costs on a real Armv8
 //! core, in cycles, and the published world-switch costs the report compares against.
-//! Everything `hypdbg bench` says in cycles comes from this one file.
+//! Everything `hypdbg bench` says in cycles comes from this one file; what it says in
+//! instructions of real kernels (`--kernel`) comes from measurements and the instruction model
+//! fitted on them ([`super::predict::MODEL`]).
 //!
 //! # What is measured and what is modelled
 //!

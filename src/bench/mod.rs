@@ -9,12 +9,19 @@
 //!   and the published world-switch costs it is compared with;
 //! - [`stats`]: median, quantiles, least squares;
 //! - [`svg`]: the hand-written SVG chart of `--plot`;
+//! - [`real`]: `--kernel`: instructions per KVM_RUN round trip of real kernels under QEMU's
+//!   icount, per mode and debug state ([`hypdbg_real::measure_states`]), with intervals;
+//! - [`predict`]: the simulator's register moves per state for the kernel's era, and the
+//!   instruction cost model fitted on 6.1 nVHE;
 //! - [`report`]: the tables, the targets, JSON.
 //!
 //! The criterion benches in `benches/` use [`setup`] too, so both measure the same code.
 
 pub mod cost;
 pub mod measure;
+pub mod predict;
+pub mod real;
+pub mod real_view;
 pub mod report;
 pub mod setup;
 pub mod stats;
@@ -37,6 +44,9 @@ pub enum BenchError {
     /// The guest program does not assemble.
     #[error("guest program: {0}")]
     Program(#[from] hypdbg_hyp::guest::program::ProgramError),
+    /// The simulator did not run a debug state as the real-kernel benchmark does.
+    #[error("simulating the real-kernel benchmark: {0}")]
+    Simulation(String),
     /// A workload produced no timing samples.
     #[error("a workload produced no timing samples")]
     NoSamples,

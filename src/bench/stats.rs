@@ -1,4 +1,5 @@
-//! The statistics the report needs: medians and quantiles of batch timings, and an ordinary
+//! The statistics the report needs: medians and quantiles of batch timings, a
+//! distribution-free confidence interval for a median (order statistics), and an ordinary
 //! least-squares line with its coefficient of determination.
 
 use serde::Serialize;
@@ -30,6 +31,55 @@ pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
 /// values for an even count.
 pub fn median(values: &[f64]) -> Option<f64> {
     quantile(values, 0.5)
+}
+
+/// The ranks (1-based, into the sorted values) of a distribution-free confidence interval for
+/// the median of `n` values at `confidence` (e.g. 0.95): the largest `k` such that the
+/// chance of a Binomial(n, 1/2) falling below `k` is at most `(1 - confidence) / 2`; the
+/// interval is `[x_(k), x_(n + 1 - k)]`. `None` when `n` is too small for that confidence
+/// (fewer than 6 values at 95%).
+///
+/// ```
+/// use hypdbg::bench::stats::median_ci_ranks;
+/// assert_eq!(median_ci_ranks(6, 0.95), Some((1, 6)));
+/// assert_eq!(median_ci_ranks(31, 0.95), Some((10, 22)));
+/// assert_eq!(median_ci_ranks(5, 0.95), None);
+/// ```
+pub fn median_ci_ranks(n: usize, confidence: f64) -> Option<(usize, usize)> {
+    if n == 0 || !(0.0..1.0).contains(&confidence) {
+        return None;
+    }
+    let tail = (1.0 - confidence) / 2.0;
+    let k = if n <= 1000 {
+        // P(B = i) iteratively from P(B = 0) = 2^-n (no underflow for n <= 1000).
+        let mut p = 0.5f64.powi(n as i32);
+        let mut cdf = 0.0;
+        let mut k = 0;
+        for i in 0..n {
+            cdf += p;
+            if cdf > tail {
+                break;
+            }
+            k = i + 1;
+            p *= (n - i) as f64 / (i + 1) as f64;
+        }
+        k
+    } else {
+        // Normal approximation, z = 1.96 for 95% (2.576 for 99%).
+        let z = if confidence >= 0.99 { 2.576 } else { 1.96 };
+        let nf = n as f64;
+        (nf / 2.0 - z * nf.sqrt() / 2.0).floor().max(0.0) as usize
+    };
+    (k >= 1).then_some((k, n + 1 - k))
+}
+
+/// The median of `values` and its distribution-free confidence interval
+/// ([`median_ci_ranks`]): `(median, low, high)`; `None` when there are too few values.
+pub fn median_with_ci(values: &[f64], confidence: f64) -> Option<(f64, f64, f64)> {
+    let (lo, hi) = median_ci_ranks(values.len(), confidence)?;
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    Some((median(&v)?, *v.get(lo - 1)?, *v.get(hi - 1)?))
 }
 
 /// A fitted line `y = slope * x + intercept`.
@@ -122,6 +172,24 @@ mod tests {
         assert_eq!(quantile(&v, 1.5), None);
         assert_eq!(quantile(&v, -0.1), None);
         assert_eq!(quantile(&v, f64::NAN), None);
+    }
+
+    #[test]
+    fn median_confidence_intervals_from_order_statistics() {
+        // Textbook ranks (e.g. Conover, Practical Nonparametric Statistics, table A3): n = 10
+        // -> (2, 9); n = 20 -> (6, 15); n = 62 -> (23, 40).
+        assert_eq!(median_ci_ranks(10, 0.95), Some((2, 9)));
+        assert_eq!(median_ci_ranks(20, 0.95), Some((6, 15)));
+        assert_eq!(median_ci_ranks(62, 0.95), Some((23, 40)));
+        assert_eq!(median_ci_ranks(0, 0.95), None);
+        assert_eq!(median_ci_ranks(10, 1.0), None);
+        // The normal approximation takes over smoothly.
+        let (k, _) = median_ci_ranks(1000, 0.95).unwrap();
+        let (k2, _) = median_ci_ranks(1001, 0.95).unwrap();
+        assert!(k.abs_diff(k2) <= 1, "{k} {k2}");
+        let v: Vec<f64> = (1..=31).map(f64::from).collect();
+        assert_eq!(median_with_ci(&v, 0.95), Some((16.0, 10.0, 22.0)));
+        assert_eq!(median_with_ci(&v[..5], 0.95), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A small hand-written SVG line chart (no plotting dependency): axes with ticks and labels,
-//! one `<polyline>` per series, a legend.
+//! one `<polyline>` per series, a legend; several charts stack into one document
+//! ([`document`]).
 
 use std::fmt::Write as _;
 
@@ -10,8 +11,11 @@ pub struct Series {
     pub label: String,
     /// The points, in drawing order.
     pub points: Vec<(f64, f64)>,
-    /// Draw dashed (baselines).
+    /// Draw dashed (baselines, predictions).
     pub dashed: bool,
+    /// The palette entry to draw it in (default: the series' position), so that a measured
+    /// series and its prediction share a colour.
+    pub colour: Option<usize>,
 }
 
 /// A line chart.
@@ -25,6 +29,10 @@ pub struct Chart {
     pub y_label: String,
     /// The lines.
     pub series: Vec<Series>,
+    /// Named x ticks (categories) instead of numbered ones, when not empty.
+    pub x_ticks: Vec<(f64, String)>,
+    /// Start the y axis at 0 (else at a tick just below the smallest value).
+    pub y_from_zero: bool,
 }
 
 /// Why a chart cannot be drawn.
@@ -47,6 +55,8 @@ const LEFT: f64 = 80.0;
 const RIGHT: f64 = 230.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 60.0;
+/// Vertical distance between legend entries.
+const LEGEND_STEP: f64 = 18.0;
 /// Colour-blind-safe palette (Okabe and Ito), cycled.
 const COLOURS: [&str; 8] = [
     "#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000", "#f0e442",
@@ -103,6 +113,7 @@ fn fmt_tick(v: f64, step: f64) -> String {
 struct Frame {
     x0: f64,
     x1: f64,
+    y0: f64,
     y1: f64,
     xstep: f64,
     ystep: f64,
@@ -111,10 +122,12 @@ struct Frame {
 }
 
 impl Frame {
-    /// The frame of `series` (y from 0; x over the data): every value finite, at least one.
-    fn of(series: &[Series]) -> Result<Frame, SvgError> {
+    /// The frame of `series` (y from 0, or from a tick below the data; x over the data):
+    /// every value finite, at least one.
+    fn of(series: &[Series], y_from_zero: bool) -> Result<Frame, SvgError> {
         let mut xs = (f64::INFINITY, f64::NEG_INFINITY);
         let mut ymax = 0.0f64;
+        let mut ymin = f64::INFINITY;
         let mut any = false;
         for s in series {
             for &(x, y) in &s.points {
@@ -126,6 +139,7 @@ impl Frame {
                 any = true;
                 xs = (xs.0.min(x), xs.1.max(x));
                 ymax = ymax.max(y);
+                ymin = ymin.min(y);
             }
         }
         if !any {
@@ -135,11 +149,19 @@ impl Frame {
         if x1 <= x0 {
             x1 = x0 + 1.0;
         }
-        let ystep = nice_step(if ymax > 0.0 { ymax } else { 1.0 }, 6.0);
+        let lo = if y_from_zero { 0.0 } else { ymin.min(ymax) };
+        let span = ymax - lo;
+        let ystep = nice_step(if span > 0.0 { span } else { 1.0 }, 6.0);
+        let y0 = if y_from_zero {
+            0.0
+        } else {
+            (lo / ystep).floor() * ystep
+        };
         Ok(Frame {
             x0,
             x1,
-            y1: ((ymax / ystep).ceil() * ystep).max(ystep),
+            y0,
+            y1: ((ymax / ystep).ceil() * ystep).max(y0 + ystep),
             xstep: nice_step(x1 - x0, 8.0).max(if x1 - x0 >= 2.0 { 1.0 } else { 0.0 }),
             ystep,
             pw: WIDTH - LEFT - RIGHT,
@@ -147,18 +169,30 @@ impl Frame {
         })
     }
 
+    /// Widen the x range to the named ticks, with half a category of room at each end.
+    fn with_ticks(mut self, named: &[(f64, String)]) -> Frame {
+        if let (Some(lo), Some(hi)) = (
+            named.iter().map(|t| t.0).reduce(f64::min),
+            named.iter().map(|t| t.0).reduce(f64::max),
+        ) {
+            self.x0 = self.x0.min(lo) - 0.5;
+            self.x1 = self.x1.max(hi) + 0.5;
+        }
+        self
+    }
+
     fn px(&self, x: f64) -> f64 {
         LEFT + (x - self.x0) / (self.x1 - self.x0) * self.pw
     }
 
     fn py(&self, y: f64) -> f64 {
-        TOP + self.ph - (y / self.y1) * self.ph
+        TOP + self.ph - ((y - self.y0) / (self.y1 - self.y0)) * self.ph
     }
 
     /// Grid lines and y ticks.
     fn y_axis(&self, o: &mut String) {
         let _ = writeln!(o, r#"<g class="y-axis">"#);
-        let mut y = 0.0;
+        let mut y = self.y0;
         while y <= self.y1 + self.ystep / 2.0 {
             let yy = self.py(y);
             let _ = writeln!(
@@ -178,12 +212,11 @@ impl Frame {
         let _ = writeln!(o, "</g>");
     }
 
-    /// X ticks.
-    fn x_axis(&self, o: &mut String) {
+    /// X ticks: `named` ones, or every `xstep`.
+    fn x_axis(&self, o: &mut String, named: &[(f64, String)]) {
         let _ = writeln!(o, r#"<g class="x-axis">"#);
-        let mut x = (self.x0 / self.xstep).ceil() * self.xstep;
         let bottom = TOP + self.ph;
-        while x <= self.x1 + self.xstep / 1e6 {
+        let mut tick = |x: f64, label: &str| {
             let xx = self.px(x);
             let _ = writeln!(
                 o,
@@ -194,9 +227,19 @@ impl Frame {
                 o,
                 r#"<text x="{xx:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
                 bottom + 18.0,
-                fmt_tick(x, self.xstep)
+                escape(label)
             );
-            x += self.xstep;
+        };
+        if named.is_empty() {
+            let mut x = (self.x0 / self.xstep).ceil() * self.xstep;
+            while x <= self.x1 + self.xstep / 1e6 {
+                tick(x, &fmt_tick(x, self.xstep));
+                x += self.xstep;
+            }
+        } else {
+            for (x, label) in named {
+                tick(*x, label);
+            }
         }
         let _ = writeln!(o, "</g>");
     }
@@ -228,9 +271,9 @@ impl Frame {
         );
     }
 
-    /// Series `i`: its line, its points and its legend entry.
-    fn series(&self, o: &mut String, i: usize, s: &Series) {
-        let colour = COLOURS[i % COLOURS.len()];
+    /// Series `i` of `n`: its line, its points and its legend entry.
+    fn series(&self, o: &mut String, i: usize, n: usize, s: &Series) {
+        let colour = COLOURS[s.colour.unwrap_or(i) % COLOURS.len()];
         let dash = if s.dashed {
             r#" stroke-dasharray="6 4""#
         } else {
@@ -255,7 +298,9 @@ impl Frame {
                 self.py(y)
             );
         }
-        let ly = TOP + 10.0 + 20.0 * i as f64;
+        // Many series: the legend entries close up so they stay beside the plot.
+        let step = LEGEND_STEP.min((self.ph - 10.0) / n.max(1) as f64);
+        let ly = TOP + 10.0 + step * i as f64;
         let lx = LEFT + self.pw + 20.0;
         let _ = writeln!(
             o,
@@ -273,36 +318,56 @@ impl Frame {
 }
 
 impl Chart {
-    /// Render as a standalone SVG document. The y axis starts at 0 (costs are compared by
-    /// height); the x axis spans the data.
+    /// Render as a standalone SVG document. The y axis starts at 0 when `y_from_zero` (costs
+    /// compared by height); the x axis spans the data.
     pub fn to_svg(&self) -> Result<String, SvgError> {
-        let f = Frame::of(&self.series)?;
-        let mut o = String::new();
-        let _ = writeln!(o, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
-        let _ = writeln!(
-            o,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-        );
-        let _ = writeln!(o, r#"<title>{}</title>"#, escape(&self.title));
-        let _ = writeln!(
-            o,
-            r#"<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#
-        );
+        document(std::slice::from_ref(self))
+    }
+
+    /// The chart's elements, drawn `dy` pixels down the document.
+    fn render(&self, o: &mut String, dy: f64) -> Result<(), SvgError> {
+        let f = Frame::of(&self.series, self.y_from_zero)?.with_ticks(&self.x_ticks);
+        let _ = writeln!(o, r#"<g transform="translate(0 {dy:.0})">"#);
         let _ = writeln!(
             o,
             r#"<text x="{}" y="28" text-anchor="middle" font-size="15" font-weight="bold">{}</text>"#,
             LEFT + f.pw / 2.0,
             escape(&self.title)
         );
-        f.y_axis(&mut o);
-        f.x_axis(&mut o);
-        f.axes(&mut o, &self.x_label, &self.y_label);
+        f.y_axis(o);
+        f.x_axis(o, &self.x_ticks);
+        f.axes(o, &self.x_label, &self.y_label);
         for (i, s) in self.series.iter().enumerate() {
-            f.series(&mut o, i, s);
+            f.series(o, i, self.series.len(), s);
         }
-        o.push_str("</svg>\n");
-        Ok(o)
+        let _ = writeln!(o, "</g>");
+        Ok(())
     }
+}
+
+/// One SVG document with `charts` stacked top to bottom (each [`Chart::to_svg`]'s size).
+pub fn document(charts: &[Chart]) -> Result<String, SvgError> {
+    if charts.is_empty() {
+        return Err(SvgError::Empty);
+    }
+    let height = HEIGHT * charts.len() as f64;
+    let title: Vec<&str> = charts.iter().map(|c| c.title.as_str()).collect();
+    let mut o = String::new();
+    let _ = writeln!(o, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+    let _ = writeln!(
+        o,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(o, r#"<title>{}</title>"#, escape(&title.join("; ")));
+    let _ = writeln!(
+        o,
+        r#"<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="white"/>"#
+    );
+    for (i, c) in charts.iter().enumerate() {
+        c.render(&mut o, HEIGHT * i as f64)?;
+    }
+    o.push_str("</svg>\n");
+    Ok(o)
 }
 
 #[cfg(test)]
@@ -418,18 +483,23 @@ mod tests {
                         .map(|n| (n as f64, 10.0 + 5.0 * n as f64))
                         .collect(),
                     dashed: false,
+                    colour: None,
                 },
                 Series {
                     label: "era1 clean".into(),
                     points: (2..=16).map(|n| (n as f64, 1.0)).collect(),
                     dashed: false,
+                    colour: None,
                 },
                 Series {
                     label: "copy \"baseline\"".into(),
                     points: (2..=16).map(|n| (n as f64, 2.0 * n as f64)).collect(),
                     dashed: true,
+                    colour: None,
                 },
             ],
+            x_ticks: Vec::new(),
+            y_from_zero: true,
         }
     }
 
@@ -477,10 +547,69 @@ mod tests {
                 label: "one".into(),
                 points: vec![(3.0, 0.0)],
                 dashed: false,
+                colour: None,
             }],
             ..chart()
         };
         well_formed(&c.to_svg().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn charts_stack_into_one_document_with_named_ticks() {
+        let mut named = chart();
+        named.title = "second".into();
+        named.x_ticks = vec![(2.0, "clean".into()), (16.0, "use_hw <hw>".into())];
+        named.series[2].colour = Some(0);
+        named.y_from_zero = false;
+        let svg = document(&[chart(), named]).unwrap();
+        let names = well_formed(&svg).unwrap_or_else(|e| panic!("{e}\n{svg}"));
+        assert_eq!(names.iter().filter(|n| *n == "polyline").count(), 6);
+        assert!(svg.contains(r#"height="1040""#));
+        assert!(svg.contains(r#"translate(0 520)"#));
+        assert!(svg.contains(">clean<") && svg.contains(">use_hw &lt;hw&gt;<"));
+        // Named ticks beyond the data widen the x axis: every tick inside the plot.
+        let mut few = chart();
+        few.x_ticks = (0..5).map(|i| (f64::from(i), format!("s{i}"))).collect();
+        for s in &mut few.series {
+            s.points.truncate(2);
+            for (i, p) in s.points.iter_mut().enumerate() {
+                p.0 = i as f64;
+            }
+        }
+        let f = few.to_svg().unwrap();
+        for line in f
+            .lines()
+            .filter(|l| l.starts_with("<text") && l.contains(">s"))
+        {
+            let x: f64 = line
+                .split("x=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((LEFT..=WIDTH - RIGHT).contains(&x), "{line}");
+        }
+        // Without y_from_zero the axis starts at a tick below the smallest value.
+        let mut high = chart();
+        high.y_from_zero = false;
+        for s in &mut high.series {
+            for p in &mut s.points {
+                p.1 += 5000.0;
+            }
+        }
+        let h = high.to_svg().unwrap();
+        assert!(h.contains(">5000<") && !h.contains(">0<"), "{h}");
+        // The dashed series of the second chart takes the first colour.
+        let second = svg.split("translate(0 520)").nth(1).unwrap();
+        let dashed = second
+            .lines()
+            .find(|l| l.starts_with("<polyline") && l.contains("dasharray"))
+            .unwrap();
+        assert!(dashed.contains(COLOURS[0]), "{dashed}");
+        assert_eq!(document(&[]), Err(SvgError::Empty));
     }
 
     #[test]
