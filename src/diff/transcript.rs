@@ -32,7 +32,7 @@ pub struct Step {
     pub action: u64,
     /// Its `do`.
     pub op: String,
-    /// The fields compared, by name, in words: `result`, `exit`, `isv`, `far`, `value`,
+    /// The fields compared, by name, in words: `result`, `exit`, `isv`, `debug.arch.far`, `value`,
     /// `exceptions`, and one per register.
     pub fields: BTreeMap<String, String>,
 }
@@ -72,6 +72,9 @@ fn exit_fields(x: &ExitInfo, f: &mut BTreeMap<String, String>) {
     f.insert("exit".into(), x.to_string());
     if let Some(isv) = x.isv() {
         f.insert("isv".into(), u8::from(isv).to_string());
+    }
+    if let Some(far) = x.union_far {
+        f.insert("debug.arch.far".into(), format!("{far:#x}"));
     }
 }
 
@@ -274,7 +277,14 @@ pub fn first_divergence(sim: &Transcript, real: &Transcript) -> Option<Divergenc
             (None, None) => return None,
         };
         // The result and the exit first: a register differs because the exit did.
-        let order = ["result", "exit", "isv", "far", "value", "exceptions"];
+        let order = [
+            "result",
+            "exit",
+            "isv",
+            "debug.arch.far",
+            "value",
+            "exceptions",
+        ];
         let mut keys: Vec<&String> = s.fields.keys().chain(r.fields.keys()).collect();
         keys.sort_by_key(|k| (order.iter().position(|o| o == k).unwrap_or(order.len()), *k));
         keys.dedup();

@@ -148,8 +148,11 @@ pub struct ExitInfo {
     pub kind: ExitKind,
     /// ESR_EL2 of a debug exit.
     pub esr: Option<Esr>,
-    /// FAR of a debug exit.
+    /// FAR of a debug exit (a watchpoint's: the only exit KVM writes it for).
     pub far: Option<u64>,
+    /// `run->debug.arch.far` as any debug exit left it: for all but watchpoints, whatever
+    /// the kvm_run exit union held from an earlier exit (an MMIO store's `data`).
+    pub union_far: Option<u64>,
     /// The stop number of a `stop` exit.
     pub stop_n: Option<u16>,
     /// An MMIO exit: address, store, length, a store's value.
@@ -190,6 +193,7 @@ impl ExitInfo {
             kind,
             esr: None,
             far: None,
+            union_far: None,
             stop_n: None,
             mmio: None,
             code: None,
@@ -208,6 +212,7 @@ impl ExitInfo {
                 ExitInfo {
                     esr: Some(esr),
                     far,
+                    union_far: Some(arch.far),
                     ..Self::of_kind(debug_kind(esr.ec()))
                 }
             }

@@ -113,6 +113,30 @@ fn not_runnable(why: impl Into<String>) -> ActionError {
     }
 }
 
+/// The runs of 4 KiB pages of `image` that are not all zero, as (offset, bytes): a fresh
+/// memory slot reads as zeros, so a migrated VM needs only these (and the agent's retired
+/// memory then holds only the pages a guest used).
+fn nonzero_page_runs(image: &[u8]) -> Vec<(usize, &[u8])> {
+    const PAGE: usize = 4096;
+    let mut runs = Vec::new();
+    let mut start: Option<usize> = None;
+    for (i, page) in image.chunks(PAGE).enumerate() {
+        let used = page.iter().any(|&b| b != 0);
+        match (used, start) {
+            (true, None) => start = Some(i * PAGE),
+            (false, Some(s)) => {
+                runs.push((s, &image[s..i * PAGE]));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        runs.push((s, &image[s..]));
+    }
+    runs
+}
+
 impl<'m> RealBackend<'m> {
     /// A fresh VM on the agent's kernel with `spec`'s program loaded and its vcpus set up.
     pub fn new(mut vm: RealVm<'m>, spec: &RealSpec<'_>) -> Result<Self, ActionError> {
@@ -652,10 +676,13 @@ impl<'m> Backend for RealBackend<'m> {
             .map_err(backend_err)?;
         self.vm.recreate().map_err(backend_err)?;
         self.map_slots()?;
-        self.vm.write_memory(RAM_BASE, &ram).map_err(backend_err)?;
-        self.vm
-            .write_memory(RUNTIME_BASE, &rt)
-            .map_err(backend_err)?;
+        for (base, image) in [(RAM_BASE, &ram), (RUNTIME_BASE, &rt)] {
+            for (offset, run) in nonzero_page_runs(image) {
+                self.vm
+                    .write_memory(base + offset as u64, run)
+                    .map_err(backend_err)?;
+            }
+        }
         for &(base, nr, action) in &self.filters.clone() {
             self.install_filter(base, nr, action)?;
         }
@@ -763,5 +790,20 @@ fn log_event(e: &LogEntry) -> GuestEvent {
         elr: e.elr,
         far: matches!(esr.ec(), ESR_ELX_EC_WATCHPT_CUR | ESR_ELX_EC_WATCHPT_LOW).then_some(e.far),
         from: spsr_el(e.spsr),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_the_used_pages_of_a_migrated_image_are_written() {
+        let mut image = vec![0u8; 5 * 4096];
+        image[10] = 1; // page 0
+        image[2 * 4096 + 5] = 2; // pages 2 and 3
+        image[3 * 4096] = 3;
+        let runs = super::nonzero_page_runs(&image);
+        let got: Vec<(usize, usize)> = runs.iter().map(|(o, r)| (*o, r.len())).collect();
+        assert_eq!(got, [(0, 4096), (2 * 4096, 2 * 4096)]);
+        assert!(super::nonzero_page_runs(&[0u8; 8192]).is_empty());
     }
 }
