@@ -14,7 +14,10 @@ use crate::vm::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, SmcccAction};
 
 /// ARM_SMCCC_VERSION_1_1, what KVM answers SMCCC_VERSION with.
 pub const ARM_SMCCC_VERSION_1_1: u64 = 0x1_0001;
-/// KVM_ARM_PSCI_1_1, the PSCI version of a vcpu with KVM_ARM_VCPU_PSCI_0_2 (v5.18+).
+/// KVM_ARM_PSCI_1_1, the PSCI version of a vcpu with KVM_ARM_VCPU_PSCI_0_2 (v5.18..v6.12;
+/// measured: 6.18 and 7.3 answer 1.3, `0x1_0003`, KVM_ARM_PSCI_LATEST having moved on). The
+/// simulator answers 1.1 in every era: scenarios that compare with a real kernel ask
+/// SMCCC_VERSION, which is 1.1 on all of them.
 pub const KVM_ARM_PSCI_1_1: u64 = 0x1_0001;
 /// PSCI_RET_INTERNAL_FAILURE (-6): what x0 holds if userspace resumes a vcpu after
 /// SYSTEM_OFF.

@@ -153,6 +153,7 @@ pub fn run(a: &DiffArgs) -> i32 {
             "boot_ms": report.boot_ms,
             "scenarios_per_s": report.scenarios_per_s,
             "counts": report.counts(),
+            "differences": report.differences_by_category(),
             "clean": report.clean(),
         });
         println!("{summary}");

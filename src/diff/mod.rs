@@ -1,8 +1,9 @@
 //! `hypdbg diff`: every scenario on the simulator (the flow of the kernel's version and mode)
 //! and on a real kernel, transcripts compared action by action ([`transcript`]); each
-//! scenario agrees, parts at a first divergence that the known differences explain
-//! ([`expectations`]), parts unexplained, or is not runnable on a real kernel (with the
-//! reason).
+//! scenario agrees, parts only where the known differences explain it ([`expectations`]:
+//! every divergent action is listed, so a QEMU artifact early in a scenario does not hide a
+//! kernel difference later), parts unexplained, or is not runnable on a real kernel (with
+//! the reason).
 
 pub mod expectations;
 pub mod transcript;
@@ -20,7 +21,7 @@ use crate::real::session::{RealPlayError, RealSuite};
 use crate::scenario::resolve::Resolver;
 use crate::scenario::source::ScenarioFile;
 use expectations::{Category, Expectations};
-use transcript::{Divergence, Recorder, Transcript, first_divergence};
+use transcript::{Divergence, Recorder, Transcript, divergences};
 
 /// How one scenario came out.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -28,9 +29,9 @@ use transcript::{Divergence, Recorder, Transcript, first_divergence};
 pub enum Outcome {
     /// Every action the same on both.
     Agree,
-    /// A known difference.
+    /// Every divergence a known difference.
     Listed {
-        /// Its category.
+        /// The first one's category.
         category: Category,
         /// For a kernel defect: whether the simulator with the named variant agrees with
         /// the kernel.
@@ -75,12 +76,15 @@ pub struct ScenarioDiff {
     /// The verdict.
     #[serde(flatten)]
     pub outcome: Outcome,
-    /// The first divergence, if they part.
+    /// The first divergence no entry explains (`DIFFERS`), else the first listed one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub divergence: Option<Divergence>,
-    /// The known difference's explanation.
+    /// The first listed difference's explanation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
+    /// Every divergence a known difference explains, in action order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listed: Vec<ListedDifference>,
     /// The file's expectations held on the simulator.
     pub simulator_passed: Option<bool>,
     /// The file's expectations and the observable invariants held on the kernel.
@@ -89,6 +93,20 @@ pub struct ScenarioDiff {
     pub actions: u64,
     /// Time on the kernel, milliseconds.
     pub kernel_ms: u64,
+}
+
+/// A divergence and the known difference that explains it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ListedDifference {
+    /// Where and how the runs part.
+    #[serde(flatten)]
+    pub divergence: Divergence,
+    /// The entry's category.
+    pub category: Category,
+    /// For a kernel defect: whether the simulator with the named variant agrees with the
+    /// kernel at this action.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant_agrees: Option<bool>,
 }
 
 /// A whole diff on one kernel and mode.
@@ -107,11 +125,22 @@ pub struct DiffReport {
 }
 
 impl DiffReport {
-    /// Whether every runnable scenario agrees or is explained (exit status 0).
+    /// Whether every runnable scenario agrees or is explained, each kernel defect by a
+    /// variant that agrees with the kernel (exit status 0).
     pub fn clean(&self) -> bool {
-        self.scenarios
-            .iter()
-            .all(|s| !matches!(s.outcome, Outcome::Differs | Outcome::Failed { .. }))
+        self.scenarios.iter().all(|s| {
+            !matches!(s.outcome, Outcome::Differs | Outcome::Failed { .. })
+                && s.listed.iter().all(|l| l.variant_agrees != Some(false))
+        })
+    }
+
+    /// The listed differences per category.
+    pub fn differences_by_category(&self) -> BTreeMap<&'static str, usize> {
+        let mut m = BTreeMap::new();
+        for l in self.scenarios.iter().flat_map(|s| &s.listed) {
+            *m.entry(l.category.name()).or_insert(0) += 1;
+        }
+        m
     }
 
     /// The count per outcome word.
@@ -180,6 +209,7 @@ pub fn diff(suite: &mut RealSuite, files: &[ScenarioFile], opts: &DiffOptions<'_
             outcome: Outcome::Agree,
             divergence: None,
             why: None,
+            listed: Vec::new(),
             simulator_passed: None,
             kernel_passed: None,
             actions: 0,
@@ -221,30 +251,51 @@ pub fn diff(suite: &mut RealSuite, files: &[ScenarioFile], opts: &DiffOptions<'_
                 d.actions = r.actions;
             }
         }
-        if let Some(div) = first_divergence(&sim, &rec.transcript) {
-            match opts
+        // Compare with the era's reference; past a kernel defect whose variant agrees with
+        // the kernel there, with that variant (it models the kernel from then on), so a
+        // defect's consequences are not counted again.
+        let mut reference = sim;
+        let mut after = 0;
+        while let Some(div) = divergences(&reference, &rec.transcript)
+            .into_iter()
+            .find(|x| x.action > after)
+        {
+            let Some(k) = opts
                 .expectations
                 .find(&file.scenario.name, &series, &mode, &div)
-            {
-                Some(k) => {
-                    let variant_agrees = k
-                        .variant
-                        .as_deref()
-                        .and_then(hypdbg_hyp::variants::by_name)
-                        .map(|v| {
-                            let (t, _) = simulate(file, &v.clone(), &popts);
-                            first_divergence(&t, &rec.transcript)
-                                .is_none_or(|x| x.action > div.action)
-                        });
-                    d.outcome = Outcome::Listed {
-                        category: k.category,
-                        variant_agrees,
-                    };
-                    d.why = Some(k.why.clone());
+            else {
+                d.outcome = Outcome::Differs;
+                d.divergence = Some(div);
+                break;
+            };
+            let mut variant_agrees = None;
+            if let Some(name) = k.variant.as_deref() {
+                let run = hypdbg_hyp::variants::by_name(name)
+                    .map(|v| simulate(file, &v, &popts).0)
+                    .filter(|t| {
+                        divergences(t, &rec.transcript)
+                            .iter()
+                            .all(|x| x.action != div.action)
+                    });
+                variant_agrees = Some(run.is_some());
+                if let Some(t) = run {
+                    reference = t;
                 }
-                None => d.outcome = Outcome::Differs,
             }
-            d.divergence = Some(div);
+            if d.listed.is_empty() {
+                d.outcome = Outcome::Listed {
+                    category: k.category,
+                    variant_agrees,
+                };
+                d.why = Some(k.why.clone());
+                d.divergence = Some(div.clone());
+            }
+            after = div.action;
+            d.listed.push(ListedDifference {
+                divergence: div,
+                category: k.category,
+                variant_agrees,
+            });
         }
         out.push(d);
     }
@@ -280,38 +331,37 @@ impl DiffReport {
             .max(8);
         for d in &self.scenarios {
             let _ = writeln!(s, "  {:w$}  {}", d.scenario, d.outcome.word());
-            if let Some(x) = &d.divergence {
+            let part = |x: &Divergence| {
+                format!(
+                    "action {} (`{}`), {}: simulator {}, kernel {}",
+                    x.action, x.op, x.field, x.simulator, x.kernel
+                )
+            };
+            for l in &d.listed {
+                let variant = match l.variant_agrees {
+                    Some(true) => "; the named variant agrees with the kernel",
+                    Some(false) => "; the named variant does NOT agree with the kernel",
+                    None => "",
+                };
                 let _ = writeln!(
                     s,
-                    "  {:w$}    action {} (`{}`), {}: simulator {}, kernel {}",
-                    "", x.action, x.op, x.field, x.simulator, x.kernel
+                    "  {:w$}    {} [{}{variant}]",
+                    "",
+                    part(&l.divergence),
+                    l.category.name()
                 );
             }
             match &d.outcome {
+                Outcome::Differs => {
+                    if let Some(x) = &d.divergence {
+                        let _ = writeln!(s, "  {:w$}    {} [not listed]", "", part(x));
+                    }
+                }
                 Outcome::NotRunnable { why } => {
                     let _ = writeln!(s, "  {:w$}    {why}", "");
                 }
                 Outcome::Failed { error } => {
                     let _ = writeln!(s, "  {:w$}    {error}", "");
-                }
-                Outcome::Listed {
-                    category: Category::KernelDefect,
-                    variant_agrees: Some(agrees),
-                } => {
-                    let _ = writeln!(
-                        s,
-                        "  {:w$}    {} (the named variant {} the kernel)",
-                        "",
-                        d.why.as_deref().unwrap_or(""),
-                        if *agrees {
-                            "agrees with"
-                        } else {
-                            "does NOT agree with"
-                        }
-                    );
-                }
-                Outcome::Listed { .. } => {
-                    let _ = writeln!(s, "  {:w$}    {}", "", d.why.as_deref().unwrap_or(""));
                 }
                 _ => {}
             }
@@ -321,11 +371,21 @@ impl DiffReport {
             .iter()
             .map(|(k, n)| format!("{n} {k}"))
             .collect();
+        let listed: Vec<String> = self
+            .differences_by_category()
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
         let _ = writeln!(
             s,
-            "{} scenario(s): {}; {:.1} scenarios/s on the kernel after boot",
+            "{} scenario(s): {}; listed differences: {}; {:.1} scenarios/s on the kernel after boot",
             self.scenarios.len(),
             counts.join(", "),
+            if listed.is_empty() {
+                "none".to_string()
+            } else {
+                listed.join(", ")
+            },
             self.scenarios_per_s
         );
         s

@@ -251,30 +251,39 @@ pub struct Divergence {
 
 /// The first divergence of `real` from `sim`, if they part.
 pub fn first_divergence(sim: &Transcript, real: &Transcript) -> Option<Divergence> {
+    divergences(sim, real).into_iter().next()
+}
+
+/// Every action where `real` parts from `sim`, in order: one divergence per action (its
+/// first field: the result and the exit before what follows from them), and a last one when
+/// one run stopped before the other.
+pub fn divergences(sim: &Transcript, real: &Transcript) -> Vec<Divergence> {
+    let mut out = Vec::new();
     let n = sim.steps.len().max(real.steps.len());
     for i in 0..n {
-        let (s, r) = (sim.steps.get(i), real.steps.get(i));
-        let (s, r) = match (s, r) {
+        let (s, r) = match (sim.steps.get(i), real.steps.get(i)) {
             (Some(s), Some(r)) => (s, r),
             (Some(s), None) => {
-                return Some(Divergence {
+                out.push(Divergence {
                     action: s.action,
                     op: s.op.clone(),
                     field: "actions".into(),
                     simulator: format!("action {} ran", s.action),
                     kernel: "the run stopped before it".into(),
                 });
+                break;
             }
             (None, Some(r)) => {
-                return Some(Divergence {
+                out.push(Divergence {
                     action: r.action,
                     op: r.op.clone(),
                     field: "actions".into(),
                     simulator: "the run stopped before it".into(),
                     kernel: format!("action {} ran", r.action),
                 });
+                break;
             }
-            (None, None) => return None,
+            (None, None) => break,
         };
         // The result and the exit first: a register differs because the exit did.
         let order = [
@@ -288,21 +297,21 @@ pub fn first_divergence(sim: &Transcript, real: &Transcript) -> Option<Divergenc
         let mut keys: Vec<&String> = s.fields.keys().chain(r.fields.keys()).collect();
         keys.sort_by_key(|k| (order.iter().position(|o| o == k).unwrap_or(order.len()), *k));
         keys.dedup();
-        for k in keys {
-            let (a, b) = (s.fields.get(k), r.fields.get(k));
-            if a != b {
-                let none = || "(none)".to_string();
-                return Some(Divergence {
-                    action: s.action,
-                    op: s.op.clone(),
-                    field: k.clone(),
-                    simulator: a.cloned().unwrap_or_else(none),
-                    kernel: b.cloned().unwrap_or_else(none),
-                });
-            }
+        if let Some(k) = keys
+            .into_iter()
+            .find(|k| s.fields.get(*k) != r.fields.get(*k))
+        {
+            let none = || "(none)".to_string();
+            out.push(Divergence {
+                action: s.action,
+                op: s.op.clone(),
+                field: k.clone(),
+                simulator: s.fields.get(k).cloned().unwrap_or_else(none),
+                kernel: r.fields.get(k).cloned().unwrap_or_else(none),
+            });
         }
     }
-    None
+    out
 }
 
 #[cfg(test)]
@@ -340,5 +349,31 @@ mod tests {
         real.steps.pop();
         let d = first_divergence(&sim, &real).unwrap();
         assert_eq!(d.field, "actions");
+    }
+
+    #[test]
+    fn every_divergent_action_is_reported_once_in_order() {
+        let sim = Transcript {
+            steps: (1..=4)
+                .map(|a| step(a, &[("exit", "step"), ("debug.arch.far", "0x0")]))
+                .collect(),
+        };
+        let mut real = sim.clone();
+        real.steps[1]
+            .fields
+            .insert("exceptions".into(), "EC 0x33".into());
+        real.steps[1].fields.insert("exit".into(), "stop #0".into());
+        real.steps[3]
+            .fields
+            .insert("debug.arch.far".into(), "0x1122".into());
+        let d = divergences(&sim, &real);
+        let got: Vec<(u64, &str)> = d.iter().map(|x| (x.action, x.field.as_str())).collect();
+        assert_eq!(got, [(2, "exit"), (4, "debug.arch.far")]);
+        real.steps.truncate(3);
+        let d = divergences(&sim, &real);
+        assert_eq!(
+            d.last().map(|x| (x.action, x.field.as_str())),
+            Some((4, "actions"))
+        );
     }
 }

@@ -29,11 +29,11 @@ pub fn series_number(series: &str) -> Option<(u32, u32)> {
 
 /// The simulator's flow for a kernel of `series` in `mode`, by the era the version falls in:
 /// era 1 before v4.17, era 2 (per-vcpu host area) before v6.10, era 2 per-CPU before v6.14,
-/// era 3 from v6.14; VHE hosts as `NAME@vhe`; protected modes as pKVM (the v7.3 form with
-/// `external_mdscr_el1` flushed, or for v6.14..v7.2 the shipped form without it). The
-/// references carry fixes upstream lacks (the catalog's historical variants name them):
-/// where a kernel still has the defect, `hypdbg diff` shows it and the expectations file
-/// lists it as a kernel defect.
+/// era 3 from v6.14; VHE hosts as `NAME@vhe`; protected modes of era 3 as pKVM (`era3-pkvm`,
+/// the form with `external_mdscr_el1` flushed). The references carry fixes upstream lacks
+/// (the catalog's historical variants name them): where a kernel still has the defect
+/// (v6.14..v7.2 under pKVM: `pkvm-external-mdscr-not-flushed`), `hypdbg diff` shows it and
+/// the expectations file lists it as a kernel defect.
 ///
 /// ```
 /// use hypdbg::real::flow_for;
@@ -41,7 +41,7 @@ pub fn series_number(series: &str) -> Option<(u32, u32)> {
 /// assert_eq!(flow_for("6.1", Mode::Vhe).unwrap().label(), "era2@vhe");
 /// assert_eq!(flow_for("6.12", Mode::Nvhe).unwrap().label(), "era2-percpu");
 /// assert_eq!(flow_for("7.3", Mode::Protected).unwrap().label(), "era3-pkvm");
-/// assert_eq!(flow_for("6.18", Mode::ProtectedNvhe).unwrap().label(), "pkvm-external-mdscr-not-flushed");
+/// assert_eq!(flow_for("6.18", Mode::ProtectedNvhe).unwrap().label(), "era3-pkvm");
 /// ```
 pub fn flow_for(series: &str, mode: Mode) -> Result<Variant, String> {
     let v = series_number(series)
@@ -51,7 +51,6 @@ pub fn flow_for(series: &str, mode: Mode) -> Result<Variant, String> {
         v if v < (4, 17) => "era1",
         v if v < (6, 10) => "era2",
         v if v < (6, 14) => "era2-percpu",
-        v if protected && v < (7, 3) => "pkvm-external-mdscr-not-flushed",
         _ if protected => "era3-pkvm",
         _ => "era3",
     };

@@ -35,7 +35,7 @@ use super::program::{Program, ProgramError};
 const SYNC_VECTORS: [u64; 3] = [0x000, 0x200, 0x400];
 
 /// The runtime's assembly text.
-fn source() -> String {
+pub fn source() -> String {
     let mut s = String::new();
     for v in 0..16u64 {
         let target = if SYNC_VECTORS.contains(&(v * 0x80)) {
