@@ -587,3 +587,18 @@ fn shipped_scenarios_round_trip_through_to_toml() {
         assert_eq!(back.scenario, f.scenario, "{}", path.display());
     }
 }
+
+#[test]
+fn a_guest_that_ran_off_its_code_is_not_run_again() {
+    // Past the program-end stop there is only memory the program never wrote: the driver
+    // refuses to run the vcpu on (both backends would otherwise disagree about garbage).
+    let text = "name = \"x\"\ncpus = [\"min\"]\ncode = \"\"\"\na: nop\n\"\"\"\n\
+                [[ops]]\ndo = \"kvm_run\"\nexpect = { exit = \"program_end\" }\n\
+                [[ops]]\ndo = \"kvm_run\"\nexpect = { error = \"ran off the end of its code\" }\n\
+                [[ops]]\ndo = \"run_until_stop\"\nstop = 0\nexpect = { error = \"vcpu 0 ran off\" }\n";
+    let f = ScenarioFile::parse("t.toml", text).unwrap();
+    let r = play(&f, &PlayOptions::default(), &mut |_| {}).unwrap();
+    assert!(r.passed, "{}", r.text());
+    assert_eq!((r.expectations, r.met), (3, 3), "{}", r.text());
+    assert_eq!(r.exits.total, 1, "one KVM_RUN, then none: {}", r.text());
+}

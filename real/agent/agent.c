@@ -542,18 +542,26 @@ static void vcmd_run(struct vcpu *v, const struct args *a)
 	describe_exit(v, &v->body, ret, err, (int)opt_u64(a, 3, "regs", 0), kick_seen[v->index]);
 }
 
+/* Read a small text file (a /proc file: one read) into buf, NUL-terminated: bytes read, or -1. */
+static ssize_t read_text(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, size - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	return n;
+}
+
 /* Interrupts taken since boot: the first number of /proc/stat's "intr" line (0 if unreadable). */
 static uint64_t interrupts_total(void)
 {
 	static char buf[1 << 16];
-	int fd = open("/proc/stat", O_RDONLY);
-	if (fd < 0)
+	if (read_text("/proc/stat", buf, sizeof buf) < 0)
 		return 0;
-	ssize_t n = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = 0;
 	char *p = strstr(buf, "\nintr ");
 	return p ? strtoull(p + 6, NULL, 10) : 0;
 }
@@ -1514,14 +1522,8 @@ static void setup(void)
 static int idle_seconds(void)
 {
 	char buf[4096];
-	int fd = open("/proc/cmdline", O_RDONLY);
-	if (fd < 0)
+	if (read_text("/proc/cmdline", buf, sizeof buf) < 0)
 		return 600;
-	ssize_t n = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	if (n <= 0)
-		return 600;
-	buf[n] = 0;
 	char *p = strstr(buf, "hypdbg.idle=");
 	return p ? atoi(p + 12) : 600;
 }

@@ -46,10 +46,7 @@ impl SimFlow {
     /// `era3-pkvm` (the simulator has no pKVM form of the older eras: they run their plain
     /// reference). `None` when the release has no MAJOR.MINOR or predates era 1.
     pub fn for_kernel(release: &str, mode: Mode) -> Option<SimFlow> {
-        let mut it = release.split(|c: char| !c.is_ascii_digit());
-        let major: u32 = it.next()?.parse().ok()?;
-        let minor: u32 = it.next()?.parse().ok()?;
-        let v = (major, minor);
+        let v = crate::real::series_number(release)?;
         let era = if v >= (6, 14) {
             Era::Three
         } else if v >= (4, 17) {

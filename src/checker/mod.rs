@@ -88,6 +88,22 @@ impl Invariant {
         }
     }
 
+    /// Whether a userspace observer of a real kernel can judge it: 1 (the guest's own
+    /// breakpoints fire, by its exception log), 2 (a host perf breakpoint survives the
+    /// guest), 3 (read-back in the guest and through ONE_REG), 7 (one instruction per step,
+    /// by PC and ISV) and 8 (event delivery). 4, 5, 6 and 9 need every register access of
+    /// the world switch: simulator-only.
+    pub const fn observable_on_a_real_kernel(self) -> bool {
+        matches!(
+            self,
+            Invariant::GuestStateLoaded
+                | Invariant::HostRestored
+                | Invariant::GuestReadsBack
+                | Invariant::UserspaceDebug
+                | Invariant::EventDelivery
+        )
+    }
+
     /// `inv3:guest-reads-back`.
     pub fn label(self) -> String {
         format!("inv{}:{}", self.number(), self.name())

@@ -34,8 +34,8 @@ pub struct DiffArgs {
     /// The simulator's flow instead of the one the kernel's version and mode name.
     #[arg(long, value_name = "NAME")]
     pub flow: Option<String>,
-    /// The known differences (default: `real-kernel/differences.toml` in the first
-    /// directory given, when there is one).
+    /// The known differences (default: `real-kernel/differences.toml` beside the first
+    /// scenario directory or file given that has one).
     #[arg(long, value_name = "FILE")]
     pub expectations: Option<PathBuf>,
     /// JSON lines: one object per scenario, then a summary.
@@ -75,9 +75,15 @@ fn expectations(a: &DiffArgs) -> Result<Expectations, String> {
         None => a
             .paths
             .iter()
-            .find(|p| p.is_dir())
+            .filter_map(|p| {
+                if p.is_dir() {
+                    Some(p.as_path())
+                } else {
+                    p.parent()
+                }
+            })
             .map(|d| d.join(EXPECTATIONS_FILE))
-            .filter(|p| p.is_file()),
+            .find(|p| p.is_file()),
     };
     let Some(path) = path else {
         return Ok(Expectations::default());

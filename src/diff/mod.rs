@@ -14,8 +14,8 @@ use std::time::Instant;
 use hypdbg_hyp::variants::Variant;
 use serde::Serialize;
 
-use crate::driver::Engine;
 use crate::driver::sim::{DEFAULT_BUDGET, SimBackend, SimSpec};
+use crate::driver::{Engine, VmShape};
 use crate::play::{PlayOptions, play_engine};
 use crate::real::session::{RealPlayError, RealSuite};
 use crate::scenario::resolve::Resolver;
@@ -168,9 +168,7 @@ fn simulate(file: &ScenarioFile, flow: &Variant, opts: &PlayOptions) -> (Transcr
     let sc = &file.scenario;
     let spec = SimSpec {
         variant: flow,
-        cpus: &sc.cpus,
-        vcpus: sc.vcpus,
-        vcpu_cpus: &sc.vcpu_cpus,
+        shape: VmShape::of(sc),
         budget: sc.budget.unwrap_or(DEFAULT_BUDGET),
         trace: false,
     };

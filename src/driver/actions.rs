@@ -161,7 +161,28 @@ impl<B: Backend> Engine<B> {
     // ---- running ---------------------------------------------------------------------
 
     /// `run_until_stop`, `run`, `kvm_run`, `step`, `run_concurrently`.
+    /// A running action, refused once its vcpu's guest ran off its code: past the
+    /// `program_end` stop there is only memory the program never wrote, and what a guest
+    /// executes there depends on the backend (an instruction budget on the simulator, a
+    /// timeout on a real kernel), so it is no behaviour to compare or judge.
     fn run_action(&mut self, op: &Op, sink: &mut dyn FnMut(&Event)) -> ActionResult {
+        let single = !matches!(op, Op::RunConcurrently { .. });
+        let v = op.vcpu();
+        if single && self.users.get(v).is_some_and(|u| u.ran_off) {
+            return Err(ActionError::RanOffCode { vcpu: v });
+        }
+        let ends = self.exits.program_end;
+        let r = self.run_action_on(op, sink);
+        if single
+            && self.exits.program_end > ends
+            && let Some(u) = self.users.get_mut(v)
+        {
+            u.ran_off = true;
+        }
+        r
+    }
+
+    fn run_action_on(&mut self, op: &Op, sink: &mut dyn FnMut(&Event)) -> ActionResult {
         match op {
             Op::RunUntilStop { vcpu, stop, .. } => {
                 self.run_until(self.vcpu_ok(*vcpu)?, Target::Stop(*stop), sink)

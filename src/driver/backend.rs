@@ -115,3 +115,35 @@ pub trait Backend {
         Vec::new()
     }
 }
+
+/// The VM a scenario describes, as every backend builds it: the physical CPUs, the vcpus and
+/// the CPU each vcpu starts on.
+#[derive(Clone, Copy, Debug)]
+pub struct VmShape<'a> {
+    /// The physical CPUs.
+    pub cpus: &'a [hypdbg_model::profiles::CpuSpec],
+    /// Number of vcpus.
+    pub vcpus: usize,
+    /// The physical CPU each vcpu starts on, as the scenario lists them.
+    pub vcpu_cpus: &'a [usize],
+}
+
+impl<'a> VmShape<'a> {
+    /// The shape of `sc`'s VM.
+    pub fn of(sc: &'a crate::scenario::ops::Scenario) -> Self {
+        VmShape {
+            cpus: &sc.cpus,
+            vcpus: sc.vcpus,
+            vcpu_cpus: &sc.vcpu_cpus,
+        }
+    }
+
+    /// The physical CPU vcpu `i` starts on: the scenario's choice, else CPU `i` modulo the
+    /// CPUs.
+    pub fn start_cpu(&self, i: usize) -> usize {
+        self.vcpu_cpus
+            .get(i)
+            .copied()
+            .unwrap_or(i % self.cpus.len().max(1))
+    }
+}

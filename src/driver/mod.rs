@@ -23,7 +23,7 @@ use std::time::Instant;
 use hypdbg_host::{DebugSnapshot, Debugger, RawSession};
 use hypdbg_hyp::events::{Event, GuestEvent};
 
-pub use backend::{Backend, BackendVcpu};
+pub use backend::{Backend, BackendVcpu, VmShape};
 pub use outcome::{ActionError, ExitCounts, ExitInfo, Outcome, SetupError};
 
 use crate::scenario::Op;
@@ -137,6 +137,8 @@ struct Userspace {
     debugger: Option<Debugger>,
     /// The debugger's single-step mode (`single_step`).
     stepping: bool,
+    /// The guest ran off its code (a `program_end` exit): nothing is left to run.
+    ran_off: bool,
 }
 
 /// A backend and the userspace around it, applying actions.

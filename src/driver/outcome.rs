@@ -116,6 +116,15 @@ pub enum ActionError {
         /// The exit, in words.
         exit: String,
     },
+    /// A running action on a vcpu whose guest already ran off its code.
+    #[error(
+        "vcpu {vcpu} ran off the end of its code (a program_end exit): there is nothing left \
+         to run (end the code with a `stop`, or move the PC with set_one_reg)"
+    )]
+    RanOffCode {
+        /// The vcpu.
+        vcpu: usize,
+    },
     /// An action handed to the wrong family of actions (a driver defect).
     #[error("`{0}` reached the wrong family of actions (a driver defect)")]
     Misrouted(&'static str),

@@ -11,7 +11,7 @@ use hypdbg_hyp::workloads;
 use hypdbg_model::DebugFeatures;
 use hypdbg_model::profiles::CpuSpec;
 
-use super::backend::{Backend, BackendVcpu};
+use super::backend::{Backend, BackendVcpu, VmShape};
 use super::outcome::{ActionError, SetupError};
 
 /// Guest instructions per KVM_RUN unless the scenario says.
@@ -22,12 +22,8 @@ pub const DEFAULT_BUDGET: u64 = 20_000;
 pub struct SimSpec<'a> {
     /// The flow.
     pub variant: &'a Variant,
-    /// The physical CPUs.
-    pub cpus: &'a [CpuSpec],
-    /// Number of vcpus.
-    pub vcpus: usize,
-    /// The physical CPU each vcpu starts on (default: vcpu i on CPU i modulo the CPUs).
-    pub vcpu_cpus: &'a [usize],
+    /// The CPUs and vcpus.
+    pub shape: VmShape<'a>,
     /// Guest instructions per KVM_RUN.
     pub budget: u64,
     /// Record every guest instruction (traces).
@@ -49,8 +45,8 @@ impl SimBackend {
     /// The VM of `spec` with `program` loaded.
     pub fn new(spec: &SimSpec<'_>, program: &Program) -> Result<Self, SetupError> {
         let config = VmConfig {
-            pcpus: spec.cpus.iter().map(|c| *c.features()).collect(),
-            vcpus: spec.vcpus.max(1),
+            pcpus: spec.shape.cpus.iter().map(|c| *c.features()).collect(),
+            vcpus: spec.shape.vcpus.max(1),
             mode: AccessMode::Checking,
             trace_instructions: spec.trace,
             budget_per_run: spec.budget,
@@ -59,7 +55,7 @@ impl SimBackend {
         let vm_err = |what: String| move |source| SetupError::Vm { what, source };
         let mut vm =
             Vm::new((spec.variant.make)(), config.clone()).map_err(vm_err(String::new()))?;
-        for (i, &cpu) in spec.vcpu_cpus.iter().enumerate() {
+        for (i, &cpu) in spec.shape.vcpu_cpus.iter().enumerate() {
             vm.set_vcpu_cpu(i, cpu)
                 .map_err(vm_err(format!("vcpu_cpus[{i}]: ")))?;
         }

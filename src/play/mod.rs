@@ -20,7 +20,7 @@ use crate::checker::{Checker, Finding, Invariant, Violation};
 use crate::driver::sim::{DEFAULT_BUDGET, SimBackend, SimSpec};
 use crate::driver::{
     ActionError, ActionInfo, ActionResult, Backend, Engine, ExitCounts, Nobody, Observer, Probe,
-    Tee,
+    Tee, VmShape,
 };
 use crate::scenario::ops::{Op, Value};
 use crate::scenario::resolve::Resolver;
@@ -115,6 +115,10 @@ pub struct Report {
     /// How long the play took, on a real kernel (milliseconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub elapsed_ms: Option<u64>,
+    /// On a real kernel: the invariants it cannot judge (they need the registers while the
+    /// guest runs), which only the simulator checks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub simulator_only: Vec<String>,
 }
 
 impl Report {
@@ -146,9 +150,7 @@ pub fn play(
     let sc = &file.scenario;
     let spec = SimSpec {
         variant: &variant,
-        cpus: &sc.cpus,
-        vcpus: sc.vcpus,
-        vcpu_cpus: &sc.vcpu_cpus,
+        shape: VmShape::of(sc),
         budget: sc.budget.unwrap_or(DEFAULT_BUDGET),
         trace: opts.trace,
     };
@@ -554,6 +556,7 @@ impl Report {
             passed: false,
             timed_out: false,
             elapsed_ms: None,
+            simulator_only: Vec::new(),
         }
     }
 }
@@ -609,6 +612,20 @@ impl Report {
         }
         if let Some(err) = &self.error {
             let _ = writeln!(s, "stopped: {err}");
+        }
+        if !self.simulator_only.is_empty() {
+            let judged: Vec<String> = Invariant::ALL
+                .iter()
+                .filter(|i| !self.simulator_only.contains(&i.label()))
+                .map(|i| i.label())
+                .collect();
+            let _ = writeln!(
+                s,
+                "invariants judged on the kernel: {}; simulator-only (they need the registers \
+                 while the guest runs): {}",
+                judged.join(", "),
+                self.simulator_only.join(", ")
+            );
         }
         if self.violations_total == 0 {
             let _ = writeln!(s, "invariants: none broken");

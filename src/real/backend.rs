@@ -37,7 +37,7 @@ use hypdbg_real::{ExitKind, PerfKind, RealVm, SmcccFilter, VcpuId};
 
 use super::watch::{Finding, RealWatch};
 use crate::checker::Invariant;
-use crate::driver::{ActionError, Backend, BackendVcpu};
+use crate::driver::{ActionError, Backend, BackendVcpu, VmShape};
 
 /// ID_AA64DFR0_EL1's ONE_REG id.
 pub const ID_AA64DFR0_EL1_ID: u64 = sys_reg_id(3, 0, 0, 5, 0);
@@ -51,12 +51,8 @@ const FAR_EL1_ID: u64 = sys_reg_id(3, 0, 6, 0, 0);
 pub struct RealSpec<'a> {
     /// The guest program.
     pub program: &'a Program,
-    /// The scenario's physical CPUs (one model: migration across models is not runnable).
-    pub cpus: &'a [CpuSpec],
-    /// Number of vcpus.
-    pub vcpus: usize,
-    /// The physical CPU each vcpu starts on (default: vcpu i on CPU i modulo the CPUs).
-    pub vcpu_cpus: &'a [usize],
+    /// The CPUs (one model: migration across models is not runnable) and vcpus.
+    pub shape: VmShape<'a>,
     /// The era of the kernel (the contract the checker holds it to).
     pub era: Era,
     /// The machine's CPUs (`-smp`).
@@ -140,10 +136,10 @@ fn nonzero_page_runs(image: &[u8]) -> Vec<(usize, &[u8])> {
 impl<'m> RealBackend<'m> {
     /// A fresh VM on the agent's kernel with `spec`'s program loaded and its vcpus set up.
     pub fn new(mut vm: RealVm<'m>, spec: &RealSpec<'_>) -> Result<Self, ActionError> {
-        if spec.vcpus == 0 || spec.vcpus > usize::from(MAX_VCPUS) {
+        if spec.shape.vcpus == 0 || spec.shape.vcpus > usize::from(MAX_VCPUS) {
             return Err(not_runnable(format!(
                 "{} vcpus: the agent runs 1 to {MAX_VCPUS}",
-                spec.vcpus
+                spec.shape.vcpus
             )));
         }
         let caps = Caps {
@@ -164,7 +160,7 @@ impl<'m> RealBackend<'m> {
                     .map_err(backend_err)?,
             ),
         };
-        let Some(first) = spec.cpus.first() else {
+        let Some(first) = spec.shape.cpus.first() else {
             return Err(not_runnable("a scenario names at least one CPU"));
         };
         let mut b = RealBackend {
@@ -174,21 +170,16 @@ impl<'m> RealBackend<'m> {
             caps,
             ids: Vec::new(),
             smp: spec.smp,
-            cpus: spec.cpus.to_vec(),
+            cpus: spec.shape.cpus.to_vec(),
             base: spec.program.base,
-            last: vec![None; spec.vcpus],
+            last: vec![None; spec.shape.vcpus],
             filters: Vec::new(),
-            pinned: (0..spec.vcpus)
-                .map(|i| {
-                    spec.vcpu_cpus
-                        .get(i)
-                        .copied()
-                        .unwrap_or(i % spec.cpus.len().max(1))
-                })
+            pinned: (0..spec.shape.vcpus)
+                .map(|i| spec.shape.start_cpu(i))
                 .collect(),
             run_timeout: spec.run_timeout,
-            control: vec![GuestDebugControl::empty(); spec.vcpus],
-            watch: RealWatch::new(spec.vcpus, spec.program.base),
+            control: vec![GuestDebugControl::empty(); spec.shape.vcpus],
+            watch: RealWatch::new(spec.shape.vcpus, spec.program.base),
             code: spec.program.clone(),
             perf_armed: false,
         };
@@ -203,8 +194,8 @@ impl<'m> RealBackend<'m> {
             spec.program.base,
             &words_bytes(&spec.program.loaded_words()),
         )?;
-        b.load_runtime(spec.vcpus)?;
-        b.create_vcpus(spec.vcpus)?;
+        b.load_runtime(spec.shape.vcpus)?;
+        b.create_vcpus(spec.shape.vcpus)?;
         let raw =
             b.vm.get_one_reg(b.ids[0], ID_AA64DFR0_EL1_ID)
                 .map_err(backend_err)?;

@@ -12,7 +12,7 @@ use hypdbg_real::{BootOptions, Cache, KernelImage, Machine, Mode};
 use super::backend::{RealBackend, RealSpec};
 use super::{SUITE_SMP, flow_for, runnable};
 use crate::checker::Invariant;
-use crate::driver::{ActionError, Engine, Nobody, Observer};
+use crate::driver::{ActionError, Engine, Nobody, Observer, VmShape};
 use crate::play::trace::Record;
 use crate::play::{PlayOptions, Report, finding_violation, play_engine};
 use crate::scenario::resolve::Resolver;
@@ -134,9 +134,7 @@ impl RealSuite {
         let sc = &file.scenario;
         let spec = RealSpec {
             program: &file.program,
-            cpus: &sc.cpus,
-            vcpus: sc.vcpus,
-            vcpu_cpus: &sc.vcpu_cpus,
+            shape: VmShape::of(sc),
             era: self.flow.era(),
             smp: usize::from(SUITE_SMP),
             run_timeout: RUN_TIMEOUT,
@@ -174,6 +172,11 @@ impl RealSuite {
             report.broken(v.invariant, &file.file, v);
         }
         report.elapsed_ms = Some(started.elapsed().as_millis() as u64);
+        report.simulator_only = Invariant::ALL
+            .iter()
+            .filter(|i| !i.observable_on_a_real_kernel())
+            .map(|i| i.label())
+            .collect();
         Ok(report)
     }
 }

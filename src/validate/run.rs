@@ -9,7 +9,7 @@ use hypdbg_hyp::workloads::CODE_BASE;
 use super::check::{CheckError, Job};
 use crate::checker::{Checker, Invariant, Violation};
 use crate::driver::sim::{DEFAULT_BUDGET, SimBackend, SimSpec};
-use crate::driver::{ActionInfo, ActionResult, Backend, Engine, Observer, SetupError};
+use crate::driver::{ActionInfo, ActionResult, Backend, Engine, Observer, SetupError, VmShape};
 use crate::scenario::Scenario;
 use crate::scenario::resolve::Resolver;
 
@@ -71,9 +71,7 @@ pub fn run_checked(
 ) -> Result<Checked, SetupError> {
     let spec = SimSpec {
         variant,
-        cpus: &sc.cpus,
-        vcpus: sc.vcpus,
-        vcpu_cpus: &sc.vcpu_cpus,
+        shape: VmShape::of(sc),
         budget: sc.budget.unwrap_or(DEFAULT_BUDGET),
         trace: false,
     };
