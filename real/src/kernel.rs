@@ -368,23 +368,7 @@ fn fetch_debian(spec: &KernelSpec, cache: &Cache) -> Result<KernelImage> {
             )),
         ));
     };
-    let mut deb = apt.download(&package).map_err(lbl)?;
-    let mut members = apt::deb_members(&deb).map_err(lbl)?;
-    let mut from = package.clone();
-    if vmlinuz_member(&members).is_none() {
-        // 7.x: linux-image-* is a shell; the image is in linux-binary-*.
-        let depends = apt::deb_field(&deb, "Depends").map_err(lbl)?;
-        for bin in binary_packages(&depends) {
-            let d = apt.download(&bin).map_err(lbl)?;
-            let m = apt::deb_members(&d).map_err(lbl)?;
-            if vmlinuz_member(&m).is_some() {
-                deb = d;
-                members = m;
-                from = bin;
-                break;
-            }
-        }
-    }
+    let (deb, members, from) = download_image_package(&apt, &package).map_err(lbl)?;
     let Some(member) = vmlinuz_member(&members) else {
         return Err(fetch_err(
             spec,
@@ -429,7 +413,31 @@ fn fetch_debian(spec: &KernelSpec, cache: &Cache) -> Result<KernelImage> {
     })?;
     cache::write_atomic(&meta, json.as_bytes())
         .map_err(io(format!("writing {}", meta.display())))?;
-    // The .debs are not needed once the image is out (60-130 MB each).
+    remove_kernel_debs(&apt);
+    Ok(k)
+}
+
+/// Download `package` and, when it holds no vmlinuz (7.x: linux-image-* is a shell), the
+/// linux-binary-* it depends on that does: the .deb, its members, the package's name.
+fn download_image_package(apt: &AptState, package: &str) -> Result<(PathBuf, Vec<String>, String)> {
+    let deb = apt.download(package)?;
+    let members = apt::deb_members(&deb)?;
+    if vmlinuz_member(&members).is_some() {
+        return Ok((deb, members, package.to_string()));
+    }
+    let depends = apt::deb_field(&deb, "Depends")?;
+    for bin in binary_packages(&depends) {
+        let d = apt.download(&bin)?;
+        let m = apt::deb_members(&d)?;
+        if vmlinuz_member(&m).is_some() {
+            return Ok((d, m, bin));
+        }
+    }
+    Ok((deb, members, package.to_string()))
+}
+
+/// The kernel .debs are not needed once the image is out (60-130 MB each).
+fn remove_kernel_debs(apt: &AptState) {
     for d in fs::read_dir(apt.dir().join("debs"))
         .into_iter()
         .flatten()
@@ -440,7 +448,6 @@ fn fetch_debian(spec: &KernelSpec, cache: &Cache) -> Result<KernelImage> {
             let _ = fs::remove_file(d.path());
         }
     }
-    Ok(k)
 }
 
 #[cfg(test)]

@@ -204,6 +204,43 @@ pub struct Machine {
     args: Vec<String>,
 }
 
+/// The file that backs the guest's RAM (in /dev/shm when there is one), so the host can
+/// share pages with the agent.
+fn guest_ram_file(cache: &Cache) -> std::result::Result<RamFile, ErrorKind> {
+    let dir = if Path::new("/dev/shm").is_dir() {
+        Path::new("/dev/shm").to_path_buf()
+    } else {
+        cache.root().join("run")
+    };
+    RamFile::create(&dir, MEMORY_MIB << 20).map_err(|source| ErrorKind::Io {
+        what: format!("creating the guest RAM file in {}", dir.display()),
+        source,
+    })
+}
+
+/// Start QEMU with `args`, its console on pipes.
+fn spawn_qemu(args: &[String]) -> std::result::Result<std::process::Child, ErrorKind> {
+    Command::new(QEMU)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            if e.kind() == IoErrorKind::NotFound {
+                ErrorKind::ToolMissing {
+                    tool: QEMU,
+                    packages: QEMU_PACKAGE,
+                }
+            } else {
+                ErrorKind::Io {
+                    what: format!("starting {QEMU}"),
+                    source: e,
+                }
+            }
+        })
+}
+
 impl Machine {
     /// Boot `kernel` in `mode`: build the agent and initramfs if needed, start QEMU, wait for
     /// the agent's hello, check `/dev/kvm` and the KVM mode the kernel reports.
@@ -219,17 +256,7 @@ impl Machine {
         let bin = agent::build(&opts.cache).map_err(|e| e.for_kernel(&name))?;
         let initrd = bin.initramfs().map_err(|e| e.for_kernel(&name))?;
         let mut ram = if opts.shared_memory {
-            let dir = if Path::new("/dev/shm").is_dir() {
-                Path::new("/dev/shm").to_path_buf()
-            } else {
-                opts.cache.root().join("run")
-            };
-            Some(RamFile::create(&dir, MEMORY_MIB << 20).map_err(|source| {
-                boot_err(ErrorKind::Io {
-                    what: format!("creating the guest RAM file in {}", dir.display()),
-                    source,
-                })
-            })?)
+            Some(guest_ram_file(&opts.cache).map_err(boot_err)?)
         } else {
             None
         };
@@ -241,25 +268,7 @@ impl Machine {
             ram.as_ref().and_then(|r| r.path()),
         );
         let started = Instant::now();
-        let child = Command::new(QEMU)
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                if e.kind() == IoErrorKind::NotFound {
-                    boot_err(ErrorKind::ToolMissing {
-                        tool: QEMU,
-                        packages: QEMU_PACKAGE,
-                    })
-                } else {
-                    boot_err(ErrorKind::Io {
-                        what: format!("starting {QEMU}"),
-                        source: e,
-                    })
-                }
-            })?;
+        let child = spawn_qemu(&args).map_err(boot_err)?;
         let qemu = Qemu::new(child, opts.max_lifetime);
         let mut agent = Agent::connect(qemu, &name, opts.boot_timeout, opts.command_timeout)?;
         let boot_time = started.elapsed();

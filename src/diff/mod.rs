@@ -20,7 +20,7 @@ use crate::play::{PlayOptions, play_engine};
 use crate::real::session::{RealPlayError, RealSuite};
 use crate::scenario::resolve::Resolver;
 use crate::scenario::source::ScenarioFile;
-use expectations::{Category, Expectations};
+use expectations::{Category, Expectations, Known};
 use transcript::{Divergence, Recorder, Transcript, divergences};
 
 /// How one scenario came out.
@@ -192,108 +192,13 @@ fn simulate(file: &ScenarioFile, flow: &Variant, opts: &PlayOptions) -> (Transcr
 /// Diff every file on `suite`.
 pub fn diff(suite: &mut RealSuite, files: &[ScenarioFile], opts: &DiffOptions<'_>) -> DiffReport {
     let flow = opts.flow.clone().unwrap_or_else(|| suite.flow().clone());
-    let popts = PlayOptions {
-        deadline: opts.deadline,
-        ..PlayOptions::default()
-    };
-    let (series, mode) = suite.series_and_mode();
     let mut out = Vec::with_capacity(files.len());
-    let mut played = 0usize;
-    let mut real_ms = 0u64;
+    let (mut played, mut real_ms) = (0usize, 0u64);
     for file in files {
-        let mut d = ScenarioDiff {
-            file: file.file.clone(),
-            scenario: file.scenario.name.clone(),
-            outcome: Outcome::Agree,
-            divergence: None,
-            why: None,
-            listed: Vec::new(),
-            simulator_passed: None,
-            kernel_passed: None,
-            actions: 0,
-            kernel_ms: 0,
-        };
-        if let Err(e) = suite.runnable(file) {
-            d.outcome = Outcome::NotRunnable {
-                why: match e {
-                    RealPlayError::NotRunnable { why, .. } => why,
-                    other => other.to_string(),
-                },
-            };
-            out.push(d);
-            continue;
-        }
-        let (sim, sim_ok) = simulate(file, &flow, &popts);
-        d.simulator_passed = Some(sim_ok);
-        let mut rec = Recorder::new();
-        let started = Instant::now();
-        let real = suite.play_observed(file, &popts, &mut |_| {}, &mut rec);
-        d.kernel_ms = started.elapsed().as_millis() as u64;
-        match real {
-            Err(RealPlayError::NotRunnable { why, .. }) => {
-                d.outcome = Outcome::NotRunnable { why };
-                out.push(d);
-                continue;
-            }
-            Err(e) => {
-                d.outcome = Outcome::Failed {
-                    error: e.to_string(),
-                };
-                out.push(d);
-                continue;
-            }
-            Ok(r) => {
-                played += 1;
-                real_ms += d.kernel_ms;
-                d.kernel_passed = Some(r.passed);
-                d.actions = r.actions;
-            }
-        }
-        // Compare with the era's reference; past a kernel defect whose variant agrees with
-        // the kernel there, with that variant (it models the kernel from then on), so a
-        // defect's consequences are not counted again.
-        let mut reference = sim;
-        let mut after = 0;
-        while let Some(div) = divergences(&reference, &rec.transcript)
-            .into_iter()
-            .find(|x| x.action > after)
-        {
-            let Some(k) = opts
-                .expectations
-                .find(&file.scenario.name, &series, &mode, &div)
-            else {
-                d.outcome = Outcome::Differs;
-                d.divergence = Some(div);
-                break;
-            };
-            let mut variant_agrees = None;
-            if let Some(name) = k.variant.as_deref() {
-                let run = hypdbg_hyp::variants::by_name(name)
-                    .map(|v| simulate(file, &v, &popts).0)
-                    .filter(|t| {
-                        divergences(t, &rec.transcript)
-                            .iter()
-                            .all(|x| x.action != div.action)
-                    });
-                variant_agrees = Some(run.is_some());
-                if let Some(t) = run {
-                    reference = t;
-                }
-            }
-            if d.listed.is_empty() {
-                d.outcome = Outcome::Listed {
-                    category: k.category,
-                    variant_agrees,
-                };
-                d.why = Some(k.why.clone());
-                d.divergence = Some(div.clone());
-            }
-            after = div.action;
-            d.listed.push(ListedDifference {
-                divergence: div,
-                category: k.category,
-                variant_agrees,
-            });
+        let d = diff_one(suite, file, &flow, opts);
+        if d.kernel_passed.is_some() {
+            played += 1;
+            real_ms += d.kernel_ms;
         }
         out.push(d);
     }
@@ -307,6 +212,125 @@ pub fn diff(suite: &mut RealSuite, files: &[ScenarioFile], opts: &DiffOptions<'_
         } else {
             played as f64 * 1000.0 / real_ms as f64
         },
+    }
+}
+
+/// One scenario on the simulator under `flow` and on the suite's kernel, compared.
+fn diff_one(
+    suite: &mut RealSuite,
+    file: &ScenarioFile,
+    flow: &Variant,
+    opts: &DiffOptions<'_>,
+) -> ScenarioDiff {
+    let popts = PlayOptions {
+        deadline: opts.deadline,
+        ..PlayOptions::default()
+    };
+    let mut d = ScenarioDiff {
+        file: file.file.clone(),
+        scenario: file.scenario.name.clone(),
+        outcome: Outcome::Agree,
+        divergence: None,
+        why: None,
+        listed: Vec::new(),
+        simulator_passed: None,
+        kernel_passed: None,
+        actions: 0,
+        kernel_ms: 0,
+    };
+    if let Err(e) = suite.runnable(file) {
+        d.outcome = Outcome::NotRunnable {
+            why: match e {
+                RealPlayError::NotRunnable { why, .. } => why,
+                other => other.to_string(),
+            },
+        };
+        return d;
+    }
+    let (sim, sim_ok) = simulate(file, flow, &popts);
+    d.simulator_passed = Some(sim_ok);
+    let mut rec = Recorder::new();
+    let started = Instant::now();
+    let real = suite.play_observed(file, &popts, &mut |_| {}, &mut rec);
+    d.kernel_ms = started.elapsed().as_millis() as u64;
+    match real {
+        Err(RealPlayError::NotRunnable { why, .. }) => {
+            d.outcome = Outcome::NotRunnable { why };
+            return d;
+        }
+        Err(e) => {
+            d.outcome = Outcome::Failed {
+                error: e.to_string(),
+            };
+            return d;
+        }
+        Ok(r) => {
+            d.kernel_passed = Some(r.passed);
+            d.actions = r.actions;
+        }
+    }
+    let (series, mode) = suite.series_and_mode();
+    explain(
+        &mut d,
+        file,
+        sim,
+        &rec.transcript,
+        |div| {
+            opts.expectations
+                .find(&file.scenario.name, &series, &mode, div)
+        },
+        &popts,
+    );
+    d
+}
+
+/// Walk the divergences of `real` from the reference `sim`: each must be a known difference
+/// (`known`); past a kernel defect whose variant agrees with the kernel there, that variant
+/// is the reference (it models the kernel from then on), so a defect's consequences are not
+/// counted again. The first unexplained one makes the scenario `DIFFERS`.
+fn explain<'k>(
+    d: &mut ScenarioDiff,
+    file: &ScenarioFile,
+    sim: Transcript,
+    real: &Transcript,
+    known: impl Fn(&Divergence) -> Option<&'k Known>,
+    popts: &PlayOptions,
+) {
+    let mut reference = sim;
+    let mut after = 0;
+    while let Some(div) = divergences(&reference, real)
+        .into_iter()
+        .find(|x| x.action > after)
+    {
+        let Some(k) = known(&div) else {
+            d.outcome = Outcome::Differs;
+            d.divergence = Some(div);
+            return;
+        };
+        let mut variant_agrees = None;
+        if let Some(name) = k.variant.as_deref() {
+            let run = hypdbg_hyp::variants::by_name(name)
+                .map(|v| simulate(file, &v, popts).0)
+                .filter(|t| divergences(t, real).iter().all(|x| x.action != div.action));
+            variant_agrees = Some(run.is_some());
+            if let Some(t) = run {
+                reference = t;
+            }
+        }
+        if d.listed.is_empty() {
+            d.outcome = Outcome::Listed {
+                category: k.category,
+                variant_agrees,
+            };
+            d.why = Some(k.why.clone());
+            d.divergence = Some(div.clone());
+        }
+        after = div.action;
+        d.listed.push(ListedDifference {
+            divergence: div,
+            category: k.category,
+            variant_agrees,
+        });
     }
 }
 

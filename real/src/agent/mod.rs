@@ -210,6 +210,13 @@ impl Agent {
         }
         self.seq += 1;
         let seq = self.seq;
+        self.send_request(req, seq)?;
+        self.await_reply(req, seq)
+    }
+
+    /// Write request `seq` to the agent: through the request mailbox when there is one (two
+    /// bytes on the serial line), else as a line on the console.
+    fn send_request(&mut self, req: &Request, seq: u64) -> Result<()> {
         let mut line = req.encode(seq);
         if line.len() > MAX_REQUEST_LINE {
             return Err(self.err(ErrorKind::Rejected(format!(
@@ -219,7 +226,6 @@ impl Agent {
             ))));
         }
         self.requests += 1;
-        // Through the request mailbox when there is one (two bytes on the serial line).
         let wire = match &self.shared {
             Some(s) if line.len() <= s.request_capacity() => match s.put_request(line.as_bytes()) {
                 Ok(()) => proto::MAILBOX_REQUEST.as_bytes().to_vec(),
@@ -242,6 +248,12 @@ impl Agent {
             };
             return Err(self.poison(kind));
         }
+        Ok(())
+    }
+
+    /// Wait for the reply to request `seq` (console lines on the way are logged; a kernel
+    /// panic, QEMU's exit or the request's time limit poison the agent).
+    fn await_reply(&mut self, req: &Request, seq: u64) -> Result<Map<String, Value>> {
         let limit = self.command_timeout + req.agent_time();
         let deadline = Instant::now() + limit;
         loop {
