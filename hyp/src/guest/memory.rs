@@ -5,6 +5,12 @@ use std::collections::HashMap;
 
 const PAGE: u64 = 4096;
 
+/// The offset of `addr` in its page and how many of `len` bytes from it stay in that page.
+fn page_span(addr: u64, len: usize) -> (usize, usize) {
+    let off = (addr % PAGE) as usize;
+    (off, len.min(PAGE as usize - off))
+}
+
 /// A guest's physical (= virtual, the model has no MMU) memory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GuestMemory {
@@ -24,22 +30,29 @@ impl GuestMemory {
             .or_insert_with(|| Box::new([0; PAGE as usize]))
     }
 
-    /// Read `buf.len()` bytes (unmapped bytes read as zero).
+    /// Read `buf.len()` bytes (unmapped bytes read as zero), a page at a time.
     pub fn read(&self, addr: u64, buf: &mut [u8]) {
-        for (i, b) in buf.iter_mut().enumerate() {
-            let a = addr.wrapping_add(i as u64);
-            *b = self
-                .pages
-                .get(&(a / PAGE))
-                .map_or(0, |p| p[(a % PAGE) as usize]);
+        let mut done = 0;
+        while done < buf.len() {
+            let a = addr.wrapping_add(done as u64);
+            let (off, n) = page_span(a, buf.len() - done);
+            let out = &mut buf[done..done + n];
+            match self.pages.get(&(a / PAGE)) {
+                Some(p) => out.copy_from_slice(&p[off..off + n]),
+                None => out.fill(0),
+            }
+            done += n;
         }
     }
 
-    /// Write bytes.
+    /// Write bytes, a page at a time.
     pub fn write(&mut self, addr: u64, data: &[u8]) {
-        for (i, b) in data.iter().enumerate() {
-            let a = addr.wrapping_add(i as u64);
-            self.page_mut(a)[(a % PAGE) as usize] = *b;
+        let mut done = 0;
+        while done < data.len() {
+            let a = addr.wrapping_add(done as u64);
+            let (off, n) = page_span(a, data.len() - done);
+            self.page_mut(a)[off..off + n].copy_from_slice(&data[done..done + n]);
+            done += n;
         }
     }
 
@@ -57,10 +70,12 @@ impl GuestMemory {
 
     /// Place instructions at `addr` and mark their pages executable.
     pub fn load_code(&mut self, addr: u64, words: &[u32]) {
-        for (i, w) in words.iter().enumerate() {
-            let a = addr + 4 * i as u64;
-            self.write(a, &w.to_le_bytes());
-            self.code_pages.insert(a / PAGE);
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        self.write(addr, &bytes);
+        if let Some(last) = (bytes.len() as u64).checked_sub(1) {
+            for page in addr / PAGE..=addr.wrapping_add(last) / PAGE {
+                self.code_pages.insert(page);
+            }
         }
     }
 
@@ -93,5 +108,25 @@ mod tests {
         assert_eq!(m.read_uint(0x8ffe, 4), 0xaabb_ccdd);
         assert_eq!(m.read_uint(0x9000, 1), 0xbb);
         assert_eq!(m.read_uint(0x5000, 8), 0);
+    }
+
+    #[test]
+    fn writes_and_reads_across_pages() {
+        let mut m = GuestMemory::new();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        m.write(0x1ff0, &data);
+        let mut back = vec![0xaa; data.len() + 16];
+        m.read(0x1ff0, &mut back);
+        assert_eq!(&back[..data.len()], &data[..]);
+        assert!(
+            back[data.len()..].iter().all(|&b| b == 0),
+            "unwritten bytes read 0"
+        );
+        let words = [0xd503_201f_u32; 1030]; // 4120 bytes from 0x3ff8: pages 3, 4 and 5
+        m.load_code(0x3ff8, &words);
+        assert!(m.is_code(0x3ff8) && m.is_code(0x4000) && m.is_code(0x5010));
+        assert!(!m.is_code(0x6000) && !m.is_code(0x2000));
+        assert_eq!(m.fetch(0x500c), Some(0xd503_201f));
+        assert_eq!(m.fetch(0x5010), Some(0), "the rest of a code page reads 0");
     }
 }
