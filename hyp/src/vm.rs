@@ -1294,6 +1294,24 @@ impl Vm {
         self.smccc_filter.insert(base, nr, action)
     }
 
+    /// The VM's SMCCC filter (a VMM re-creates it on a migration's destination, before any
+    /// vcpu runs there).
+    pub fn smccc_filter(&self) -> &SmcccFilter {
+        &self.smccc_filter
+    }
+
+    /// Install `filter` as the VM's SMCCC filter (EBUSY once a vcpu has run, as
+    /// [`Vm::set_smccc_filter`]).
+    pub fn set_smccc_filter_all(&mut self, filter: &SmcccFilter) -> Result<(), KvmError> {
+        if self.ran_once {
+            return Err(KvmError::Busy(
+                "the SMCCC filter is set before any vcpu runs (kvm_vm_has_ran_once)".into(),
+            ));
+        }
+        self.smccc_filter = filter.clone();
+        Ok(())
+    }
+
     /// KVM_SET_MP_STATE.
     pub fn set_mp_state(&mut self, i: usize, state: MpState) -> Result<(), KvmError> {
         self.vcpu_mut(i)?.mp_state = state;

@@ -951,8 +951,8 @@ static void vcpu_reply(struct vcpu *v, long seq)
  * the same physical pages, the next guest can run translations of the old code (a scenario
  * whose first instructions differ from the previous scenario's then takes a step at the wrong
  * instruction). Keeping the pages allocated means a new VM never gets them. Only the pages a
- * guest touched cost memory (the slots are MAP_NORESERVE); past RETIRED_MAX VMs' slots the
- * oldest are unmapped.
+ * guest touched cost memory (the slots are MAP_NORESERVE); past RETIRED_MAX slots (two per
+ * scenario VM: RAM and the runtime) the oldest are unmapped.
  */
 #define RETIRED_MAX 1024
 static struct {
@@ -973,7 +973,7 @@ static void retire_slot_memory(void *host, uint64_t size)
 /* Main-thread commands. */
 
 /* Time spent in the last vm_destroy, ns: vcpus (threads joined, fds closed), the VM fd's close
- * (the kernel's teardown), unmapping the slots. */
+ * (the kernel's teardown), retiring the slots (kept mapped, see retire_slot_memory). */
 static uint64_t destroy_ns[3];
 
 static void vm_destroy(void)

@@ -1,5 +1,5 @@
 //! The differences between the simulator and a real kernel that are known and explained
-//! (`scenarios/real-kernel-differences.toml`), each under exactly one category:
+//! (`scenarios/real-kernel/differences.toml`), each under exactly one category:
 //!
 //! - `qemu`: an artifact of QEMU's TCG emulation, not of the kernel (with the evidence);
 //! - `kernel-defect`: the simulator's reference fixes it; `variant` names the catalog's

@@ -95,6 +95,24 @@ pub struct ScenarioDiff {
     pub kernel_ms: u64,
 }
 
+impl ScenarioDiff {
+    /// `file`, not played yet.
+    fn new(file: &ScenarioFile) -> Self {
+        ScenarioDiff {
+            file: file.file.clone(),
+            scenario: file.scenario.name.clone(),
+            outcome: Outcome::Agree,
+            divergence: None,
+            why: None,
+            listed: Vec::new(),
+            simulator_passed: None,
+            kernel_passed: None,
+            actions: 0,
+            kernel_ms: 0,
+        }
+    }
+}
+
 /// A divergence and the known difference that explains it.
 #[derive(Clone, Debug, Serialize)]
 pub struct ListedDifference {
@@ -163,8 +181,18 @@ pub struct DiffOptions<'a> {
     pub deadline: Option<Instant>,
 }
 
-/// The simulator's transcript of `file` under `flow` (whether its expectations held).
-fn simulate(file: &ScenarioFile, flow: &Variant, opts: &PlayOptions) -> (Transcript, bool) {
+/// What the simulator did with a scenario.
+struct Simulated {
+    /// Action by action.
+    transcript: Transcript,
+    /// The file's expectations held.
+    passed: bool,
+    /// The wall-clock limit stopped it.
+    timed_out: bool,
+}
+
+/// The simulator's run of `file` under `flow`; an error when the VM cannot be built.
+fn simulate(file: &ScenarioFile, flow: &Variant, opts: &PlayOptions) -> Result<Simulated, String> {
     let sc = &file.scenario;
     let spec = SimSpec {
         variant: flow,
@@ -173,9 +201,8 @@ fn simulate(file: &ScenarioFile, flow: &Variant, opts: &PlayOptions) -> (Transcr
         trace: false,
     };
     let mut rec = Recorder::new();
-    let Ok(backend) = SimBackend::new(&spec, &file.program) else {
-        return (Transcript::default(), false);
-    };
+    let backend = SimBackend::new(&spec, &file.program)
+        .map_err(|e| format!("the simulator under {}: {e}", flow.label()))?;
     let mut engine = Engine::new(backend, Resolver::new(&file.program, &sc.symbols));
     let r = play_engine(
         file,
@@ -186,7 +213,17 @@ fn simulate(file: &ScenarioFile, flow: &Variant, opts: &PlayOptions) -> (Transcr
         &mut |_| {},
         &mut rec,
     );
-    (rec.transcript, r.met == r.expectations && r.error.is_none())
+    Ok(Simulated {
+        transcript: rec.transcript,
+        passed: r.met == r.expectations && r.error.is_none(),
+        timed_out: r.timed_out,
+    })
+}
+
+/// `variant` on the host mode (nVHE or VHE) of the flow it stands in for.
+fn on_host_of(mut variant: Variant, flow: &Variant) -> Variant {
+    variant.host = flow.host;
+    variant
 }
 
 /// Diff every file on `suite`.
@@ -195,6 +232,15 @@ pub fn diff(suite: &mut RealSuite, files: &[ScenarioFile], opts: &DiffOptions<'_
     let mut out = Vec::with_capacity(files.len());
     let (mut played, mut real_ms) = (0usize, 0u64);
     for file in files {
+        if opts.deadline.is_some_and(|d| Instant::now() > d) {
+            out.push(ScenarioDiff {
+                outcome: Outcome::Failed {
+                    error: "not played: the wall-clock limit (--timeout) passed".into(),
+                },
+                ..ScenarioDiff::new(file)
+            });
+            continue;
+        }
         let d = diff_one(suite, file, &flow, opts);
         if d.kernel_passed.is_some() {
             played += 1;
@@ -226,18 +272,7 @@ fn diff_one(
         deadline: opts.deadline,
         ..PlayOptions::default()
     };
-    let mut d = ScenarioDiff {
-        file: file.file.clone(),
-        scenario: file.scenario.name.clone(),
-        outcome: Outcome::Agree,
-        divergence: None,
-        why: None,
-        listed: Vec::new(),
-        simulator_passed: None,
-        kernel_passed: None,
-        actions: 0,
-        kernel_ms: 0,
-    };
+    let mut d = ScenarioDiff::new(file);
     if let Err(e) = suite.runnable(file) {
         d.outcome = Outcome::NotRunnable {
             why: match e {
@@ -247,8 +282,14 @@ fn diff_one(
         };
         return d;
     }
-    let (sim, sim_ok) = simulate(file, flow, &popts);
-    d.simulator_passed = Some(sim_ok);
+    let sim = match simulate(file, flow, &popts) {
+        Ok(sim) => sim,
+        Err(error) => {
+            d.outcome = Outcome::Failed { error };
+            return d;
+        }
+    };
+    d.simulator_passed = Some(sim.passed);
     let mut rec = Recorder::new();
     let started = Instant::now();
     let real = suite.play_observed(file, &popts, &mut |_| {}, &mut rec);
@@ -267,13 +308,20 @@ fn diff_one(
         Ok(r) => {
             d.kernel_passed = Some(r.passed);
             d.actions = r.actions;
+            if r.timed_out || sim.timed_out {
+                d.outcome = Outcome::Failed {
+                    error: "stopped by the wall-clock limit (--timeout): not compared".into(),
+                };
+                return d;
+            }
         }
     }
     let (series, mode) = suite.series_and_mode();
     explain(
         &mut d,
         file,
-        sim,
+        flow,
+        sim.transcript,
         &rec.transcript,
         |div| {
             opts.expectations
@@ -291,6 +339,7 @@ fn diff_one(
 fn explain<'k>(
     d: &mut ScenarioDiff,
     file: &ScenarioFile,
+    flow: &Variant,
     sim: Transcript,
     real: &Transcript,
     known: impl Fn(&Divergence) -> Option<&'k Known>,
@@ -309,9 +358,15 @@ fn explain<'k>(
         };
         let mut variant_agrees = None;
         if let Some(name) = k.variant.as_deref() {
+            // The variant agrees when it ran that action (an early stop is no agreement)
+            // and the kernel does not part from it there.
             let run = hypdbg_hyp::variants::by_name(name)
-                .map(|v| simulate(file, &v, popts).0)
-                .filter(|t| divergences(t, real).iter().all(|x| x.action != div.action));
+                .and_then(|v| simulate(file, &on_host_of(v, flow), popts).ok())
+                .map(|s| s.transcript)
+                .filter(|t| {
+                    t.steps.iter().any(|x| x.action == div.action)
+                        && divergences(t, real).iter().all(|x| x.action != div.action)
+                });
             variant_agrees = Some(run.is_some());
             if let Some(t) = run {
                 reference = t;

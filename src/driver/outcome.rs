@@ -119,7 +119,7 @@ pub enum ActionError {
     /// A running action on a vcpu whose guest already ran off its code.
     #[error(
         "vcpu {vcpu} ran off the end of its code (a program_end exit): there is nothing left \
-         to run (end the code with a `stop`, or move the PC with set_one_reg)"
+         to run (end the code with a `stop` that an action waits for)"
     )]
     RanOffCode {
         /// The vcpu.

@@ -176,6 +176,7 @@ impl Backend for SimBackend {
             config.pcpus = list.iter().map(|c| *c.features()).collect();
         }
         let mut dst = Vm::new((self.variant.make)(), config.clone())?;
+        dst.set_smccc_filter_all(self.vm.smccc_filter())?;
         *dst.memory_mut() = self.vm.memory().clone();
         let ids = workloads::migration_registers(self.vm.guest_features());
         for v in 0..config.vcpus {

@@ -16,7 +16,7 @@ use hypdbg_hyp::flow::Era;
 use hypdbg_hyp::variants::Variant;
 use serde::Serialize;
 
-use crate::checker::{Checker, Finding, Invariant, Violation};
+use crate::checker::{Checker, Finding, Invariant, RealKernelCheck, Violation};
 use crate::driver::sim::{DEFAULT_BUDGET, SimBackend, SimSpec};
 use crate::driver::{
     ActionError, ActionInfo, ActionResult, Backend, Engine, ExitCounts, Nobody, Observer, Probe,
@@ -614,16 +614,20 @@ impl Report {
             let _ = writeln!(s, "stopped: {err}");
         }
         if !self.simulator_only.is_empty() {
-            let judged: Vec<String> = Invariant::ALL
-                .iter()
-                .filter(|i| !self.simulator_only.contains(&i.label()))
-                .map(|i| i.label())
-                .collect();
+            let of = |c: RealKernelCheck| {
+                Invariant::ALL
+                    .iter()
+                    .filter(|i| i.on_a_real_kernel() == c)
+                    .map(|i| i.label())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             let _ = writeln!(
                 s,
-                "invariants judged on the kernel: {}; simulator-only (they need the registers \
-                 while the guest runs): {}",
-                judged.join(", "),
+                "invariants on the kernel: {} at every exit; {} as far as the expectations \
+                 state them; simulator-only (they need the registers while the guest runs): {}",
+                of(RealKernelCheck::AtEveryExit),
+                of(RealKernelCheck::ThroughExpectations),
                 self.simulator_only.join(", ")
             );
         }

@@ -453,6 +453,7 @@ impl DebugVcpu for RealVcpu<'_, '_> {
                 dbg.control
             )))?;
         let c = GuestDebugControl::from_bits_truncate(dbg.control);
+        self.b.watch.guest_debug_set(self.v, c);
         self.b.control[self.v] = if c.contains(GuestDebugControl::ENABLE) {
             c
         } else {

@@ -11,7 +11,7 @@ use hypdbg_real::{BootOptions, Cache, KernelImage, Machine, Mode};
 
 use super::backend::{RealBackend, RealSpec};
 use super::{SUITE_SMP, flow_for, runnable};
-use crate::checker::Invariant;
+use crate::checker::{Invariant, RealKernelCheck};
 use crate::driver::{ActionError, Engine, Nobody, Observer, VmShape};
 use crate::play::trace::Record;
 use crate::play::{PlayOptions, Report, finding_violation, play_engine};
@@ -174,7 +174,7 @@ impl RealSuite {
         report.elapsed_ms = Some(started.elapsed().as_millis() as u64);
         report.simulator_only = Invariant::ALL
             .iter()
-            .filter(|i| !i.observable_on_a_real_kernel())
+            .filter(|i| i.on_a_real_kernel() == RealKernelCheck::SimulatorOnly)
             .map(|i| i.label())
             .collect();
         Ok(report)

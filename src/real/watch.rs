@@ -97,16 +97,28 @@ impl RealWatch {
                 self.check_step(v, &last, esr, pc, insn_at);
             }
         }
-        let completed = match exit {
-            VcpuExit::Hypercall { .. } | VcpuExit::SystemEvent { .. } => true,
-            VcpuExit::Intr => immediate_exit && last.completes_on_entry || last.completed,
-            _ => false,
-        };
+        // KVM records a step as pending only while SINGLESTEP is on.
+        let stepping = control.contains(GuestDebugControl::SINGLESTEP);
+        let completed = stepping
+            && match exit {
+                VcpuExit::Hypercall { .. } | VcpuExit::SystemEvent { .. } => true,
+                VcpuExit::Intr => immediate_exit && last.completes_on_entry || last.completed,
+                _ => false,
+            };
         self.last[v] = Last {
             pc,
             completes_on_entry: matches!(exit, VcpuExit::Mmio { .. }),
             completed,
         };
+    }
+
+    /// KVM_SET_GUEST_DEBUG on vcpu `v`: without ENABLE, KVM forgets a pending step.
+    pub fn guest_debug_set(&mut self, v: usize, control: GuestDebugControl) {
+        if !control.contains(GuestDebugControl::ENABLE)
+            && let Some(l) = self.last.get_mut(v)
+        {
+            l.completed = false;
+        }
     }
 
     /// Invariant 8: without KVM_GUESTDBG_ENABLE every guest debug event stays in the guest;
@@ -253,6 +265,27 @@ mod tests {
         w.on_run(0, STEP, false, &step(0xca00_0022), 0x1010, &mut nop);
         let f = w.take();
         assert!(f[0].message.contains("0 instructions"), "{}", f[0].message);
+    }
+
+    #[test]
+    fn a_completed_instruction_counts_only_under_singlestep_and_while_enabled() {
+        let off = VcpuExit::SystemEvent { event_type: 1 };
+        // A system event while not stepping leaves no pending step: the next step exit must
+        // come after one executed instruction.
+        let mut w = RealWatch::new(1, 0x1000);
+        w.on_run(0, GuestDebugControl::ENABLE, false, &off, 0x1004, &mut nop);
+        w.on_run(0, STEP, false, &step(0xca00_0022), 0x1004, &mut nop);
+        assert_eq!(
+            w.take().len(),
+            1,
+            "ISV=0 at the same PC without a pending step"
+        );
+        // Stepped, then guest debug off (KVM forgets the pending step), then stepping again.
+        let mut w = RealWatch::new(1, 0x1000);
+        w.on_run(0, STEP, false, &off, 0x1004, &mut nop);
+        w.guest_debug_set(0, GuestDebugControl::empty());
+        w.on_run(0, STEP, false, &step(0xcb00_0022), 0x1008, &mut nop);
+        assert!(w.take().is_empty());
     }
 
     #[test]

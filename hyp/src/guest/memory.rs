@@ -72,10 +72,10 @@ impl GuestMemory {
     pub fn load_code(&mut self, addr: u64, words: &[u32]) {
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         self.write(addr, &bytes);
-        if let Some(last) = (bytes.len() as u64).checked_sub(1) {
-            for page in addr / PAGE..=addr.wrapping_add(last) / PAGE {
-                self.code_pages.insert(page);
-            }
+        let pages = (addr % PAGE + bytes.len() as u64).div_ceil(PAGE);
+        for i in 0..pages {
+            self.code_pages
+                .insert((addr / PAGE).wrapping_add(i) % (u64::MAX / PAGE + 1));
         }
     }
 
@@ -128,5 +128,10 @@ mod tests {
         assert!(!m.is_code(0x6000) && !m.is_code(0x2000));
         assert_eq!(m.fetch(0x500c), Some(0xd503_201f));
         assert_eq!(m.fetch(0x5010), Some(0), "the rest of a code page reads 0");
+        // Code that wraps past the top of the address space marks both ends' pages.
+        let mut w = GuestMemory::new();
+        w.load_code(u64::MAX - 3, &[0xd503_201f, 0xd420_0000]);
+        assert!(w.is_code(u64::MAX - 3) && w.is_code(0));
+        assert_eq!(w.fetch(0), Some(0xd420_0000));
     }
 }
