@@ -135,10 +135,7 @@ pub fn run(a: &DiffArgs) -> i32 {
     }
     let mut suite = match KernelArgs::boot(&spec, mode) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return 2;
-        }
+        Err(e) => return usage_error(e),
     };
     let opts = DiffOptions {
         flow,

@@ -96,17 +96,13 @@ pub fn run(a: &RunArgs) -> i32 {
         None => None,
         Some((spec, mode)) => match KernelArgs::boot(spec, *mode) {
             Ok(s) => Some(s),
-            Err(e) => {
-                eprintln!("{e}");
-                return 2;
-            }
+            Err(e) => return usage_error(e),
         },
     };
     if let Some(s) = &suite
         && let Err(e) = s.runnable(&file)
     {
-        eprintln!("{}: {e}", file.file);
-        return 2;
+        return usage_error(format!("{}: {e}", file.file));
     }
     // Records go out as they happen, a line at a time, so a stuck run shows how far it got.
     let stdout = std::io::stdout();
@@ -140,10 +136,7 @@ pub fn run(a: &RunArgs) -> i32 {
     };
     let report = match played {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("{e}");
-            return 2;
-        }
+        Err(e) => return usage_error(e),
     };
     if json {
         let mut v = serde_json::to_value(&report).unwrap_or_default();
