@@ -394,7 +394,8 @@ impl DiffReport {
     pub fn text(&self) -> String {
         use std::fmt::Write as _;
         let mut s = format!(
-            "kernel {} (booted in {:.1} s), simulator flow {}\n",
+            "kernel {} (booted in {:.1} s), simulator flow {} for every file (a file's own \
+             `flow` and `expect_violations` are simulator notions, not used here)\n",
             self.kernel,
             self.boot_ms as f64 / 1000.0,
             self.flow
