@@ -138,13 +138,14 @@ fn compare_exceptions(
 }
 
 /// Check `e` after an action on vcpu `v` that ended with `outcome`; `exceptions_before` is
-/// how many exceptions the guest had taken before the action.
+/// how many exceptions the guest had taken before the action (or why the log could not be
+/// read then).
 pub fn evaluate(
     probe: &mut dyn Probe,
     v: usize,
     e: &Expect,
     outcome: &ActionResult,
-    exceptions_before: usize,
+    exceptions_before: &Result<usize, String>,
 ) -> Result<(), Difference> {
     check_error(e, outcome)?;
     check_exit(probe, e, outcome)?;
@@ -407,7 +408,7 @@ fn check_all_exceptions(
     probe: &mut dyn Probe,
     v: usize,
     e: &Expect,
-    exceptions_before: usize,
+    exceptions_before: &Result<usize, String>,
 ) -> Result<(), Difference> {
     if e.exceptions.is_none() && e.all_exceptions.is_none() {
         return Ok(());
@@ -424,7 +425,13 @@ fn check_all_exceptions(
     })?;
     let all = exception_tuples(&list);
     if let Some(want) = &e.exceptions {
-        let new = all.get(exceptions_before..).unwrap_or(&[]);
+        let before = exceptions_before.as_ref().map_err(|err| {
+            diff(
+                key("exceptions"),
+                format!("the guest's exception log could not be read before the action: {err}"),
+            )
+        })?;
+        let new = all.get(*before..).unwrap_or(&[]);
         compare_exceptions(probe, "exceptions", want, new, "during this action")?;
     }
     if let Some(want) = &e.all_exceptions {

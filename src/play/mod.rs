@@ -220,7 +220,7 @@ pub fn play_engine<B: Backend>(
         trace: opts.trace,
         sink,
         verdicts: Vec::new(),
-        exceptions_before: 0,
+        exceptions_before: Ok(0),
         expected,
         broken: BTreeSet::new(),
         report: Report::new(file, flow, era),
@@ -247,8 +247,9 @@ struct Player<'a> {
     sink: &'a mut dyn FnMut(Record),
     /// The current action's expectation verdicts: (location, difference).
     verdicts: Vec<(String, Option<String>)>,
-    /// Exceptions the guest had taken before the current action.
-    exceptions_before: usize,
+    /// Exceptions the guest had taken before the current action (or why the log could not
+    /// be read).
+    exceptions_before: Result<usize, String>,
     expected: BTreeSet<Invariant>,
     broken: BTreeSet<Invariant>,
     report: Report,
@@ -402,7 +403,9 @@ impl Observer for Player<'_> {
         if let Some(p) = self.progress.as_mut() {
             p.tick(a.number);
         }
-        self.exceptions_before = probe.exception_count(a.op.vcpu()).unwrap_or(0);
+        self.exceptions_before = probe
+            .exception_count(a.op.vcpu())
+            .map_err(|e| e.to_string());
         if self.trace {
             let location = self.action_location(a);
             (self.sink)(Record::Action {
@@ -423,7 +426,7 @@ impl Observer for Player<'_> {
             self.report.expectations += 1;
             let mut field = op_path(a.path);
             field.push(Seg::Key("expect".into()));
-            match evaluate(probe, a.op.vcpu(), e, r, self.exceptions_before) {
+            match evaluate(probe, a.op.vcpu(), e, r, &self.exceptions_before) {
                 Ok(()) => {
                     self.report.met += 1;
                     self.verdicts.push((self.location(&field), None));
