@@ -46,16 +46,11 @@ impl SimFlow {
     /// `era3-pkvm` (the simulator has no pKVM form of the older eras: they run their plain
     /// reference). `None` when the release has no MAJOR.MINOR or predates era 1.
     pub fn for_kernel(release: &str, mode: Mode) -> Option<SimFlow> {
-        let v = crate::real::series_number(release)?;
-        let era = if v >= (6, 14) {
-            Era::Three
-        } else if v >= (4, 17) {
-            Era::Two
-        } else if v >= (4, 5) {
-            Era::One
-        } else {
+        if crate::real::series_number(release)? < (4, 5) {
             return None;
-        };
+        }
+        // The era the diff's flow for this kernel has (one mapping of versions to eras).
+        let era = crate::real::flow_for(release, mode).ok()?.era();
         let pkvm = era == Era::Three && matches!(mode, Mode::Protected | Mode::ProtectedNvhe);
         Some(SimFlow { era, pkvm })
     }
